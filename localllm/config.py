@@ -1,0 +1,155 @@
+"""Frozen configuration; the one place that reads LOCALLLM_* environment variables.
+
+Precedence: defaults < config file (TOML) < environment < command-line flags.
+"""
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "LOCALLLM_"
+
+
+def default_data_dir() -> Path:
+    """Where models and caches live: $LOCALLLM_DATA_DIR, else XDG data home."""
+    explicit = os.environ.get(ENV_PREFIX + "DATA_DIR")
+    if explicit:
+        return Path(explicit).expanduser()
+    xdg = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(xdg) / "localllm"
+
+
+def default_threads() -> int:
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the key."""
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    model: str = "gemma3-270m"
+    """Catalogue name or path to a .gguf file."""
+    parallel: int = 4
+    """Slots: requests decoded together."""
+    ctx: int = 8192
+    """KV cells in all; each slot may use ctx // parallel of them."""
+    batch: int = 512
+    """Most tokens per llama_decode (decode tokens plus prompt chunks)."""
+    threads: int = 0
+    """CPU threads; 0 means all cores this process may use."""
+    n_gpu_layers: int = 0
+    """Layers offloaded to the GPU (0 on CPU-only builds)."""
+
+    def __post_init__(self) -> None:
+        _check(self.parallel >= 1, "parallel", "must be at least 1")
+        _check(self.batch >= 1, "batch", "must be at least 1")
+        _check(self.ctx >= 64 * self.parallel, "ctx", "must give each slot at least 64 tokens")
+        _check(self.threads >= 0, "threads", "must be 0 (auto) or more")
+        _check(self.n_gpu_layers >= -1, "n_gpu_layers", "must be -1 (all) or more")
+
+    @property
+    def num_threads(self) -> int:
+        return self.threads or default_threads()
+
+    @property
+    def slot_ctx(self) -> int:
+        return self.ctx // self.parallel
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    api_key: str | None = None
+    """When set, every /v1 request needs `Authorization: Bearer <key>`."""
+    max_body_bytes: int = 4 * 1024 * 1024
+
+    def __post_init__(self) -> None:
+        _check(0 <= self.port <= 65535, "port", "must be between 0 and 65535")
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    engine: EngineConfig = EngineConfig()
+    server: ServerConfig = ServerConfig()
+    data_dir: Path = Path()
+
+    @classmethod
+    def load(cls, config_file: Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
+        """Builds the effective configuration from file, environment and flags."""
+        values: dict[str, Any] = {}
+        path = config_file or _env_path("CONFIG")
+        if path is not None:
+            try:
+                values.update(_flatten(tomllib.loads(Path(path).read_text())))
+            except (OSError, tomllib.TOMLDecodeError) as exc:
+                raise ConfigError(f"cannot read config file {path}: {exc}") from exc
+        values.update(_from_env())
+        values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+        return cls.from_flat(values)
+
+    @classmethod
+    def from_flat(cls, values: dict[str, Any]) -> Config:
+        engine_keys = {f.name for f in fields(EngineConfig)}
+        server_keys = {f.name for f in fields(ServerConfig)}
+        unknown = set(values) - engine_keys - server_keys - {"data_dir"}
+        if unknown:
+            raise ConfigError(f"unknown configuration key(s): {', '.join(sorted(unknown))}")
+        engine = _build(EngineConfig, {k: v for k, v in values.items() if k in engine_keys})
+        server = _build(ServerConfig, {k: v for k, v in values.items() if k in server_keys})
+        data_dir = Path(values["data_dir"]).expanduser() if values.get("data_dir") else default_data_dir()
+        return cls(engine=engine, server=server, data_dir=data_dir)
+
+    def with_engine(self, **changes: Any) -> Config:
+        return replace(self, engine=replace(self.engine, **changes))
+
+
+def _check(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key} {message}")
+
+
+def _build(cls: type, values: dict[str, Any]) -> Any:
+    typed = {}
+    for f in fields(cls):
+        if f.name in values:
+            typed[f.name] = _coerce(f.name, values[f.name], f.type)
+    return cls(**typed)
+
+
+def _coerce(key: str, value: Any, type_name: Any) -> Any:
+    kind = str(type_name)
+    try:
+        if kind.startswith("int"):
+            return int(value)
+        if kind.startswith("str") and value is not None:
+            return str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key} must be {kind}, got {value!r}") from None
+    return value
+
+
+def _flatten(doc: dict[str, Any]) -> dict[str, Any]:
+    """Accepts both flat keys and [engine]/[server] tables; '-' and '_' alike."""
+    flat: dict[str, Any] = {}
+    for key, value in doc.items():
+        if isinstance(value, dict):
+            flat.update({k.replace("-", "_"): v for k, v in value.items()})
+        else:
+            flat[key.replace("-", "_")] = value
+    return flat
+
+
+def _env_path(name: str) -> Path | None:
+    value = os.environ.get(ENV_PREFIX + name)
+    return Path(value) if value else None
+
+
+def _from_env() -> dict[str, Any]:
+    keys = {f.name for f in fields(EngineConfig)} | {f.name for f in fields(ServerConfig)} | {"data_dir"}
+    return {k: os.environ[ENV_PREFIX + k.upper()] for k in keys if ENV_PREFIX + k.upper() in os.environ}

@@ -1,0 +1,168 @@
+"""AsyncEngine: the asyncio face of the engine thread.
+
+The server calls `generate()` and iterates deltas; the engine thread hands
+back each step's deltas with one `call_soon_threadsafe`, not one per token.
+"""
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import threading
+from collections.abc import Sequence
+from typing import Protocol
+
+from localllm.engine.core import Backend, EngineCore
+from localllm.engine.messages import AbortRequest, AddRequest, Shutdown
+from localllm.engine.request import Request
+from localllm.engine.scheduler import Scheduler
+from localllm.types import EngineStats, InvalidParam, PromptTooLong, SamplingParams, TokenDelta
+
+log = logging.getLogger(__name__)
+
+
+class TokenizingBackend(Backend, Protocol):
+    def tokenize(self, text: str, *, add_special: bool = True, parse_special: bool = True) -> list[int]: ...
+    def token_piece(self, token_id: int) -> bytes: ...
+    def is_end_of_generation(self, token_id: int) -> bool: ...
+    def close(self) -> None: ...
+
+
+class AsyncEngine:
+    """Owns the engine thread. Create, `await start()`, use, `await stop()`."""
+
+    def __init__(
+        self,
+        backend: TokenizingBackend,
+        *,
+        model_name: str,
+        num_slots: int,
+        slot_ctx: int,
+        num_batch_tokens: int,
+        num_kv_cells_total: int,
+    ) -> None:
+        self.backend = backend
+        self.model_name = model_name
+        self.slot_ctx = slot_ctx
+        scheduler = Scheduler(num_slots, num_batch_tokens, backend.token_piece, backend.is_end_of_generation)
+        self._core = EngineCore(backend, scheduler, self._publish, model_name, num_kv_cells_total)
+        self._streams: dict[str, asyncio.Queue[TokenDelta]] = {}
+        self._ids = itertools.count()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._thread = threading.Thread(target=self._core.run, name="localllm-engine", daemon=True)
+        self._thread.start()
+
+    async def stop(self) -> None:
+        """Aborts what runs, stops the thread, frees llama.cpp memory."""
+        if self._thread is not None:
+            self._core.commands.put(Shutdown())
+            await asyncio.to_thread(self._thread.join)
+            self._thread = None
+        self.backend.close()
+
+    @property
+    def is_running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def tokenize(self, text: str, *, add_special: bool = True) -> list[int]:
+        return self.backend.tokenize(text, add_special=add_special, parse_special=True)
+
+    def generate(
+        self,
+        prompt: str | Sequence[int],
+        params: SamplingParams,
+        *,
+        request_id: str | None = None,
+        add_special: bool = True,
+    ) -> RequestStream:
+        """Validates and queues a request; returns its stream of deltas.
+
+        Raises InvalidParam / PromptTooLong at once, before any work is queued.
+        Closing the stream before its last delta (client gone) aborts the request.
+        """
+        if not self.is_running:
+            raise RuntimeError("engine is not running")
+        prompt_ids = self.tokenize(prompt, add_special=add_special) if isinstance(prompt, str) else list(prompt)
+        request = self._make_request(request_id or f"req-{next(self._ids)}", prompt_ids, params)
+        queue: asyncio.Queue[TokenDelta] = asyncio.Queue()
+        self._streams[request.request_id] = queue
+        self._core.commands.put(AddRequest(request))
+        return RequestStream(self, request.request_id, queue)
+
+    def abort(self, request_id: str) -> None:
+        self._core.commands.put(AbortRequest(request_id))
+
+    def stats(self) -> EngineStats:
+        """The snapshot published after the engine's last step (never blocks)."""
+        return self._core.stats
+
+    def _make_request(self, request_id: str, prompt_ids: list[int], params: SamplingParams) -> Request:
+        if request_id in self._streams:
+            raise InvalidParam(None, f"request id {request_id!r} is already in use")
+        if not prompt_ids:
+            raise InvalidParam("prompt", "the prompt is empty")
+        num_prompt = len(prompt_ids)
+        room = self.slot_ctx - num_prompt
+        if room < 1 or (params.max_tokens is not None and params.max_tokens > room):
+            wanted = params.max_tokens or 1
+            raise PromptTooLong(
+                "messages" if params.max_tokens is None else "max_tokens",
+                f"This model's context per slot is {self.slot_ctx} tokens; the prompt has "
+                f"{num_prompt} tokens and {wanted} more were requested for the completion. "
+                "Shorten the prompt or lower max_tokens.",
+            )
+        return Request(request_id, prompt_ids, params, max_new_tokens=params.max_tokens or room)
+
+    def _forget_stream(self, request_id: str) -> None:
+        self._streams.pop(request_id, None)
+
+    def _publish(self, deltas: list[TokenDelta]) -> None:
+        """Engine thread: one wake-up of the event loop per step."""
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._dispatch, deltas)
+
+    def _dispatch(self, deltas: list[TokenDelta]) -> None:
+        for delta in deltas:
+            queue = self._streams.get(delta.request_id)
+            if queue is not None:
+                queue.put_nowait(delta)
+
+
+class RequestStream:
+    """Deltas of one request. `aclose()` (or `async with`) aborts it if unfinished."""
+
+    def __init__(self, engine: AsyncEngine, request_id: str, queue: asyncio.Queue[TokenDelta]) -> None:
+        self.request_id = request_id
+        self._engine = engine
+        self._queue = queue
+        self.finished = False
+
+    def __aiter__(self) -> RequestStream:
+        return self
+
+    async def __anext__(self) -> TokenDelta:
+        if self.finished:
+            raise StopAsyncIteration
+        delta = await self._queue.get()
+        if delta.finish_reason is not None:
+            self._close(abort=False)
+        return delta
+
+    async def __aenter__(self) -> RequestStream:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        self._close(abort=not self.finished)
+
+    def _close(self, *, abort: bool) -> None:
+        if abort:
+            self._engine.abort(self.request_id)
+        self.finished = True
+        self._engine._forget_stream(self.request_id)

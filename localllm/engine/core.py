@@ -1,0 +1,190 @@
+"""EngineCore: the busy loop on the engine thread (plan, run, update)."""
+from __future__ import annotations
+
+import logging
+import queue
+import time
+from collections import Counter, deque
+from collections.abc import Callable
+from typing import Protocol
+
+from localllm.engine.errors import NoKvRoom
+from localllm.engine.messages import AbortRequest, AddRequest, Command, Shutdown
+from localllm.engine.request import RequestState
+from localllm.engine.scheduler import BatchChunk, Scheduler, StepPlan
+from localllm.engine.slots import KvOp
+from localllm.types import EngineStats, SlotStats, TokenDelta
+
+log = logging.getLogger(__name__)
+
+IDLE_WAKE_S = 0.5  # an idle loop still wakes to refresh its heartbeat and rates
+RATE_WINDOW_S = 5.0
+
+
+class Backend(Protocol):
+    """What the core needs from llama.cpp; LlamaBackend or a test fake."""
+
+    def add_sampler(self, request_id: str, params) -> None: ...
+    def remove_sampler(self, request_id: str) -> None: ...
+    def apply_kv_ops(self, ops: list[KvOp]) -> None: ...
+    def decode(self, chunks: list[BatchChunk]) -> dict[str, int]: ...
+
+
+class EngineCore:
+    """Owns the scheduler and the backend; runs until a Shutdown command."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        scheduler: Scheduler,
+        publish: Callable[[list[TokenDelta]], None],
+        model_name: str,
+        num_kv_cells_total: int,
+    ) -> None:
+        self.backend = backend
+        self.scheduler = scheduler
+        self.commands: queue.SimpleQueue[Command] = queue.SimpleQueue()
+        self._publish = publish
+        self._model_name = model_name
+        self._num_kv_cells_total = num_kv_cells_total
+        self._num_steps = 0
+        self._num_prompt_tokens = 0
+        self._num_generated_tokens = 0
+        self._num_reused_tokens = 0
+        self._finished: Counter[str] = Counter()
+        self._rate_samples: deque[tuple[float, int, int]] = deque()
+        self._num_kv_cells_used = 0
+        self._kv_counted_s = 0.0
+        self.heartbeat_s = time.monotonic()
+        self.stats: EngineStats = self._snapshot()
+
+    def run(self) -> None:
+        while self._take_commands():
+            if not self.scheduler.has_work:
+                self._refresh_stats()
+                continue
+            # 1. Plan: admit waiting requests, pick decode tokens and prompt chunks.
+            plan = self.scheduler.schedule()
+            for request in plan.admitted:
+                self.backend.add_sampler(request.request_id, request.params)
+                self._num_reused_tokens += request.num_reused_tokens
+            # 2. Run: apply prefix copies and trims, then one llama_decode for the batch.
+            deltas = self._run_step(plan)
+            # 3. Update: free finished requests' samplers, hand deltas to the event loop at once.
+            self._count_step(plan, deltas)
+            if deltas:
+                self._publish(deltas)
+            self._refresh_stats()
+        log.info("engine loop stopped")
+
+    def _take_commands(self) -> bool:
+        """Applies queued commands; blocks briefly only when idle. False on Shutdown."""
+        self.heartbeat_s = time.monotonic()
+        block = not self.scheduler.has_work
+        aborted: list[TokenDelta] = []
+        while True:
+            try:
+                command = self.commands.get(block=block, timeout=IDLE_WAKE_S if block else None)
+            except queue.Empty:
+                break
+            block = False
+            if isinstance(command, Shutdown):
+                self._abort_everything()
+                return False
+            if isinstance(command, AddRequest):
+                self.scheduler.add(command.request)
+            elif isinstance(command, AbortRequest):
+                delta = self.scheduler.abort(command.request_id)
+                if delta is not None:
+                    aborted.append(delta)
+        if aborted:
+            self._count_step(StepPlan(), aborted)
+            self._publish(aborted)
+        return True
+
+    def _run_step(self, plan: StepPlan) -> list[TokenDelta]:
+        try:
+            self.backend.apply_kv_ops(plan.kv_ops)
+            try:
+                sampled = self.backend.decode(plan.chunks)
+            except NoKvRoom:
+                # Idle slots' cached prefixes are the only cells we may take back.
+                self.backend.apply_kv_ops([self.scheduler.slot_table.forget(s.slot_id)
+                                           for s in self.scheduler.slot_table.free_slots()])
+                sampled = self.backend.decode(plan.chunks)
+            return self.scheduler.update(plan, sampled)
+        except Exception as exc:  # a failed step must not kill the loop or leak slots
+            log.exception("engine step failed")
+            deltas, ops = self.scheduler.fail(plan, f"engine error: {exc}")
+            try:
+                self.backend.apply_kv_ops(ops)
+            except Exception:
+                log.exception("could not clear KV cells after a failed step")
+            return deltas
+
+    def _count_step(self, plan: StepPlan, deltas: list[TokenDelta]) -> None:
+        self._num_steps += 1 if plan.chunks else 0
+        self._num_prompt_tokens += plan.num_prompt_tokens
+        self._num_generated_tokens += sum(len(d.token_ids) for d in deltas)
+        for delta in deltas:
+            if delta.finish_reason is not None:
+                self._finished[delta.finish_reason.value] += 1
+                self.backend.remove_sampler(delta.request_id)
+
+    def _abort_everything(self) -> None:
+        ids = [r.request_id for r in self.scheduler.waiting] + list(self.scheduler.running)
+        deltas = [d for d in (self.scheduler.abort(i) for i in ids) if d is not None]
+        if deltas:
+            self._count_step(StepPlan(), deltas)
+            self._publish(deltas)
+
+    def _refresh_stats(self) -> None:
+        now = time.monotonic()
+        self.heartbeat_s = now
+        samples = self._rate_samples
+        if not samples or now - samples[-1][0] >= 0.25:
+            samples.append((now, self._num_prompt_tokens, self._num_generated_tokens))
+            while len(samples) > 2 and now - samples[0][0] > RATE_WINDOW_S:
+                samples.popleft()
+        if now - self._kv_counted_s >= 0.5:  # sorting the caches costs more than a step's bookkeeping
+            self._num_kv_cells_used = self.scheduler.slot_table.num_kv_cells_used()
+            self._kv_counted_s = now
+        self.stats = self._snapshot()
+
+    def _snapshot(self) -> EngineStats:
+        now = time.monotonic()
+        prompt_rate = gen_rate = 0.0
+        if len(self._rate_samples) >= 2:
+            t0, p0, g0 = self._rate_samples[0]
+            span = max(now - t0, 1e-6)
+            prompt_rate = (self._num_prompt_tokens - p0) / span
+            gen_rate = (self._num_generated_tokens - g0) / span
+        table = self.scheduler.slot_table
+        return EngineStats(
+            model=self._model_name,
+            num_slots=len(table.slots),
+            num_busy_slots=len(self.scheduler.running),
+            num_waiting=len(self.scheduler.waiting),
+            prompt_tokens_per_s=prompt_rate,
+            generation_tokens_per_s=gen_rate,
+            num_prompt_tokens_total=self._num_prompt_tokens,
+            num_generated_tokens_total=self._num_generated_tokens,
+            num_reused_tokens_total=self._num_reused_tokens,
+            num_kv_cells_used=self._num_kv_cells_used,
+            num_kv_cells_total=self._num_kv_cells_total,
+            num_steps=self._num_steps,
+            finished_by_reason=dict(self._finished),
+            slots=tuple(_slot_stats(slot, now) for slot in table.slots),
+            loop_heartbeat_s=self.heartbeat_s,
+        )
+
+
+def _slot_stats(slot, now: float) -> SlotStats:
+    request = slot.request
+    if request is None:
+        return SlotStats(slot.slot_id, "idle", None, len(slot.cached_token_ids), 0, 0, 0.0)
+    state = "prefill" if request.state is RequestState.PREFILL else "decode"
+    return SlotStats(
+        slot.slot_id, state, request.request_id, len(slot.cached_token_ids),
+        len(request.output_token_ids), request.num_reused_tokens, now - request.arrival_s,
+    )

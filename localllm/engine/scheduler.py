@@ -1,0 +1,174 @@
+"""The scheduler: which tokens go into the next llama_decode, and what came out.
+
+Pure bookkeeping, no llama.cpp: `schedule()` returns a `StepPlan`, the core
+runs it, and `update()` turns the sampled tokens into `TokenDelta`s. Tests
+drive it with a fake backend that returns scripted tokens.
+"""
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from localllm.engine.request import Request, RequestState
+from localllm.engine.slots import KvOp, SlotTable
+from localllm.types import FinishReason, TokenDelta
+
+
+@dataclass(frozen=True, slots=True)
+class BatchChunk:
+    """Consecutive tokens of one request, at positions start_pos.. in its slot."""
+
+    request: Request
+    slot_id: int
+    token_ids: list[int]
+    start_pos: int
+    wants_logits: bool
+    """True on the request's last prompt chunk and on every decode token."""
+    is_prompt: bool
+
+
+@dataclass(slots=True)
+class StepPlan:
+    kv_ops: list[KvOp] = field(default_factory=list)
+    """To apply, in order, before the decode."""
+    admitted: list[Request] = field(default_factory=list)
+    """Requests that got a slot this step (the core makes their samplers)."""
+    chunks: list[BatchChunk] = field(default_factory=list)
+    """Decode tokens first, then prompt chunks, within n_batch tokens in all."""
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(len(c.token_ids) for c in self.chunks)
+
+    @property
+    def num_prompt_tokens(self) -> int:
+        return sum(len(c.token_ids) for c in self.chunks if c.is_prompt)
+
+
+class Scheduler:
+    """Continuous batching over a fixed set of slots. Engine thread only."""
+
+    def __init__(
+        self,
+        num_slots: int,
+        num_batch_tokens: int,
+        token_piece: Callable[[int], bytes],
+        is_end_of_generation: Callable[[int], bool],
+    ) -> None:
+        self.slot_table = SlotTable(num_slots)
+        self.num_batch_tokens = num_batch_tokens
+        self._token_piece = token_piece
+        self._is_eog = is_end_of_generation
+        self.waiting: deque[Request] = deque()
+        self.running: dict[str, Request] = {}
+        """Requests holding a slot, in admission order (prefill goes first-come)."""
+
+    @property
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def add(self, request: Request) -> None:
+        self.waiting.append(request)
+
+    def abort(self, request_id: str) -> TokenDelta | None:
+        """Ends a waiting or running request now; its slot is free for the next step."""
+        request = self.running.get(request_id)
+        if request is None:
+            request = next((r for r in self.waiting if r.request_id == request_id), None)
+            if request is None:
+                return None
+            self.waiting.remove(request)
+        return self._finish(request, FinishReason.ABORT, TokenDelta(request_id))
+
+    def schedule(self) -> StepPlan:
+        """Admits waiting requests into free slots and fills one batch.
+
+        Changes state: admitted requests get slots and PREFILL state.
+        """
+        plan = StepPlan()
+        # 1. Admit while slots are free; each new request starts from its longest cached prefix.
+        while self.waiting and self.slot_table.free_slots():
+            request = self.waiting.popleft()
+            slot, ops, num_reused = self.slot_table.assign(request)
+            request.slot_id = slot.slot_id
+            request.state = RequestState.PREFILL
+            request.num_computed_tokens = request.num_reused_tokens = num_reused
+            self.running[request.request_id] = request
+            plan.kv_ops.extend(ops)
+            plan.admitted.append(request)
+        # 2. One token for every generating request, so running streams never stall.
+        budget = self.num_batch_tokens
+        for request in self.running.values():
+            if request.state is RequestState.DECODE and budget > 0:
+                pos = len(self.slot_table.slots[request.slot_id].cached_token_ids)
+                plan.chunks.append(BatchChunk(request, request.slot_id, [request.output_token_ids[-1]], pos, True, False))
+                budget -= 1
+        # 3. Fill the rest with prompt chunks (chunked prefill), oldest request first.
+        for request in self.running.values():
+            if request.state is not RequestState.PREFILL or budget <= 0:
+                continue
+            start = request.num_computed_tokens
+            end = min(request.num_prompt_tokens, start + budget)
+            chunk = request.prompt_token_ids[start:end]
+            plan.chunks.append(BatchChunk(request, request.slot_id, chunk, start, end == request.num_prompt_tokens, True))
+            budget -= len(chunk)
+        return plan
+
+    def update(self, plan: StepPlan, sampled: Mapping[str, int]) -> list[TokenDelta]:
+        """Records a decoded step; `sampled` maps request id to the token drawn from its logits row.
+
+        Changes state: slot caches grow by what was decoded, requests advance or finish.
+        """
+        deltas: list[TokenDelta] = []
+        for chunk in plan.chunks:
+            request = chunk.request
+            self.slot_table.slots[chunk.slot_id].cached_token_ids.extend(chunk.token_ids)
+            if chunk.is_prompt:
+                request.num_computed_tokens += len(chunk.token_ids)
+            if not chunk.wants_logits:
+                continue
+            request.state = RequestState.DECODE
+            deltas.append(self._accept_token(request, sampled[request.request_id]))
+        return deltas
+
+    def fail(self, plan: StepPlan, message: str) -> tuple[list[TokenDelta], list[KvOp]]:
+        """Ends every request of a step whose decode failed.
+
+        Their slots' KV contents are unknown now, so the slots forget them; the
+        returned KV ops clear those cells.
+        """
+        deltas, ops = [], []
+        for request in {c.request for c in plan.chunks}:
+            ops.append(self.slot_table.forget(request.slot_id))
+            deltas.append(self._finish(request, FinishReason.ERROR, TokenDelta(request.request_id, error=message)))
+        return deltas, ops
+
+    def _accept_token(self, request: Request, token_id: int) -> TokenDelta:
+        request.output_token_ids.append(token_id)
+        delta = TokenDelta(request.request_id, token_ids=[token_id])
+        if self._is_eog(token_id) and not request.params.ignore_eos:
+            return self._finish(request, FinishReason.STOP, delta)
+        delta.text = request.text.push(self._token_piece(token_id))
+        if request.text.stopped:
+            return self._finish(request, FinishReason.STOP, delta)
+        if len(request.output_token_ids) >= request.max_new_tokens:
+            return self._finish(request, FinishReason.LENGTH, delta)
+        self._fill_counts(request, delta)
+        return delta
+
+    def _finish(self, request: Request, reason: FinishReason, delta: TokenDelta) -> TokenDelta:
+        delta.text += request.text.flush()
+        delta.finish_reason = reason
+        request.finish_reason = reason
+        request.state = RequestState.FINISHED
+        if self.running.pop(request.request_id, None) is not None:
+            self.slot_table.release(request.slot_id)
+        self._fill_counts(request, delta)
+        return delta
+
+    @staticmethod
+    def _fill_counts(request: Request, delta: TokenDelta) -> None:
+        delta.num_prompt_tokens = request.num_prompt_tokens
+        delta.num_cached_tokens = request.num_reused_tokens
+        delta.num_generated_tokens = len(request.output_token_ids)
