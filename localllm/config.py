@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 import tomllib
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -75,9 +75,9 @@ class ServerConfig:
 
 @dataclass(frozen=True, slots=True)
 class Config:
-    engine: EngineConfig = EngineConfig()
-    server: ServerConfig = ServerConfig()
-    data_dir: Path = Path()
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    server: ServerConfig = field(default_factory=ServerConfig)
+    data_dir: Path = field(default_factory=default_data_dir)
 
     @classmethod
     def load(cls, config_file: Path | None = None, overrides: dict[str, Any] | None = None) -> Config:

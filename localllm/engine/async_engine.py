@@ -22,6 +22,8 @@ log = logging.getLogger(__name__)
 
 
 class TokenizingBackend(Backend, Protocol):
+    num_vocab: int
+
     def tokenize(self, text: str, *, add_special: bool = True, parse_special: bool = True) -> list[int]: ...
     def token_piece(self, token_id: int) -> bytes: ...
     def is_end_of_generation(self, token_id: int) -> bool: ...
@@ -105,6 +107,11 @@ class AsyncEngine:
             raise InvalidParam(None, f"request id {request_id!r} is already in use")
         if not prompt_ids:
             raise InvalidParam("prompt", "the prompt is empty")
+        num_vocab = self.backend.num_vocab
+        if max(prompt_ids) >= num_vocab or min(prompt_ids) < 0:
+            raise InvalidParam("prompt", f"token ids must be between 0 and {num_vocab - 1}")
+        if any(not 0 <= token_id < num_vocab for token_id, _ in params.logit_bias):
+            raise InvalidParam("logit_bias", f"token ids must be between 0 and {num_vocab - 1}")
         num_prompt = len(prompt_ids)
         room = self.slot_ctx - num_prompt
         if room < 1 or (params.max_tokens is not None and params.max_tokens > room):

@@ -129,6 +129,17 @@ class LlamaBackend:
             eog = self._eog[token_id] = bool(ll.llama_vocab_is_eog(self._vocab, token_id))
         return eog
 
+    def bos_text(self) -> str:
+        return self._token_text(ll.llama_vocab_bos(self._vocab))
+
+    def eos_text(self) -> str:
+        return self._token_text(ll.llama_vocab_eos(self._vocab))
+
+    def _token_text(self, token_id: int) -> str:
+        if token_id < 0:
+            return ""
+        return (ll.llama_vocab_get_text(self._vocab, token_id) or b"").decode("utf-8", "replace")
+
     def metadata(self, key: str) -> str | None:
         buf = ctypes.create_string_buffer(4096)
         n = ll.llama_model_meta_val_str(self._model, key.encode(), buf, len(buf))

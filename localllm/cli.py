@@ -1,0 +1,66 @@
+"""Command line: `localllm serve` (more subcommands arrive with the model manager)."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from localllm.config import Config, ConfigError, EngineConfig, ServerConfig
+
+_ENGINE = EngineConfig()
+_SERVER = ServerConfig()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="localllm", description="Offline-first OpenAI-compatible LLM server.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser(
+        "serve", help="serve a model over an OpenAI-compatible HTTP API",
+        description="Every flag also reads from the config file and from LOCALLLM_<FLAG> environment variables "
+                    "(flags > environment > config file > defaults).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    serve.add_argument("--model", help=f"catalogue name or .gguf path (default {_ENGINE.model})")
+    serve.add_argument("--host", help=f"address to listen on (default {_SERVER.host})")
+    serve.add_argument("--port", type=int, help=f"port (default {_SERVER.port})")
+    serve.add_argument("--parallel", type=int, help=f"slots decoded together (default {_ENGINE.parallel})")
+    serve.add_argument("--ctx", type=int, help=f"KV cache tokens shared by all slots (default {_ENGINE.ctx})")
+    serve.add_argument("--batch", type=int, help=f"most tokens per decode step (default {_ENGINE.batch})")
+    serve.add_argument("--threads", type=int, help="CPU threads (default: all usable cores)")
+    serve.add_argument("--n-gpu-layers", dest="n_gpu_layers", type=int, help="layers to offload to the GPU (default 0)")
+    serve.add_argument("--api-key", dest="api_key", help="require this bearer key on /v1 routes")
+    serve.add_argument("--data-dir", dest="data_dir", help="models and caches (default: XDG data dir)")
+    serve.add_argument("--config", type=Path, help="TOML config file (also LOCALLLM_CONFIG)")
+    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=getattr(logging, args.log_level.upper()),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    overrides = {k: v for k, v in vars(args).items() if k not in ("command", "config", "log_level")}
+    try:
+        config = Config.load(args.config, overrides)
+    except ConfigError as exc:
+        print(f"localllm: invalid configuration: {exc}", file=sys.stderr)
+        return 2
+    if args.command == "serve":
+        return serve(config)
+    return 1
+
+
+def serve(config: Config) -> int:
+    from aiohttp import web
+
+    from localllm.server.app import create_app
+
+    app = create_app(config)
+    print(f"localllm: serving {config.engine.model} on http://{config.server.host}:{config.server.port}/v1", flush=True)
+    web.run_app(app, host=config.server.host, port=config.server.port, print=None, access_log=None)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,54 @@
+"""/health (liveness), /ready (readiness) and /v1/stats (what the TUI reads)."""
+from __future__ import annotations
+
+import dataclasses
+import time
+
+from aiohttp import web
+
+from localllm.server.state import MODEL_KEY, require_model
+
+# The engine loop refreshes its heartbeat every step and at least every 0.5 s when
+# idle; one prompt chunk of n_batch tokens on a slow CPU takes a second or two.
+STALL_AFTER_S = 15.0
+
+
+def setup(app: web.Application) -> None:
+    app.router.add_get("/health", health)
+    app.router.add_get("/ready", ready)
+    app.router.add_get("/v1/stats", stats)
+
+
+async def health(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def ready(request: web.Request) -> web.Response:
+    holder = request.app[MODEL_KEY]
+    if holder.loaded is None:
+        state = "failed" if holder.error else "loading"
+        return web.json_response({"status": state, "error": holder.error}, status=503,
+                                 headers={"Retry-After": "2"})
+    engine = holder.loaded.engine
+    snapshot = engine.stats()
+    stalled_s = time.monotonic() - snapshot.loop_heartbeat_s
+    body = {
+        "status": "ready",
+        "model": holder.loaded.name,
+        "num_busy_slots": snapshot.num_busy_slots,
+        "num_slots": snapshot.num_slots,
+        "num_waiting": snapshot.num_waiting,
+    }
+    if not engine.is_running or stalled_s > STALL_AFTER_S:
+        body["status"] = "stalled" if engine.is_running else "stopped"
+        return web.json_response(body, status=503)
+    return web.json_response(body)
+
+
+async def stats(request: web.Request) -> web.Response:
+    model = require_model(request)
+    snapshot = dataclasses.asdict(model.engine.stats())
+    snapshot["heartbeat_age_s"] = time.monotonic() - snapshot.pop("loop_heartbeat_s")
+    snapshot["model_path"] = str(model.path)
+    snapshot["slot_ctx"] = model.engine.slot_ctx
+    return web.json_response(snapshot)

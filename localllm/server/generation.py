@@ -1,0 +1,90 @@
+"""Runs the choices of one API request on the engine and merges their deltas."""
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from localllm.engine.async_engine import AsyncEngine, RequestStream
+from localllm.server.errors import ApiError, bad_request
+from localllm.server.schemas import GenerationRequest
+from localllm.types import FinishReason, InvalidParam, TokenDelta
+
+
+@dataclass(slots=True)
+class Choice:
+    index: int
+    text: list[str] = field(default_factory=list)
+    finish_reason: FinishReason | None = None
+    num_prompt_tokens: int = 0
+    num_cached_tokens: int = 0
+    num_generated_tokens: int = 0
+    error: str | None = None
+
+    def absorb(self, delta: TokenDelta) -> None:
+        self.text.append(delta.text)
+        self.finish_reason = delta.finish_reason or self.finish_reason
+        self.num_prompt_tokens = delta.num_prompt_tokens
+        self.num_cached_tokens = delta.num_cached_tokens
+        self.num_generated_tokens = delta.num_generated_tokens
+        self.error = delta.error or self.error
+
+
+def usage(choices: list[Choice], n: int) -> dict:
+    """OpenAI usage; each prompt counts once, however many (n) choices sample from it."""
+    firsts = choices[::n]
+    prompt_tokens = sum(c.num_prompt_tokens for c in firsts)
+    completion_tokens = sum(c.num_generated_tokens for c in choices)
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": sum(c.num_cached_tokens for c in firsts)},
+    }
+
+
+def start_choices(engine: AsyncEngine, gen: GenerationRequest, add_special: bool) -> list[RequestStream]:
+    """Queues every choice, or none: a choice that fails validation aborts the rest."""
+    streams: list[RequestStream] = []
+    try:
+        for prompt in gen.prompts:
+            for _ in range(gen.n):
+                streams.append(engine.generate(prompt, gen.params, add_special=add_special))
+    except InvalidParam as exc:
+        for stream in streams:
+            engine.abort(stream.request_id)
+        raise bad_request(str(exc), exc.param) from None
+    except RuntimeError as exc:
+        raise ApiError(503, f"The model is not ready: {exc}", type="server_error", code="model_not_ready") from None
+    return streams
+
+
+async def merged(streams: list[RequestStream]) -> AsyncIterator[tuple[int, TokenDelta]]:
+    """Deltas of several streams as (choice index, delta), as they arrive."""
+    if len(streams) == 1:
+        async for delta in streams[0]:
+            yield 0, delta
+        return
+    queue: asyncio.Queue[tuple[int, TokenDelta]] = asyncio.Queue()
+
+    async def pump(index: int, stream: RequestStream) -> None:
+        async for delta in stream:
+            queue.put_nowait((index, delta))
+
+    tasks = [asyncio.create_task(pump(i, s)) for i, s in enumerate(streams)]
+    try:
+        remaining = len(streams)
+        while remaining:
+            index, delta = await queue.get()
+            remaining -= delta.finish_reason is not None
+            yield index, delta
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def close_all(streams: list[RequestStream]) -> None:
+    """Aborts whatever has not finished (client gone, error); safe to call twice."""
+    for stream in streams:
+        await stream.aclose()

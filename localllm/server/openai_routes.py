@@ -1,0 +1,177 @@
+"""/v1/chat/completions, /v1/completions and /v1/models in OpenAI's wire format."""
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+
+from aiohttp import web
+
+from localllm.models.manager import LoadedModel
+from localllm.server.chat_template import compiled_template
+from localllm.server.errors import ApiError, bad_request
+from localllm.server.generation import Choice, close_all, merged, start_choices, usage
+from localllm.server.schemas import GenerationRequest, completion_prompts, generation_request, read_json
+from localllm.server.sse import SseWriter
+from localllm.server.state import require_model
+from localllm.types import FinishReason, TokenDelta
+
+
+def setup(app: web.Application) -> None:
+    app.router.add_post("/v1/chat/completions", chat_completions)
+    app.router.add_post("/v1/completions", completions)
+    app.router.add_get("/v1/models", list_models)
+
+
+async def list_models(request: web.Request) -> web.Response:
+    model = require_model(request)
+    created = int(model.path.stat().st_mtime)
+    return web.json_response({
+        "object": "list",
+        "data": [{"id": model.name, "object": "model", "created": created, "owned_by": "localllm"}],
+    })
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    model = require_model(request)
+    body = await read_json(request)
+    _check_model(body, model)
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise bad_request("messages must be a non-empty list", "messages")
+    if not model.chat_template:
+        raise bad_request(f"model {model.name!r} has no chat template; use /v1/completions", "messages")
+    if body.get("tools") or body.get("functions"):
+        raise bad_request("tool and function calling are not supported yet", "tools")
+    template = compiled_template(model.chat_template, model.bos_token, model.eos_token)
+    gen = generation_request(body, [template.render(messages)])
+    return await _respond(request, model, gen, _ChatFormat(), add_special=False)
+
+
+async def completions(request: web.Request) -> web.StreamResponse:
+    model = require_model(request)
+    body = await read_json(request)
+    _check_model(body, model)
+    if body.get("suffix"):
+        raise bad_request("suffix (fill-in-the-middle) is not supported by this server", "suffix")
+    gen = generation_request(body, completion_prompts(body))
+    echo = gen.echo
+    engine = model.engine
+
+    def prompt_text(index: int) -> str:
+        prompt = gen.prompts[index // gen.n]
+        return prompt if isinstance(prompt, str) else engine.backend.detokenize(prompt)
+
+    return await _respond(request, model, gen, _CompletionFormat(prompt_text if echo else None), add_special=True)
+
+
+def _check_model(body: dict, model: LoadedModel) -> None:
+    name = body.get("model")
+    if name is not None and name not in (model.name, model.path.name):
+        raise ApiError(404, f"The model {name!r} does not exist; this server serves {model.name!r}.",
+                       param="model", code="model_not_found")
+
+
+async def _respond(request: web.Request, model: LoadedModel, gen: GenerationRequest, fmt: _Format,
+                   add_special: bool) -> web.StreamResponse:
+    streams = start_choices(model.engine, gen, add_special)
+    meta = {"id": fmt.id_prefix + uuid.uuid4().hex, "created": int(time.time()), "model": model.name}
+    choices = [Choice(i) for i in range(len(streams))]
+    try:
+        if gen.stream:
+            return await _stream(request, gen, fmt, meta, streams, choices)
+        async for index, delta in merged(streams):
+            choices[index].absorb(delta)
+            if request.transport is None or request.transport.is_closing():
+                break  # client gone: the finally below aborts what is left
+        failed = [c for c in choices if c.finish_reason in (FinishReason.ERROR, FinishReason.ABORT) or c.error]
+        if failed:
+            raise ApiError(500 if failed[0].finish_reason is FinishReason.ERROR else 503,
+                           failed[0].error or "The request was cancelled by the server.", type="server_error")
+        return web.json_response({
+            **meta, "object": fmt.object_name,
+            "choices": [fmt.full_choice(c) for c in choices],
+            "usage": usage(choices, gen.n),
+        })
+    finally:
+        await close_all(streams)
+
+
+async def _stream(request: web.Request, gen: GenerationRequest, fmt: _Format, meta: dict, streams, choices) -> web.StreamResponse:
+    sse = SseWriter(request)
+    await sse.start()
+    chunk_meta = {**meta, "object": fmt.chunk_object_name}
+    extra = {"usage": None} if gen.include_usage else {}
+    try:
+        for choice in choices:
+            first = fmt.first_chunk_choice(choice.index)
+            if first is not None:
+                await sse.send({**chunk_meta, "choices": [first], **extra})
+        async for index, delta in merged(streams):
+            choice = choices[index]
+            choice.absorb(delta)
+            if delta.finish_reason in (FinishReason.ERROR, FinishReason.ABORT):
+                message = delta.error or "The request was cancelled by the server."
+                await sse.send(ApiError(500, message, type="server_error").body())
+                continue
+            if delta.text or delta.finish_reason is not None:
+                await sse.send({**chunk_meta, "choices": [fmt.delta_choice(index, delta)], **extra})
+        if gen.include_usage:
+            await sse.send({**chunk_meta, "choices": [], "usage": usage(choices, gen.n)})
+        await sse.finish()
+    except (ConnectionResetError, ConnectionError):
+        pass  # client went away; the caller's finally aborts the rest
+    return sse.response
+
+
+class _Format:
+    id_prefix: str
+    object_name: str
+    chunk_object_name: str
+
+    def full_choice(self, choice: Choice) -> dict: ...
+    def first_chunk_choice(self, index: int) -> dict | None: ...
+    def delta_choice(self, index: int, delta: TokenDelta) -> dict: ...
+
+
+def _finish(reason: FinishReason | None) -> str | None:
+    return None if reason is None else reason.value
+
+
+class _ChatFormat(_Format):
+    id_prefix, object_name, chunk_object_name = "chatcmpl-", "chat.completion", "chat.completion.chunk"
+
+    def full_choice(self, choice: Choice) -> dict:
+        return {
+            "index": choice.index,
+            "message": {"role": "assistant", "content": "".join(choice.text)},
+            "logprobs": None,
+            "finish_reason": _finish(choice.finish_reason),
+        }
+
+    def first_chunk_choice(self, index: int) -> dict:
+        return {"index": index, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}
+
+    def delta_choice(self, index: int, delta: TokenDelta) -> dict:
+        content = {"content": delta.text} if delta.text else {}
+        return {"index": index, "delta": content, "logprobs": None, "finish_reason": _finish(delta.finish_reason)}
+
+
+class _CompletionFormat(_Format):
+    id_prefix, object_name, chunk_object_name = "cmpl-", "text_completion", "text_completion"
+
+    def __init__(self, echo: Callable[[int], str] | None) -> None:
+        self._echo = echo
+
+    def full_choice(self, choice: Choice) -> dict:
+        prefix = self._echo(choice.index) if self._echo else ""
+        return {"index": choice.index, "text": prefix + "".join(choice.text), "logprobs": None,
+                "finish_reason": _finish(choice.finish_reason)}
+
+    def first_chunk_choice(self, index: int) -> dict | None:
+        if self._echo is None:
+            return None
+        return {"index": index, "text": self._echo(index), "logprobs": None, "finish_reason": None}
+
+    def delta_choice(self, index: int, delta: TokenDelta) -> dict:
+        return {"index": index, "text": delta.text, "logprobs": None, "finish_reason": _finish(delta.finish_reason)}

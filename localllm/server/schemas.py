@@ -1,0 +1,152 @@
+"""OpenAI request bodies -> localllm types, with errors that name the parameter."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from localllm.server.errors import ApiError, bad_request
+from localllm.types import InvalidParam, SamplingParams
+
+MAX_CHOICES = 8
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationRequest:
+    """What a completion or chat request asks for, validated."""
+
+    model: str | None
+    prompts: list[str | list[int]]
+    """One prompt per input; chat requests have exactly one (the rendered messages)."""
+    params: SamplingParams
+    n: int
+    stream: bool
+    include_usage: bool
+    echo: bool = False
+
+
+async def read_json(request: web.Request) -> dict[str, Any]:
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise ApiError(413, "Request body too large.", code="request_too_large") from None
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise bad_request("The request body is not valid JSON.") from None
+    if not isinstance(body, dict):
+        raise bad_request("The request body must be a JSON object.")
+    return body
+
+
+def sampling_params(body: dict[str, Any]) -> SamplingParams:
+    max_tokens = _opt(body, "max_completion_tokens", int)
+    if max_tokens is None:
+        max_tokens = _opt(body, "max_tokens", int)
+    stop = body.get("stop")
+    if stop is None:
+        stops: tuple[str, ...] = ()
+    elif isinstance(stop, str):
+        stops = (stop,)
+    elif isinstance(stop, list) and all(isinstance(s, str) for s in stop):
+        stops = tuple(stop)
+    else:
+        raise bad_request("stop must be a string or a list of strings", "stop")
+    try:
+        return SamplingParams(
+            max_tokens=max_tokens,
+            temperature=_num(body, "temperature", 1.0),
+            top_p=_num(body, "top_p", 1.0),
+            top_k=_opt(body, "top_k", int) or 0,
+            min_p=_num(body, "min_p", 0.0),
+            seed=_opt(body, "seed", int),
+            repeat_penalty=_num(body, "repeat_penalty", 1.0),
+            frequency_penalty=_num(body, "frequency_penalty", 0.0),
+            presence_penalty=_num(body, "presence_penalty", 0.0),
+            logit_bias=_logit_bias(body.get("logit_bias")),
+            stop=stops,
+            ignore_eos=_opt(body, "ignore_eos", bool) or False,
+        )
+    except InvalidParam as exc:
+        raise bad_request(str(exc), exc.param) from None
+
+
+def generation_request(body: dict[str, Any], prompts: list[str | list[int]]) -> GenerationRequest:
+    n = _opt(body, "n", int) or 1
+    if not 1 <= n <= MAX_CHOICES:
+        raise bad_request(f"n must be between 1 and {MAX_CHOICES}", "n")
+    if len(prompts) * n > MAX_CHOICES:
+        raise bad_request(f"at most {MAX_CHOICES} choices (prompts x n) per request", "n")
+    stream_options = body.get("stream_options")
+    if stream_options is not None and not isinstance(stream_options, dict):
+        raise bad_request("stream_options must be an object", "stream_options")
+    model = body.get("model")
+    if model is not None and not isinstance(model, str):
+        raise bad_request("model must be a string", "model")
+    return GenerationRequest(
+        model=model,
+        prompts=prompts,
+        params=sampling_params(body),
+        n=n,
+        stream=_opt(body, "stream", bool) or False,
+        include_usage=bool((stream_options or {}).get("include_usage", False)),
+        echo=_opt(body, "echo", bool) or False,
+    )
+
+
+def completion_prompts(body: dict[str, Any]) -> list[str | list[int]]:
+    """`prompt` as a string, a list of strings, a token list, or a list of token lists."""
+    prompt = body.get("prompt")
+    if isinstance(prompt, str):
+        return [prompt]
+    if isinstance(prompt, list) and prompt:
+        if all(isinstance(p, str) for p in prompt):
+            return list(prompt)
+        if all(_is_token(t) for t in prompt):
+            return [list(prompt)]
+        if all(isinstance(p, list) and p and all(_is_token(t) for t in p) for p in prompt):
+            return [list(p) for p in prompt]
+    raise bad_request("prompt must be a string, a list of strings, or a list of token ids", "prompt")
+
+
+def _is_token(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _opt(body: dict[str, Any], key: str, kind: type) -> Any:
+    value = body.get(key)
+    if value is None:
+        return None
+    if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise bad_request(f"{key} must be an integer", key)
+    if kind is bool and not isinstance(value, bool):
+        raise bad_request(f"{key} must be a boolean", key)
+    return value
+
+
+def _num(body: dict[str, Any], key: str, default: float) -> float:
+    value = body.get(key)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise bad_request(f"{key} must be a number", key)
+    return float(value)
+
+
+def _logit_bias(value: object) -> tuple[tuple[int, float], ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, dict) or len(value) > 1024:
+        raise bad_request("logit_bias must map token ids to numbers (at most 1024)", "logit_bias")
+    pairs = []
+    for key, bias in value.items():
+        try:
+            token_id = int(key)
+        except (TypeError, ValueError):
+            raise bad_request(f"logit_bias key {key!r} is not a token id", "logit_bias") from None
+        if token_id < 0 or isinstance(bias, bool) or not isinstance(bias, (int, float)) or not -100 <= bias <= 100:
+            raise bad_request("logit_bias values must be numbers between -100 and 100", "logit_bias")
+        pairs.append((token_id, float(bias)))
+    return tuple(pairs)

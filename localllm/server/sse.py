@@ -1,0 +1,29 @@
+"""Server-sent events as OpenAI streams them: `data: {json}` lines, then `data: [DONE]`."""
+from __future__ import annotations
+
+import json
+
+from aiohttp import web
+
+
+class SseWriter:
+    def __init__(self, request: web.Request) -> None:
+        self._request = request
+        self.response = web.StreamResponse(
+            headers={
+                "Content-Type": "text/event-stream; charset=utf-8",
+                "Cache-Control": "no-cache",
+                "X-Accel-Buffering": "no",  # tell proxies not to buffer the stream
+            }
+        )
+
+    async def start(self) -> None:
+        await self.response.prepare(self._request)
+
+    async def send(self, payload: dict) -> None:
+        """Raises ConnectionResetError (or a subclass) once the client has gone."""
+        await self.response.write(b"data: " + json.dumps(payload, ensure_ascii=False).encode() + b"\n\n")
+
+    async def finish(self) -> None:
+        await self.response.write(b"data: [DONE]\n\n")
+        await self.response.write_eof()

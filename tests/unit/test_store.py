@@ -1,0 +1,47 @@
+"""The bundled model is assembled once, atomically, verified, and repaired when corrupt."""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from localllm.models.registry import UnknownModel, load_catalogue
+from localllm.models.store import ModelFileError, ModelStore
+
+
+def test_bundled_model_is_assembled_once_and_reused(tmp_path: Path):
+    store = ModelStore(tmp_path, load_catalogue())
+    path, spec = store.resolve("gemma3-270m")
+    assert path.is_relative_to(tmp_path) and path.stat().st_size == spec.size_bytes
+    with path.open("rb") as f:
+        assert f.read(4) == b"GGUF"
+    mtime = path.stat().st_mtime_ns
+    again, _ = store.resolve("gemma3-270m")
+    assert again == path and path.stat().st_mtime_ns == mtime  # not rewritten
+    assert not list(path.parent.glob("*.partial-*"))
+
+
+def test_corrupt_model_file_is_replaced(tmp_path: Path):
+    store = ModelStore(tmp_path, load_catalogue())
+    path, spec = store.resolve("gemma3-270m")
+    with path.open("r+b") as f:
+        f.seek(1000)
+        f.write(b"\x00" * 64)
+    repaired, _ = store.resolve("gemma3-270m")
+    digest = hashlib.sha256(repaired.read_bytes()).hexdigest()
+    assert digest == spec.sha256
+
+
+def test_unknown_and_unsafe_names_are_refused(tmp_path: Path):
+    store = ModelStore(tmp_path, load_catalogue())
+    for name in ["nope", "../etc/passwd", "a/b", ""]:
+        with pytest.raises(UnknownModel):
+            store.resolve(name)
+
+
+def test_catalogue_entry_without_a_local_file_says_how_to_get_it(tmp_path: Path):
+    (tmp_path / "models.toml").write_text('[models.tiny]\nfile = "tiny.gguf"\nhf_repo = "org/tiny"\n')
+    store = ModelStore(tmp_path, load_catalogue(tmp_path / "models.toml"))
+    with pytest.raises(ModelFileError, match="localllm pull tiny"):
+        store.resolve("tiny")

@@ -1,0 +1,1 @@
+"""Textual TUI for localllm (see the TUI issue). Speaks to the server over HTTP only."""
