@@ -61,7 +61,7 @@ echo "localllm install: CMAKE_ARGS=$CMAKE_ARGS"
 if ! smoke_test; then
     echo "localllm install: llama-cpp-python fails the smoke test; rebuilding it from source" >&2
     "${PIP[@]}" cache remove 'llama_cpp_python*' >/dev/null 2>&1 || true
-    "${PIP[@]}" install -q --force-reinstall --no-deps --no-binary llama-cpp-python \
+    "${PIP[@]}" install -q --no-cache-dir --force-reinstall --no-deps --no-binary llama-cpp-python \
         "llama-cpp-python==$LLAMA_CPP_VERSION"
     smoke_test
 fi

@@ -70,11 +70,12 @@ class EngineCore:
                 self._num_reused_tokens += request.num_reused_tokens
             # 2. Run: apply prefix copies and trims, then one llama_decode for the batch.
             deltas = self._run_step(plan)
-            # 3. Update: free finished requests' samplers, hand deltas to the event loop at once.
+            # 3. Update: free finished requests' samplers, refresh stats (so a client that
+            #    sees a token sees stats that include it), hand deltas over in one call.
             self._count_step(plan, deltas)
+            self._refresh_stats()
             if deltas:
                 self._publish(deltas)
-            self._refresh_stats()
         log.info("engine loop stopped")
 
     def _take_commands(self) -> bool:
@@ -99,6 +100,7 @@ class EngineCore:
                     aborted.append(delta)
         if aborted:
             self._count_step(StepPlan(), aborted)
+            self._refresh_stats()
             self._publish(aborted)
         return True
 

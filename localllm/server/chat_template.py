@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from dataclasses import dataclass
-
 import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
@@ -13,20 +11,19 @@ from localllm.server.errors import bad_request
 _ROLES = {"system", "developer", "user", "assistant"}
 
 
-@dataclass(frozen=True, slots=True)
 class ChatTemplate:
-    source: str
-    bos_token: str = ""
-    eos_token: str = ""
+    """A compiled, sandboxed chat template (templates come from model files: untrusted)."""
 
-    def __post_init__(self) -> None:
-        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, undefined=jinja2.StrictUndefined)
+    def __init__(self, source: str, bos_token: str = "", eos_token: str = "") -> None:
+        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
         env.globals["raise_exception"] = _raise_template_error
-        object.__setattr__(self, "_template", env.from_string(self.source))
+        self._template = env.from_string(source)
+        self.bos_token = bos_token
+        self.eos_token = eos_token
 
     def render(self, messages: Sequence[dict]) -> str:
         try:
-            return self._template.render(  # type: ignore[attr-defined]
+            return self._template.render(
                 messages=[_normalise(m, i) for i, m in enumerate(messages)],
                 add_generation_prompt=True,
                 bos_token=self.bos_token,

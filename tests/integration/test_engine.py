@@ -11,7 +11,7 @@ from localllm.config import Config
 from localllm.engine.async_engine import AsyncEngine
 from localllm.engine.llama_backend import BackendConfig, LlamaBackend
 from localllm.models.manager import engine_for
-from localllm.types import FinishReason, PromptTooLong, SamplingParams, TokenDelta
+from localllm.types import EngineStats, FinishReason, PromptTooLong, SamplingParams, TokenDelta
 
 pytestmark = pytest.mark.integration
 
@@ -53,11 +53,12 @@ def text_of(deltas: list[TokenDelta]) -> str:
     return "".join(d.text for d in deltas)
 
 
-async def wait_idle(engine: AsyncEngine, timeout_s: float = 10.0) -> None:
+async def wait_idle(engine: AsyncEngine, also=lambda stats: True, timeout_s: float = 10.0) -> EngineStats:
+    """Polls stats until no slot is busy and `also(stats)` holds."""
     for _ in range(int(timeout_s / 0.02)):
         stats = engine.stats()
-        if stats.num_busy_slots == 0 and stats.num_waiting == 0:
-            return
+        if stats.num_busy_slots == 0 and stats.num_waiting == 0 and also(stats):
+            return stats
         await asyncio.sleep(0.02)
     raise AssertionError("engine did not become idle")
 
@@ -118,9 +119,7 @@ async def test_abort_mid_stream_frees_the_slot(engine: AsyncEngine):
         if received == 3:
             break
     await stream.aclose()
-    await wait_idle(engine)
-    stats = engine.stats()
-    assert stats.finished_by_reason.get("abort", 0) == aborted_before + 1
+    stats = await wait_idle(engine, lambda s: s.finished_by_reason.get("abort", 0) == aborted_before + 1)
     assert all(s.state == "idle" for s in stats.slots)
     assert text_of(await collect(engine, "Hello", SamplingParams(temperature=0.0, max_tokens=3)))
 

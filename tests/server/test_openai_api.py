@@ -48,10 +48,11 @@ async def read_sse(response: aiohttp.ClientResponse) -> list[dict | str]:
     return events
 
 
-async def wait_idle(http: aiohttp.ClientSession) -> dict:
+async def wait_idle(http: aiohttp.ClientSession, also=lambda stats: True) -> dict:
+    """Polls /v1/stats until no slot is busy and `also(stats)` holds (10 s at most)."""
     for _ in range(500):
         stats = await (await http.get("/v1/stats")).json()
-        if stats["num_busy_slots"] == 0 and stats["num_waiting"] == 0:
+        if stats["num_busy_slots"] == 0 and stats["num_waiting"] == 0 and also(stats):
             return stats
         await asyncio.sleep(0.02)
     raise AssertionError("server did not become idle")
@@ -182,11 +183,12 @@ async def test_client_disconnect_mid_stream_frees_the_slot(http, server: TestSer
     before = (await wait_idle(http))["finished_by_reason"].get("abort", 0)
     async with aiohttp.ClientSession(base_url=str(server.make_url("/")), headers=AUTH) as other:
         response = await other.post("/v1/completions", json={
-            "prompt": "Count to a thousand: 1, 2, 3,", "max_tokens": 1500, "stream": True, "temperature": 0})
+            "prompt": "Count to a thousand: 1, 2, 3,", "max_tokens": 1500, "stream": True, "temperature": 0,
+            "ignore_eos": True})
         await response.content.readline()
         response.close()  # hang up mid-stream
-    stats = await wait_idle(http)
-    assert stats["finished_by_reason"].get("abort", 0) == before + 1
+    stats = await wait_idle(http, lambda s: s["finished_by_reason"].get("abort", 0) == before + 1)
+    assert all(slot["state"] == "idle" for slot in stats["slots"])
 
 
 async def test_requests_while_loading_get_503_with_retry_after(data_dir: Path):
