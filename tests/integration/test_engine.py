@@ -157,3 +157,22 @@ async def test_sampling_with_a_seed_is_reproducible(engine: AsyncEngine):
     first = await collect(engine, "Once upon a time", params)
     second = await collect(engine, "Once upon a time", params)
     assert tokens_of(first) == tokens_of(second)
+
+
+async def test_logit_bias_is_applied_the_same_by_greedy_and_sampling_paths(engine: AsyncEngine):
+    prompt = "The capital of France is"
+    best = tokens_of(await collect(engine, prompt, SamplingParams(temperature=0.0, max_tokens=1)))[0]
+    ban = ((best, -100.0),)
+    greedy = tokens_of(await collect(engine, prompt, SamplingParams(temperature=0.0, max_tokens=1, logit_bias=ban)))
+    # top_k=1 after the bias is greedy too, but runs through llama.cpp's sampler chain.
+    sampled = tokens_of(await collect(engine, prompt, SamplingParams(temperature=0.7, top_k=1, seed=3,
+                                                                      max_tokens=1, logit_bias=ban)))
+    assert greedy[0] != best
+    assert greedy == sampled
+
+
+async def test_ignore_eos_never_draws_an_end_of_generation_token(engine: AsyncEngine):
+    params = SamplingParams(temperature=0.0, max_tokens=48, ignore_eos=True)
+    deltas = await collect(engine, "<start_of_turn>user\nSay OK.<end_of_turn>\n<start_of_turn>model\n", params)
+    assert deltas[-1].finish_reason is FinishReason.LENGTH
+    assert not any(engine.backend.is_end_of_generation(t) for t in tokens_of(deltas))
