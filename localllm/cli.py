@@ -29,6 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--batch", type=int, help=f"most tokens per decode step (default {_ENGINE.batch})")
     serve.add_argument("--threads", type=int, help="CPU threads (default: all usable cores)")
     serve.add_argument("--n-gpu-layers", dest="n_gpu_layers", type=int, help="layers to offload to the GPU (default 0)")
+    serve.add_argument("--max-waiting", dest="max_waiting", type=int,
+                       help=f"requests that may queue for a slot before 429 (default {_ENGINE.max_waiting})")
     serve.add_argument("--api-key", dest="api_key", help="require this bearer key on /v1 routes")
     serve.add_argument("--data-dir", dest="data_dir", help="models and caches (default: XDG data dir)")
     serve.add_argument("--config", type=Path, help="TOML config file (also LOCALLLM_CONFIG)")

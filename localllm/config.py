@@ -44,6 +44,8 @@ class EngineConfig:
     """CPU threads; 0 means all cores this process may use."""
     n_gpu_layers: int = 0
     """Layers offloaded to the GPU (0 on CPU-only builds)."""
+    max_waiting: int = 64
+    """Requests that may wait for a slot; beyond that the server answers 429 at once."""
 
     def __post_init__(self) -> None:
         _check(self.parallel >= 1, "parallel", "must be at least 1")
@@ -51,6 +53,7 @@ class EngineConfig:
         _check(self.ctx >= 64 * self.parallel, "ctx", "must give each slot at least 64 tokens")
         _check(self.threads >= 0, "threads", "must be 0 (auto) or more")
         _check(self.n_gpu_layers >= -1, "n_gpu_layers", "must be -1 (all) or more")
+        _check(self.max_waiting >= 0, "max_waiting", "must be 0 or more")
 
     @property
     def num_threads(self) -> int:

@@ -76,6 +76,10 @@ class PromptTooLong(InvalidParam):
     """The prompt plus max_tokens does not fit one slot's context."""
 
 
+class QueueFull(RuntimeError):
+    """Every slot is busy and the wait queue is at its bound."""
+
+
 @dataclass(slots=True)
 class TokenDelta:
     """What one engine step produced for one request."""
@@ -117,6 +121,10 @@ class EngineStats:
     num_prompt_tokens_total: int
     num_generated_tokens_total: int
     num_reused_tokens_total: int
+    num_admitted_total: int
+    """Requests that got a slot: each one is a prefix-cache query."""
+    num_prefix_hits_total: int
+    """Admitted requests that reused at least one cached prompt token."""
     num_kv_cells_used: int
     num_kv_cells_total: int
     num_steps: int

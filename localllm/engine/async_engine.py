@@ -16,7 +16,7 @@ from localllm.engine.core import Backend, EngineCore
 from localllm.engine.messages import AbortRequest, AddRequest, Shutdown
 from localllm.engine.request import Request
 from localllm.engine.scheduler import Scheduler
-from localllm.types import EngineStats, InvalidParam, PromptTooLong, SamplingParams, TokenDelta
+from localllm.types import EngineStats, InvalidParam, PromptTooLong, QueueFull, SamplingParams, TokenDelta
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +42,13 @@ class AsyncEngine:
         slot_ctx: int,
         num_batch_tokens: int,
         num_kv_cells_total: int,
+        max_waiting: int = 64,
     ) -> None:
         self.backend = backend
         self.model_name = model_name
         self.slot_ctx = slot_ctx
+        self.max_in_flight = num_slots + max_waiting
+        """Requests running or waiting; beyond it, generate() raises QueueFull at once."""
         scheduler = Scheduler(num_slots, num_batch_tokens, backend.token_piece, backend.is_end_of_generation)
         self._core = EngineCore(backend, scheduler, self._publish, model_name, num_kv_cells_total)
         self._streams: dict[str, asyncio.Queue[TokenDelta]] = {}
@@ -88,12 +91,17 @@ class AsyncEngine:
         """
         if not self.is_running:
             raise RuntimeError("engine is not running")
+        if not self.has_room_for(1):
+            raise QueueFull(f"all slots are busy and {self.max_in_flight} requests are in flight")
         prompt_ids = self.tokenize(prompt, add_special=add_special) if isinstance(prompt, str) else list(prompt)
         request = self._make_request(request_id or f"req-{next(self._ids)}", prompt_ids, params)
         queue: asyncio.Queue[TokenDelta] = asyncio.Queue()
         self._streams[request.request_id] = queue
         self._core.commands.put(AddRequest(request))
         return RequestStream(self, request.request_id, queue)
+
+    def has_room_for(self, num_requests: int) -> bool:
+        return len(self._streams) + num_requests <= self.max_in_flight
 
     def abort(self, request_id: str) -> None:
         self._core.commands.put(AbortRequest(request_id))

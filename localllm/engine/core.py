@@ -51,6 +51,8 @@ class EngineCore:
         self._num_prompt_tokens = 0
         self._num_generated_tokens = 0
         self._num_reused_tokens = 0
+        self._num_admitted = 0
+        self._num_prefix_hits = 0
         self._finished: Counter[str] = Counter()
         self._rate_samples: deque[tuple[float, int, int]] = deque()
         self._num_kv_cells_used = 0
@@ -68,6 +70,8 @@ class EngineCore:
             for request in plan.admitted:
                 self.backend.add_sampler(request.request_id, request.params)
                 self._num_reused_tokens += request.num_reused_tokens
+                self._num_admitted += 1
+                self._num_prefix_hits += request.num_reused_tokens > 0
             # 2. Run: apply prefix copies and trims, then one llama_decode for the batch.
             deltas = self._run_step(plan)
             # 3. Update: free finished requests' samplers, refresh stats (so a client that
@@ -172,6 +176,8 @@ class EngineCore:
             num_prompt_tokens_total=self._num_prompt_tokens,
             num_generated_tokens_total=self._num_generated_tokens,
             num_reused_tokens_total=self._num_reused_tokens,
+            num_admitted_total=self._num_admitted,
+            num_prefix_hits_total=self._num_prefix_hits,
             num_kv_cells_used=self._num_kv_cells_used,
             num_kv_cells_total=self._num_kv_cells_total,
             num_steps=self._num_steps,

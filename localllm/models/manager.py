@@ -58,6 +58,7 @@ def engine_for(backend: LlamaBackend, name: str, config: Config) -> AsyncEngine:
         slot_ctx=backend.num_ctx // config.engine.parallel,
         num_batch_tokens=config.engine.batch,
         num_kv_cells_total=backend.num_ctx,
+        max_waiting=config.engine.max_waiting,
     )
 
 

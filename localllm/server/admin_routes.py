@@ -6,6 +6,7 @@ import time
 
 from aiohttp import web
 
+from localllm.server.metrics import METRICS_KEY
 from localllm.server.state import MODEL_KEY, require_model
 
 # The engine loop refreshes its heartbeat every step and at least every 0.5 s when
@@ -17,6 +18,12 @@ def setup(app: web.Application) -> None:
     app.router.add_get("/health", health)
     app.router.add_get("/ready", ready)
     app.router.add_get("/v1/stats", stats)
+    app.router.add_get("/metrics", metrics)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus exposition; public like /health (it carries no prompts or keys)."""
+    return request.app[METRICS_KEY].render()
 
 
 async def health(request: web.Request) -> web.Response:

@@ -12,6 +12,7 @@ from localllm.config import Config
 from localllm.models.manager import LoadedModel, load_model
 from localllm.server import admin_routes, openai_routes
 from localllm.server.errors import ApiError, error_middleware
+from localllm.server.metrics import METRICS_KEY, ServerMetrics
 from localllm.server.state import CONFIG_KEY, MODEL_KEY, ModelHolder
 
 log = logging.getLogger(__name__)
@@ -24,7 +25,8 @@ def create_app(config: Config, *, loaded: LoadedModel | None = None, loader: Mod
     it running on shutdown (tests share one model load); otherwise loads in the background."""
     app = web.Application(client_max_size=config.server.max_body_bytes, middlewares=[error_middleware, _auth_middleware])
     app[CONFIG_KEY] = config
-    app[MODEL_KEY] = ModelHolder(loaded=loaded, owns_engine=loaded is None)
+    holder = app[MODEL_KEY] = ModelHolder(loaded=loaded, owns_engine=loaded is None)
+    app[METRICS_KEY] = ServerMetrics(lambda: holder.loaded.engine.stats() if holder.loaded else None)
     if loaded is None:
         app.cleanup_ctx.append(_model_lifecycle(loader))
     openai_routes.setup(app)

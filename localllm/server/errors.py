@@ -5,6 +5,8 @@ import logging
 
 from aiohttp import web
 
+from localllm.server.metrics import METRICS_KEY
+
 log = logging.getLogger(__name__)
 
 
@@ -54,13 +56,17 @@ async def error_middleware(request: web.Request, handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except ApiError as exc:
-        return exc.response()
+        error = exc
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
         kind, code = _STATUS_TYPES.get(exc.status, ("invalid_request_error", None))
         message = exc.reason if exc.status != 413 else "Request body too large."
-        return ApiError(exc.status, message, type=kind, code=code).response()
+        error = ApiError(exc.status, message, type=kind, code=code)
     except Exception:
         log.exception("unhandled error in %s %s", request.method, request.path)
-        return ApiError(500, "Internal server error.", type="server_error").response()
+        error = ApiError(500, "Internal server error.", type="server_error")
+    metrics = request.app.get(METRICS_KEY)
+    if metrics is not None:
+        metrics.errors.labels(error.type, str(error.status)).inc()
+    return error.response()

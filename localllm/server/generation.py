@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from localllm.engine.async_engine import AsyncEngine, RequestStream
 from localllm.server.errors import ApiError, bad_request
+from localllm.server.metrics import ServerMetrics
 from localllm.server.schemas import GenerationRequest
 from localllm.types import FinishReason, InvalidParam, TokenDelta
 
@@ -20,8 +22,18 @@ class Choice:
     num_cached_tokens: int = 0
     num_generated_tokens: int = 0
     error: str | None = None
+    first_token_s: float | None = None
+    last_token_s: float = 0.0
+    itl_s: list[float] = field(default_factory=list)
 
     def absorb(self, delta: TokenDelta) -> None:
+        if delta.token_ids:
+            now = time.monotonic()
+            if self.first_token_s is None:
+                self.first_token_s = now
+            else:
+                self.itl_s.append(now - self.last_token_s)
+            self.last_token_s = now
         self.text.append(delta.text)
         self.finish_reason = delta.finish_reason or self.finish_reason
         self.num_prompt_tokens = delta.num_prompt_tokens
@@ -45,6 +57,10 @@ def usage(choices: list[Choice], n: int) -> dict:
 
 def start_choices(engine: AsyncEngine, gen: GenerationRequest, add_special: bool) -> list[RequestStream]:
     """Queues every choice, or none: a choice that fails validation aborts the rest."""
+    num_choices = len(gen.prompts) * gen.n
+    if not engine.has_room_for(num_choices):
+        raise ApiError(429, "The server is at capacity: every slot is busy and the wait queue is full. "
+                       "Retry shortly.", type="rate_limit_error", code="queue_full", headers={"Retry-After": "1"})
     streams: list[RequestStream] = []
     try:
         for prompt in gen.prompts:
@@ -88,3 +104,23 @@ async def close_all(streams: list[RequestStream]) -> None:
     """Aborts whatever has not finished (client gone, error); safe to call twice."""
     for stream in streams:
         await stream.aclose()
+
+
+def observe(metrics: ServerMetrics, endpoint: str, started_s: float, choices: list[Choice]) -> None:
+    """Records one finished API request's latencies."""
+    for choice in choices:
+        if choice.first_token_s is not None:
+            metrics.ttft_s.observe(choice.first_token_s - started_s)
+        for gap in choice.itl_s:
+            metrics.itl_s.observe(gap)
+    metrics.e2e_s.observe(time.monotonic() - started_s)
+    metrics.requests.labels(endpoint, _outcome(choices)).inc()
+
+
+def _outcome(choices: list[Choice]) -> str:
+    reasons = {c.finish_reason for c in choices}
+    if FinishReason.ERROR in reasons:
+        return "error"
+    if None in reasons or FinishReason.ABORT in reasons:
+        return "aborted"  # client gone, or server shutting down
+    return "ok"

@@ -10,7 +10,8 @@ from aiohttp import web
 from localllm.models.manager import LoadedModel
 from localllm.server.chat_template import compiled_template
 from localllm.server.errors import ApiError, bad_request
-from localllm.server.generation import Choice, close_all, merged, start_choices, usage
+from localllm.server.generation import Choice, close_all, merged, observe, start_choices, usage
+from localllm.server.metrics import METRICS_KEY
 from localllm.server.schemas import GenerationRequest, completion_prompts, generation_request, read_json
 from localllm.server.sse import SseWriter
 from localllm.server.state import require_model
@@ -74,6 +75,7 @@ def _check_model(body: dict, model: LoadedModel) -> None:
 
 async def _respond(request: web.Request, model: LoadedModel, gen: GenerationRequest, fmt: _Format,
                    add_special: bool) -> web.StreamResponse:
+    started_s = time.monotonic()
     streams = start_choices(model.engine, gen, add_special)
     meta = {"id": fmt.id_prefix + uuid.uuid4().hex, "created": int(time.time()), "model": model.name}
     choices = [Choice(i) for i in range(len(streams))]
@@ -95,6 +97,7 @@ async def _respond(request: web.Request, model: LoadedModel, gen: GenerationRequ
         })
     finally:
         await close_all(streams)
+        observe(request.app[METRICS_KEY], fmt.object_name, started_s, choices)
 
 
 async def _stream(request: web.Request, gen: GenerationRequest, fmt: _Format, meta: dict, streams, choices) -> web.StreamResponse:

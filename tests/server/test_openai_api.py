@@ -214,3 +214,33 @@ async def test_requests_while_loading_get_503_with_retry_after(data_dir: Path):
     finally:
         await test_server.close()
 
+
+
+def metric_value(text: str, name: str, labels: str = "") -> float:
+    for line in text.splitlines():
+        if line.startswith(name + labels + " ") or (not labels and line.startswith(name + " ")):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"{name}{labels} not in /metrics")
+
+
+async def test_metrics_expose_latency_tokens_prefix_cache_and_errors(http):
+    before = await (await http.get("/metrics")).text()
+    prompt = "Metrics check: " + "the quick brown fox jumps over the lazy dog. " * 10
+    for _ in range(2):
+        response = await http.post("/v1/completions", json={"prompt": prompt, "max_tokens": 4, "temperature": 0,
+                                                               "ignore_eos": True})
+        assert response.status == 200
+    assert (await http.post("/v1/completions", json={"prompt": 5})).status == 400
+    response = await http.get("/metrics")
+    assert response.status == 200 and response.content_type == "text/plain"
+    after = await response.text()
+    for name in ["localllm_time_to_first_token_seconds_count", "localllm_inter_token_latency_seconds_count",
+                 "localllm_request_duration_seconds_count", "localllm_generation_tokens_total",
+                 "localllm_prompt_tokens_total", "localllm_prefix_cache_queries_total",
+                 "localllm_prefix_cache_hits_total"]:
+        assert metric_value(after, name) > metric_value(before, name) if name in before else metric_value(after, name) > 0
+    assert metric_value(after, "localllm_inter_token_latency_seconds_count") - \
+        metric_value(before, "localllm_inter_token_latency_seconds_count") == 6  # 2 requests x 3 gaps
+    assert 0 <= metric_value(after, "localllm_kv_cache_usage_ratio") <= 1
+    assert metric_value(after, "localllm_requests_running") == 0
+    assert metric_value(after, "localllm_errors_total", '{status="400",type="invalid_request_error"}') >= 1
