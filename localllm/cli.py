@@ -32,6 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-waiting", dest="max_waiting", type=int,
                        help=f"requests that may queue for a slot before 429 (default {_ENGINE.max_waiting})")
     serve.add_argument("--api-key", dest="api_key", help="require this bearer key on /v1 routes")
+    serve.add_argument("--drain-timeout", dest="drain_timeout_s", type=float,
+                       help=f"seconds SIGTERM waits for in-flight requests (default {_SERVER.drain_timeout_s})")
     serve.add_argument("--data-dir", dest="data_dir", help="models and caches (default: XDG data dir)")
     serve.add_argument("--config", type=Path, help="TOML config file (also LOCALLLM_CONFIG)")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
@@ -54,14 +56,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def serve(config: Config) -> int:
-    from aiohttp import web
+    from localllm.server.run import serve as run_server  # imports aiohttp and llama.cpp: only when serving
 
-    from localllm.server.app import create_app
-
-    app = create_app(config)
-    print(f"localllm: serving {config.engine.model} on http://{config.server.host}:{config.server.port}/v1", flush=True)
-    web.run_app(app, host=config.server.host, port=config.server.port, print=None, access_log=None)
-    return 0
+    return run_server(config)
 
 
 if __name__ == "__main__":

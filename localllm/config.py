@@ -71,6 +71,8 @@ class ServerConfig:
     api_key: str | None = None
     """When set, every /v1 request needs `Authorization: Bearer <key>`."""
     max_body_bytes: int = 4 * 1024 * 1024
+    drain_timeout_s: float = 30.0
+    """On SIGTERM/SIGINT: stop accepting, then wait this long for in-flight requests."""
 
     def __post_init__(self) -> None:
         _check(0 <= self.port <= 65535, "port", "must be between 0 and 65535")
@@ -130,6 +132,8 @@ def _coerce(key: str, value: Any, type_name: Any) -> Any:
     try:
         if kind.startswith("int"):
             return int(value)
+        if kind.startswith("float"):
+            return float(value)
         if kind.startswith("str") and value is not None:
             return str(value)
     except (TypeError, ValueError):
