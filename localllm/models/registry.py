@@ -3,11 +3,15 @@ from __future__ import annotations
 
 import re
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 SHIPPED_CATALOGUE = Path(__file__).resolve().parents[2] / "models.toml"
+DEFAULT_QUANT = "Q4_K_M"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_REPO_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
+_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
 class UnknownModel(KeyError):
@@ -15,21 +19,51 @@ class UnknownModel(KeyError):
         return f"unknown model {self.args[0]!r}"
 
 
+class CatalogueError(ValueError):
+    """A catalogue entry is malformed; the message names the file and the entry."""
+
+
 @dataclass(frozen=True, slots=True)
 class ModelSpec:
     name: str
-    file: str
-    """GGUF file name."""
+    file: str = ""
+    """GGUF file name of the default quantisation (`quant`)."""
     sha256: str | None = None
+    """Of the default file; per-quant digests go in `sha256s`."""
     size_bytes: int | None = None
-    quant: str = "Q4_K_M"
+    quant: str = DEFAULT_QUANT
+    """The default quantisation."""
+    files: dict[str, str] = field(default_factory=dict)
+    """Quantisation name -> file name in `hf_repo`."""
+    sha256s: dict[str, str] = field(default_factory=dict)
+    """Quantisation name -> sha256, where known."""
     hf_repo: str | None = None
+    """Hugging Face repo id (`org/name`) the files download from."""
+    revision: str = "main"
     bundled: str | None = None
     """Import name of a PyPI package that carries the weights (see store.py)."""
     chat_template: str | None = None
     """Jinja chat template overriding (or supplying) the GGUF's own."""
+    default_ctx: int | None = None
+    """Context the server uses for this model unless told otherwise."""
     description: str = ""
     licence: str = ""
+
+    @property
+    def quants(self) -> list[str]:
+        return sorted(self.files) or [self.quant]
+
+    def file_for(self, quant: str | None = None) -> str:
+        quant = quant or self.quant
+        if quant == self.quant and self.file:
+            return self.file
+        if quant not in self.files:
+            raise CatalogueError(f"model {self.name!r} has no {quant} file (known: {', '.join(self.quants)})")
+        return self.files[quant]
+
+    def sha256_for(self, quant: str | None = None) -> str | None:
+        quant = quant or self.quant
+        return self.sha256s.get(quant) or (self.sha256 if quant == self.quant else None)
 
 
 def load_catalogue(*paths: Path) -> dict[str, ModelSpec]:
@@ -38,14 +72,54 @@ def load_catalogue(*paths: Path) -> dict[str, ModelSpec]:
     for path in (SHIPPED_CATALOGUE, *paths):
         if not path.is_file():
             continue
-        doc = tomllib.loads(path.read_text())
+        try:
+            doc = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise CatalogueError(f"{path}: {exc}") from exc
         for name, entry in doc.get("models", {}).items():
-            if not _NAME_RE.match(name):
-                raise ValueError(f"{path}: invalid model name {name!r}")
-            fields = {k: v for k, v in entry.items() if k in ModelSpec.__dataclass_fields__}
-            specs[name] = ModelSpec(name=name, **fields)
+            specs[name] = _spec_from_entry(path, name, entry)
     return specs
+
+
+def _spec_from_entry(path: Path, name: str, entry: dict[str, Any]) -> ModelSpec:
+    if not _NAME_RE.match(name):
+        raise CatalogueError(f"{path}: invalid model name {name!r}")
+    fields_ = {k: v for k, v in entry.items() if k in ModelSpec.__dataclass_fields__ and k != "name"}
+    spec = ModelSpec(name=name, **fields_)
+    if not spec.file and spec.quant in spec.files:
+        spec = ModelSpec(name=name, **{**fields_, "file": spec.files[spec.quant]})
+    problem = _problem(spec)
+    if problem:
+        raise CatalogueError(f"{path}: model {name!r}: {problem}")
+    return spec
+
+
+def _problem(spec: ModelSpec) -> str | None:
+    """Why an entry is unusable, or None. File names must stay inside the repo/cache."""
+    if not spec.file:
+        return f"needs `file` or a `files` entry for its default quant {spec.quant}"
+    for file in (spec.file, *spec.files.values()):
+        if not is_safe_filename(file):
+            return f"unsafe file name {file!r}"
+    if spec.hf_repo is not None and not _REPO_RE.match(spec.hf_repo):
+        return f"invalid hf_repo {spec.hf_repo!r} (want org/name)"
+    for digest in [spec.sha256, *spec.sha256s.values()]:
+        if digest is not None and not _SHA256_RE.match(digest):
+            return f"invalid sha256 {digest!r} (want 64 lowercase hex digits)"
+    if spec.default_ctx is not None and spec.default_ctx < 64:
+        return "default_ctx must be at least 64"
+    return None
 
 
 def is_valid_name(name: str) -> bool:
     return bool(_NAME_RE.match(name))
+
+
+def is_valid_repo(repo: str) -> bool:
+    return bool(_REPO_RE.match(repo))
+
+
+def is_safe_filename(file: str) -> bool:
+    """Relative, no `..`, no backslashes or empty segments: safe to join under a directory."""
+    parts = file.split("/")
+    return bool(file) and "\\" not in file and all(p and p not in (".", "..") for p in parts)

@@ -1,4 +1,5 @@
-"""Local GGUF files: the bundled default model, assembled once and verified."""
+"""Local GGUF files: the bundled default model (assembled once and verified) and
+models pulled from the hub (usable only once registered after verification)."""
 from __future__ import annotations
 
 import hashlib
@@ -7,9 +8,10 @@ import json
 import logging
 import os
 import shutil
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from localllm.models.registry import ModelSpec, UnknownModel, is_valid_name
+from localllm.models.registry import ModelSpec, UnknownModel, is_valid_name, is_valid_repo
 
 log = logging.getLogger(__name__)
 
@@ -18,26 +20,106 @@ class ModelFileError(RuntimeError):
     """A model file is missing, corrupt or cannot be made available."""
 
 
+@dataclass(frozen=True, slots=True)
+class PulledFile:
+    """A downloaded file that passed its checks; written only after verification."""
+    name: str
+    quant: str
+    hf_repo: str
+    file: str
+    revision: str
+    commit: str
+    path: str
+    """The hub cache's snapshot entry for the file."""
+    sha256: str | None
+    size: int
+    mtime_ns: int
+
+    def is_intact(self) -> bool:
+        """The file is still the one verified (same size and mtime)."""
+        try:
+            stat = Path(self.path).stat()
+        except OSError:
+            return False
+        return stat.st_size == self.size and stat.st_mtime_ns == self.mtime_ns
+
+
 class ModelStore:
-    """Model files under `<data_dir>/models`, one verified file per catalogue entry."""
+    """Model files under `<data_dir>/models` (bundled or placed) and `<data_dir>/hub` (pulled)."""
 
     def __init__(self, data_dir: Path, catalogue: dict[str, ModelSpec]) -> None:
         self.models_dir = data_dir / "models"
+        self.hub_dir = data_dir / "hub"
         self.catalogue = catalogue
 
     def resolve(self, name_or_path: str) -> tuple[Path, ModelSpec | None]:
-        """A local GGUF path for a catalogue name or an existing .gguf path."""
+        """A local GGUF path for an existing .gguf path, `NAME`, `NAME:QUANT` or a pulled
+        `ORG/REPO/FILE.gguf`. Assembles the bundled model if needed; never downloads."""
         if name_or_path.endswith(".gguf") and Path(name_or_path).expanduser().is_file():
             return Path(name_or_path).expanduser().resolve(), None
-        if not is_valid_name(name_or_path) or name_or_path not in self.catalogue:
+        name, _, quant = self._split_ref(name_or_path)
+        spec = self.catalogue.get(name)
+        if spec is not None and (quant is None or quant == spec.quant):
+            path = self.models_dir / spec.name / spec.file
+            if self._is_verified(path, spec):
+                return path, spec
+            if spec.bundled:
+                return self._assemble_bundled(spec, path), spec
+        record = self.find_pulled(name, quant or (spec.quant if spec else None))
+        if record is not None:
+            return Path(record.path), spec or _spec_of(record)
+        if spec is None and not self.pulled(name):
             raise UnknownModel(name_or_path)
-        spec = self.catalogue[name_or_path]
-        path = self.models_dir / spec.name / spec.file
-        if self._is_verified(path, spec):
-            return path, spec
-        if spec.bundled:
-            return self._assemble_bundled(spec, path), spec
-        raise ModelFileError(f"model {spec.name!r} is not downloaded; run `localllm pull {spec.name}`")
+        wanted = f"{name}:{quant}" if quant else name
+        raise ModelFileError(f"model {wanted!r} is not downloaded; run `localllm pull {name}"
+                             + (f" --quant {quant}`" if quant else "`"))
+
+    def _split_ref(self, ref: str) -> tuple[str, str, str | None]:
+        """`NAME[:QUANT]` or `ORG/REPO/FILE.gguf` -> (name, '', quant); unsafe names are unknown."""
+        if ref.count("/") >= 2 and ref.endswith(".gguf"):
+            org, repo, file = ref.split("/", 2)
+            if is_valid_repo(f"{org}/{repo}"):
+                from localllm.models.hub import name_for_file  # hub imports this module
+                return name_for_file(file), "", None
+        name, sep, quant = ref.partition(":")
+        if not is_valid_name(name) or (sep and not is_valid_name(quant)):
+            raise UnknownModel(ref)
+        return name, sep, quant or None
+
+    def register(self, record: PulledFile) -> None:
+        """Changes state: records a verified download (atomically)."""
+        directory = self.models_dir / record.name
+        directory.mkdir(parents=True, exist_ok=True)
+        target = directory / f"{record.quant}.pulled.json"
+        tmp = target.with_suffix(f".tmp-{os.getpid()}")
+        tmp.write_text(json.dumps(asdict(record), indent=1))
+        os.replace(tmp, target)
+
+    def pulled(self, name: str) -> list[PulledFile]:
+        """Intact verified downloads of `name`, any quant."""
+        directory = self.models_dir / name
+        records = []
+        for path in sorted(directory.glob("*.pulled.json")) if is_valid_name(name) else []:
+            try:
+                record = PulledFile(**json.loads(path.read_text()))
+            except (OSError, ValueError, TypeError):
+                continue
+            if record.is_intact():
+                records.append(record)
+        return records
+
+    def find_pulled(self, name: str, quant: str | None) -> PulledFile | None:
+        """The download of `quant`, else (quant None or absent) the only or first one."""
+        records = self.pulled(name)
+        exact = [r for r in records if r.quant == quant]
+        if exact:
+            return exact[0]
+        return records[0] if records and quant in (None, *(r.quant for r in records)) else None
+
+    def pulled_names(self) -> list[str]:
+        if not self.models_dir.is_dir():
+            return []
+        return sorted(p.name for p in self.models_dir.iterdir() if p.is_dir() and self.pulled(p.name))
 
     def _assemble_bundled(self, spec: ModelSpec, path: Path) -> Path:
         """Joins the bundled package's chunks into `path` once; atomic, sha256 checked."""
@@ -97,14 +179,23 @@ class ModelStore:
         os.replace(tmp, _marker_path(path))
 
     def remove(self, name: str) -> bool:
-        spec = self.catalogue.get(name)
-        if spec is None:
+        """Changes state: deletes the model's local files (hub cache entries included)."""
+        if not is_valid_name(name) or (name not in self.catalogue and not self.pulled(name)):
             raise UnknownModel(name)
-        directory = self.models_dir / spec.name
+        from localllm.models.hub import discard_cached  # hub imports this module
+        for record in self.pulled(name):
+            discard_cached(Path(record.path), self.hub_dir)
+        directory = self.models_dir / name
         if not directory.exists():
             return False
         shutil.rmtree(directory)
         return True
+
+
+def _spec_of(record: PulledFile) -> ModelSpec:
+    """A spec for a bare hub file pulled without a catalogue entry."""
+    return ModelSpec(name=record.name, file=record.file, quant=record.quant,
+                     hf_repo=record.hf_repo, revision=record.revision, sha256=record.sha256)
 
 
 def _marker_path(path: Path) -> Path:
