@@ -1,4 +1,4 @@
-"""Command line: `localllm serve` (more subcommands arrive with the model manager)."""
+"""Command line: `localllm serve`, and `pull | list | show | rm | plan` (models/commands.py)."""
 from __future__ import annotations
 
 import argparse
@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from localllm.config import Config, ConfigError, EngineConfig, ServerConfig
+from localllm.models import commands as model_commands
 
 _ENGINE = EngineConfig()
 _SERVER = ServerConfig()
@@ -37,11 +38,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--data-dir", dest="data_dir", help="models and caches (default: XDG data dir)")
     serve.add_argument("--config", type=Path, help="TOML config file (also LOCALLLM_CONFIG)")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    model_commands.add_commands(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command in model_commands.COMMANDS:
+        return model_commands.run(args)
     logging.basicConfig(level=getattr(logging, args.log_level.upper()),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     overrides = {k: v for k, v in vars(args).items() if k not in ("command", "config", "log_level")}

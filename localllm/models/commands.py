@@ -1,0 +1,138 @@
+"""`localllm pull | list | show | rm | plan`: model management on the command line.
+
+User errors exit 2, failed downloads or checks exit 1; messages, never tracebacks.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Callable
+
+from localllm.config import Config, ConfigError
+from localllm.models.gguf import GGUFError, read_gguf
+from localllm.models.registry import CatalogueError, UnknownModel, load_catalogue
+from localllm.models.store import ModelFileError, ModelStore
+
+COMMANDS = ("pull", "list", "show", "rm", "plan")
+MIB = 1024 * 1024
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    pull = sub.add_parser("pull", help="download a model from the Hugging Face hub")
+    pull.add_argument("model", help="catalogue name, or ORG/REPO/FILE.gguf")
+    pull.add_argument("--quant", help="quantisation, e.g. Q8_0 (default: the catalogue's)")
+    pull.add_argument("--offline", action="store_true", help="never touch the network (also HF_HUB_OFFLINE=1)")
+    sub.add_parser("list", help="catalogue models and what is downloaded")
+    show = sub.add_parser("show", help="GGUF metadata of a model")
+    show.add_argument("model", help="catalogue name, NAME:QUANT or .gguf path")
+    rm = sub.add_parser("rm", help="delete a model's local files")
+    rm.add_argument("model")
+    plan = sub.add_parser("plan", help="GPU layers, context and KV type that fit free memory")
+    plan.add_argument("model", help="catalogue name, NAME:QUANT or .gguf path")
+    plan.add_argument("--json", action="store_true", help="print the plan as JSON")
+    plan.add_argument("--vram-mib", type=int, help="free GPU memory to plan for (default: measured)")
+    plan.add_argument("--ram-mib", type=int, help="free RAM to plan for (default: measured)")
+    plan.add_argument("--parallel", type=int, help="slots (default: the configured parallel)")
+    plan.add_argument("--ctx", type=int, help="KV cells in all (default: the configured ctx)")
+    for parser in (pull, sub.choices["list"], show, rm, plan):
+        parser.add_argument("--data-dir", dest="data_dir", help="models and caches (default: XDG data dir)")
+        parser.add_argument("--config", type=Path, help="TOML config file (also LOCALLLM_CONFIG)")
+
+
+def run(args: argparse.Namespace) -> int:
+    handlers: dict[str, Callable[[argparse.Namespace, Config, ModelStore], int]] = {
+        "pull": _pull, "list": _list, "show": _show, "rm": _rm, "plan": _plan}
+    try:
+        config = Config.load(args.config, {"data_dir": args.data_dir})
+        store = ModelStore(config.data_dir, load_catalogue(config.data_dir / "models.toml"))
+        return handlers[args.command](args, config, store)
+    except (ConfigError, CatalogueError, UnknownModel, GGUFError, ValueError) as exc:
+        return _fail(str(exc), 2)
+    except ModelFileError as exc:
+        return _fail(str(exc), 1)
+    except KeyboardInterrupt:
+        return _fail("interrupted", 130)
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"localllm: {message}", file=sys.stderr)
+    return code
+
+
+def _pull(args: argparse.Namespace, config: Config, store: ModelStore) -> int:
+    from tqdm import tqdm
+
+    from localllm.models.hub import pull, target_for
+
+    target = target_for(args.model, store.catalogue, args.quant)
+    record = pull(store, target, offline=args.offline, tqdm_class=tqdm)
+    print(f"{record.name} {record.quant}: {record.size / MIB:,.0f} MiB, verified, at {record.path}")
+    return 0
+
+
+def _list(args: argparse.Namespace, config: Config, store: ModelStore) -> int:
+    rows = [("NAME", "QUANT", "SIZE", "LOCAL", "SOURCE")]
+    for name in sorted(set(store.catalogue) | set(store.pulled_names())):
+        spec = store.catalogue.get(name)
+        pulled = {r.quant: r for r in store.pulled(name)}
+        for quant in sorted(set(spec.quants if spec else []) | set(pulled)):
+            local, size = _local_state(store, name, quant, pulled)
+            source = (spec.hf_repo or f"bundled ({spec.bundled})") if spec else pulled[quant].hf_repo
+            rows.append((name, quant, f"{size / MIB:,.0f} MiB" if size else "-", local, source or "-"))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+    return 0
+
+
+def _local_state(store: ModelStore, name: str, quant: str, pulled: dict) -> tuple[str, int | None]:
+    if quant in pulled:
+        return "yes", pulled[quant].size
+    spec = store.catalogue[name]
+    placed = store.models_dir / name / spec.file
+    if quant == spec.quant and placed.is_file():
+        return "yes", placed.stat().st_size
+    if spec.bundled and quant == spec.quant:
+        return "bundled", spec.size_bytes
+    return "no", spec.size_bytes if quant == spec.quant else None
+
+
+def _show(args: argparse.Namespace, config: Config, store: ModelStore) -> int:
+    path, spec = store.resolve(args.model)
+    info = read_gguf(path)
+    template = ("catalogue override" if spec and spec.chat_template
+                else "in GGUF" if info.chat_template else "none")
+    rows = [
+        ("file", str(path)), ("architecture", info.architecture), ("quantisation", info.file_type),
+        ("layers", str(info.block_count)), ("trained context", str(info.context_length)),
+        ("embedding", str(info.embedding_length)), ("heads", str(info.head_count)),
+        ("KV heads", str(info.head_count_kv)), ("head dim (K/V)", f"{info.key_length}/{info.value_length}"),
+        ("sliding window", str(info.sliding_window or "-")), ("vocabulary", str(info.vocab_size)),
+        ("weights", f"{info.tensor_bytes / MIB:,.0f} MiB in {len(info.tensors)} tensors"),
+        ("chat template", template),
+    ]
+    for key, value in rows:
+        print(f"{key + ':':<17}{value}")
+    return 0
+
+
+def _rm(args: argparse.Namespace, config: Config, store: ModelStore) -> int:
+    removed = store.remove(args.model)
+    print(f"removed {args.model}" if removed else f"{args.model} had no local files")
+    return 0
+
+
+def _plan(args: argparse.Namespace, config: Config, store: ModelStore) -> int:
+    from localllm.models.plan import ModelFacts, make_plan
+    from localllm.models.probe import free_ram_bytes, free_vram_bytes
+
+    path, _ = store.resolve(args.model)
+    facts = ModelFacts.from_gguf(read_gguf(path))
+    vram = args.vram_mib * MIB if args.vram_mib is not None else free_vram_bytes()
+    ram = args.ram_mib * MIB if args.ram_mib is not None else free_ram_bytes()
+    plan = make_plan(facts, free_vram_bytes=vram, free_ram_bytes=ram,
+                     slots=args.parallel or config.engine.parallel, ctx=args.ctx or config.engine.ctx,
+                     num_batch=config.engine.batch)
+    print(plan.to_json() if args.json else plan.explain())
+    return 0
