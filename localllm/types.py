@@ -40,6 +40,10 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     """Strings that end generation; never emitted, matched across token boundaries."""
     ignore_eos: bool = False
+    grammar: str | None = None
+    """GBNF the output must match (response_format); None means unconstrained."""
+    logprobs: int | None = None
+    """Report the chosen token's log-probability and this many top alternatives (0-20)."""
 
     def __post_init__(self) -> None:
         checks = [
@@ -54,6 +58,8 @@ class SamplingParams:
             (self.penalty_last_n >= 0, "penalty_last_n", "must be 0 or more"),
             (len(self.stop) <= 16, "stop", "at most 16 stop strings"),
             (all(isinstance(s, str) and s for s in self.stop), "stop", "stop strings must be non-empty"),
+            (all(len(s) <= 256 for s in self.stop), "stop", "stop strings are at most 256 characters"),
+            (self.logprobs is None or 0 <= self.logprobs <= 20, "top_logprobs", "must be between 0 and 20"),
         ]
         for ok, param, message in checks:
             if not ok:
@@ -93,6 +99,16 @@ class TokenDelta:
     """Prompt tokens reused from the KV cache instead of evaluated."""
     num_generated_tokens: int = 0
     error: str | None = None
+    logprobs: list[TokenLogprob] | None = None
+    """One entry per token in token_ids, when the request asked for logprobs."""
+
+
+@dataclass(frozen=True, slots=True)
+class TokenLogprob:
+    token_id: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()
+    """The most likely tokens at this step, as (token id, logprob), best first."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,6 +24,9 @@ log = logging.getLogger(__name__)
 class TokenizingBackend(Backend, Protocol):
     num_vocab: int
 
+    def detokenize(self, token_ids: Sequence[int]) -> str: ...
+    def check_grammar(self, grammar: str) -> None: ...
+    def json_grammar(self, schema: dict | None) -> str: ...
     def tokenize(self, text: str, *, add_special: bool = True, parse_special: bool = True) -> list[int]: ...
     def token_piece(self, token_id: int) -> bytes: ...
     def is_end_of_generation(self, token_id: int) -> bool: ...
@@ -76,6 +79,16 @@ class AsyncEngine:
     def tokenize(self, text: str, *, add_special: bool = True) -> list[int]:
         return self.backend.tokenize(text, add_special=add_special, parse_special=True)
 
+    def detokenize(self, token_ids: Sequence[int]) -> str:
+        return self.backend.detokenize(token_ids)
+
+    def token_bytes(self, token_id: int) -> bytes:
+        return self.backend.token_piece(token_id)
+
+    def json_grammar(self, schema: dict | None) -> str:
+        """GBNF for response_format: any JSON object, or one matching `schema`."""
+        return self.backend.json_grammar(schema)
+
     def generate(
         self,
         prompt: str | Sequence[int],
@@ -120,6 +133,8 @@ class AsyncEngine:
             raise InvalidParam("prompt", f"token ids must be between 0 and {num_vocab - 1}")
         if any(not 0 <= token_id < num_vocab for token_id, _ in params.logit_bias):
             raise InvalidParam("logit_bias", f"token ids must be between 0 and {num_vocab - 1}")
+        if params.grammar is not None:
+            self.backend.check_grammar(params.grammar)
         num_prompt = len(prompt_ids)
         room = self.slot_ctx - num_prompt
         if room < 1 or (params.max_tokens is not None and params.max_tokens > room):

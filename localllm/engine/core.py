@@ -13,7 +13,7 @@ from localllm.engine.messages import AbortRequest, AddRequest, Command, Shutdown
 from localllm.engine.request import RequestState
 from localllm.engine.scheduler import BatchChunk, Scheduler, StepPlan
 from localllm.engine.slots import KvOp
-from localllm.types import EngineStats, SlotStats, TokenDelta
+from localllm.types import EngineStats, SlotStats, TokenDelta, TokenLogprob
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +28,7 @@ class Backend(Protocol):
     def remove_sampler(self, request_id: str) -> None: ...
     def apply_kv_ops(self, ops: list[KvOp]) -> None: ...
     def decode(self, chunks: list[BatchChunk]) -> dict[str, int]: ...
+    def take_logprobs(self) -> dict[str, TokenLogprob]: ...
 
 
 class EngineCore:
@@ -118,7 +119,13 @@ class EngineCore:
                 self.backend.apply_kv_ops([self.scheduler.slot_table.forget(s.slot_id)
                                            for s in self.scheduler.slot_table.free_slots()])
                 sampled = self.backend.decode(plan.chunks)
-            return self.scheduler.update(plan, sampled)
+            deltas = self.scheduler.update(plan, sampled)
+            logprobs = self.backend.take_logprobs()
+            if logprobs:
+                for delta in deltas:
+                    if delta.request_id in logprobs:
+                        delta.logprobs = [logprobs[delta.request_id]]
+            return deltas
         except Exception as exc:  # a failed step must not kill the loop or leak slots
             log.exception("engine step failed")
             deltas, ops = self.scheduler.fail(plan, f"engine error: {exc}")

@@ -10,7 +10,7 @@ from localllm.engine.async_engine import AsyncEngine, RequestStream
 from localllm.server.errors import ApiError, bad_request
 from localllm.server.metrics import ServerMetrics
 from localllm.server.schemas import GenerationRequest
-from localllm.types import FinishReason, InvalidParam, TokenDelta
+from localllm.types import FinishReason, InvalidParam, TokenDelta, TokenLogprob
 
 
 @dataclass(slots=True)
@@ -25,6 +25,7 @@ class Choice:
     first_token_s: float | None = None
     last_token_s: float = 0.0
     itl_s: list[float] = field(default_factory=list)
+    logprobs: list[TokenLogprob] = field(default_factory=list)
 
     def absorb(self, delta: TokenDelta) -> None:
         if delta.token_ids:
@@ -35,6 +36,8 @@ class Choice:
                 self.itl_s.append(now - self.last_token_s)
             self.last_token_s = now
         self.text.append(delta.text)
+        if delta.logprobs:
+            self.logprobs.extend(delta.logprobs)
         self.finish_reason = delta.finish_reason or self.finish_reason
         self.num_prompt_tokens = delta.num_prompt_tokens
         self.num_cached_tokens = delta.num_cached_tokens

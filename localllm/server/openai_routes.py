@@ -15,7 +15,7 @@ from localllm.server.metrics import METRICS_KEY
 from localllm.server.schemas import GenerationRequest, completion_prompts, generation_request, read_json
 from localllm.server.sse import SseWriter
 from localllm.server.state import require_model
-from localllm.types import FinishReason, TokenDelta
+from localllm.types import FinishReason, TokenDelta, TokenLogprob
 
 
 def setup(app: web.Application) -> None:
@@ -45,8 +45,9 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     if body.get("tools") or body.get("functions"):
         raise bad_request("tool and function calling are not supported yet", "tools")
     template = compiled_template(model.chat_template, model.bos_token, model.eos_token)
-    gen = generation_request(body, [template.render(messages)])
-    return await _respond(request, model, gen, _ChatFormat(), add_special=False)
+    gen = generation_request(body, [template.render(messages)], chat=True, json_grammar=model.engine.json_grammar)
+    fmt = _ChatFormat(model.engine.token_bytes if gen.params.logprobs is not None else None)
+    return await _respond(request, model, gen, fmt, add_special=False)
 
 
 async def completions(request: web.Request) -> web.StreamResponse:
@@ -55,15 +56,17 @@ async def completions(request: web.Request) -> web.StreamResponse:
     _check_model(body, model)
     if body.get("suffix"):
         raise bad_request("suffix (fill-in-the-middle) is not supported by this server", "suffix")
-    gen = generation_request(body, completion_prompts(body))
+    gen = generation_request(body, completion_prompts(body), chat=False, json_grammar=model.engine.json_grammar)
     echo = gen.echo
     engine = model.engine
 
     def prompt_text(index: int) -> str:
         prompt = gen.prompts[index // gen.n]
-        return prompt if isinstance(prompt, str) else engine.backend.detokenize(prompt)
+        return prompt if isinstance(prompt, str) else engine.detokenize(prompt)
 
-    return await _respond(request, model, gen, _CompletionFormat(prompt_text if echo else None), add_special=True)
+    token_bytes = engine.token_bytes if gen.params.logprobs is not None else None
+    return await _respond(request, model, gen, _CompletionFormat(prompt_text if echo else None, token_bytes),
+                          add_special=True)
 
 
 def _check_model(body: dict, model: LoadedModel) -> None:
@@ -144,32 +147,62 @@ def _finish(reason: FinishReason | None) -> str | None:
 class _ChatFormat(_Format):
     id_prefix, object_name, chunk_object_name = "chatcmpl-", "chat.completion", "chat.completion.chunk"
 
+    def __init__(self, token_bytes: Callable[[int], bytes] | None) -> None:
+        self._token_bytes = token_bytes
+        """Set when the request asked for logprobs."""
+
     def full_choice(self, choice: Choice) -> dict:
         return {
             "index": choice.index,
             "message": {"role": "assistant", "content": "".join(choice.text)},
-            "logprobs": None,
+            "logprobs": self._logprobs(choice.logprobs),
             "finish_reason": _finish(choice.finish_reason),
         }
+
+    def _logprobs(self, entries: list[TokenLogprob] | None) -> dict | None:
+        if self._token_bytes is None or entries is None:
+            return None
+        return {"content": [{**self._token(e.token_id, e.logprob),
+                             "top_logprobs": [self._token(t, lp) for t, lp in e.top]} for e in entries]}
+
+    def _token(self, token_id: int, logprob: float) -> dict:
+        raw = self._token_bytes(token_id)
+        return {"token": raw.decode("utf-8", "replace"), "logprob": logprob, "bytes": list(raw)}
 
     def first_chunk_choice(self, index: int) -> dict:
         return {"index": index, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}
 
     def delta_choice(self, index: int, delta: TokenDelta) -> dict:
         content = {"content": delta.text} if delta.text else {}
-        return {"index": index, "delta": content, "logprobs": None, "finish_reason": _finish(delta.finish_reason)}
+        return {"index": index, "delta": content, "logprobs": self._logprobs(delta.logprobs),
+                "finish_reason": _finish(delta.finish_reason)}
 
 
 class _CompletionFormat(_Format):
     id_prefix, object_name, chunk_object_name = "cmpl-", "text_completion", "text_completion"
 
-    def __init__(self, echo: Callable[[int], str] | None) -> None:
+    def __init__(self, echo: Callable[[int], str] | None, token_bytes: Callable[[int], bytes] | None) -> None:
         self._echo = echo
+        self._token_bytes = token_bytes
 
     def full_choice(self, choice: Choice) -> dict:
         prefix = self._echo(choice.index) if self._echo else ""
-        return {"index": choice.index, "text": prefix + "".join(choice.text), "logprobs": None,
+        return {"index": choice.index, "text": prefix + "".join(choice.text),
+                "logprobs": self._logprobs(choice.logprobs, len(prefix)),
                 "finish_reason": _finish(choice.finish_reason)}
+
+    def _logprobs(self, entries: list[TokenLogprob] | None, offset: int = 0) -> dict | None:
+        """OpenAI's legacy completions shape: parallel lists."""
+        if self._token_bytes is None or entries is None:
+            return None
+        text = lambda t: self._token_bytes(t).decode("utf-8", "replace")  # noqa: E731
+        tokens = [text(e.token_id) for e in entries]
+        offsets = []
+        for token in tokens:
+            offsets.append(offset)
+            offset += len(token)
+        return {"tokens": tokens, "token_logprobs": [e.logprob for e in entries],
+                "top_logprobs": [{text(t): lp for t, lp in e.top} for e in entries], "text_offset": offsets}
 
     def first_chunk_choice(self, index: int) -> dict | None:
         if self._echo is None:
@@ -177,4 +210,5 @@ class _CompletionFormat(_Format):
         return {"index": index, "text": self._echo(index), "logprobs": None, "finish_reason": None}
 
     def delta_choice(self, index: int, delta: TokenDelta) -> dict:
-        return {"index": index, "text": delta.text, "logprobs": None, "finish_reason": _finish(delta.finish_reason)}
+        return {"index": index, "text": delta.text, "logprobs": self._logprobs(delta.logprobs),
+                "finish_reason": _finish(delta.finish_reason)}

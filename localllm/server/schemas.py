@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -11,6 +12,9 @@ from localllm.server.errors import ApiError, bad_request
 from localllm.types import InvalidParam, SamplingParams
 
 MAX_CHOICES = 8
+
+JsonGrammar = Callable[[dict | None], str]
+"""Turns a JSON schema (or None: any object) into GBNF; the engine provides it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,7 +45,7 @@ async def read_json(request: web.Request) -> dict[str, Any]:
     return body
 
 
-def sampling_params(body: dict[str, Any]) -> SamplingParams:
+def sampling_params(body: dict[str, Any], *, chat: bool, json_grammar: JsonGrammar) -> SamplingParams:
     max_tokens = _opt(body, "max_completion_tokens", int)
     if max_tokens is None:
         max_tokens = _opt(body, "max_tokens", int)
@@ -68,12 +72,15 @@ def sampling_params(body: dict[str, Any]) -> SamplingParams:
             logit_bias=_logit_bias(body.get("logit_bias")),
             stop=stops,
             ignore_eos=_opt(body, "ignore_eos", bool) or False,
+            grammar=_grammar(body.get("response_format"), json_grammar),
+            logprobs=_chat_logprobs(body) if chat else _opt(body, "logprobs", int),
         )
     except InvalidParam as exc:
         raise bad_request(str(exc), exc.param) from None
 
 
-def generation_request(body: dict[str, Any], prompts: list[str | list[int]]) -> GenerationRequest:
+def generation_request(body: dict[str, Any], prompts: list[str | list[int]], *, chat: bool,
+                       json_grammar: JsonGrammar) -> GenerationRequest:
     n = _opt(body, "n", int) or 1
     if not 1 <= n <= MAX_CHOICES:
         raise bad_request(f"n must be between 1 and {MAX_CHOICES}", "n")
@@ -88,7 +95,7 @@ def generation_request(body: dict[str, Any], prompts: list[str | list[int]]) -> 
     return GenerationRequest(
         model=model,
         prompts=prompts,
-        params=sampling_params(body),
+        params=sampling_params(body, chat=chat, json_grammar=json_grammar),
         n=n,
         stream=_opt(body, "stream", bool) or False,
         include_usage=bool((stream_options or {}).get("include_usage", False)),
@@ -150,3 +157,32 @@ def _logit_bias(value: object) -> tuple[tuple[int, float], ...]:
             raise bad_request("logit_bias values must be numbers between -100 and 100", "logit_bias")
         pairs.append((token_id, float(bias)))
     return tuple(pairs)
+
+
+def _chat_logprobs(body: dict[str, Any]) -> int | None:
+    wanted = _opt(body, "logprobs", bool)
+    top = _opt(body, "top_logprobs", int)
+    if top is not None and not wanted:
+        raise bad_request("top_logprobs needs logprobs: true", "top_logprobs")
+    return (top or 0) if wanted else None
+
+
+def _grammar(response_format: object, json_grammar: JsonGrammar) -> str | None:
+    """response_format -> GBNF: text (none), json_object, or json_schema."""
+    if response_format is None:
+        return None
+    kind = response_format.get("type") if isinstance(response_format, dict) else None
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return json_grammar(None)
+    if kind == "json_schema":
+        spec = response_format.get("json_schema")
+        schema = spec.get("schema") if isinstance(spec, dict) else None
+        if not isinstance(schema, dict):
+            raise bad_request("response_format.json_schema.schema must be a JSON schema object", "response_format")
+        try:
+            return json_grammar(schema)
+        except InvalidParam as exc:
+            raise bad_request(str(exc), "response_format") from None
+    raise bad_request("response_format.type must be text, json_object or json_schema", "response_format")

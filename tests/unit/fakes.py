@@ -66,5 +66,8 @@ class FakeBackend:
                 out[chunk.request.request_id] = queue.pop(0) if queue else self.default_token
         return out
 
+    def take_logprobs(self) -> dict:
+        return {}
+
     def close(self) -> None:
         self.closed = True

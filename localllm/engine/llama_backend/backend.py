@@ -1,4 +1,4 @@
-"""The only module that imports llama_cpp: model, context, batch, samplers.
+"""LlamaBackend: one model, one context, its batch and its per-request samplers.
 
 Everything here runs on the engine thread, except `tokenize`, `token_piece`
 and `is_end_of_generation`, which read the immutable vocabulary and are safe
@@ -18,15 +18,13 @@ import numpy as np
 import llama_cpp.llama_cpp as ll
 
 from localllm.engine.errors import BackendError, NoKvRoom
+from localllm.engine.llama_backend import sampling
+from localllm.engine.llama_backend.batch import NumpyBatch
 from localllm.engine.scheduler import BatchChunk
 from localllm.engine.slots import KvCopy, KvOp, KvTrim
-from localllm.types import SamplingParams
+from localllm.types import SamplingParams, TokenLogprob
 
 log = logging.getLogger(__name__)
-
-# Applied before penalties when the request sets no top_k: penalties and the
-# final pick then touch a few dozen candidates instead of the whole vocabulary.
-DEFAULT_TOP_K = 40
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,9 +90,11 @@ class LlamaBackend:
         self.num_ctx_train = ll.llama_model_n_ctx_train(self._model)
         self._pieces: dict[int, bytes] = {}
         self._eog: dict[int, bool] = {}
-        self._batch = _NumpyBatch(config.num_batch)
-        self._samplers: dict[str, ll.llama_sampler_p | _Greedy] = {}
+        self._batch = NumpyBatch(config.num_batch)
+        self._samplers: dict[str, sampling.Sampler] = {}
         self._eog_token_ids: tuple[int, ...] | None = None
+        self._logprobs_wanted: dict[str, int] = {}
+        self._logprobs: dict[str, TokenLogprob] = {}
 
     # -- vocabulary (any thread) -------------------------------------------------
 
@@ -154,45 +154,29 @@ class LlamaBackend:
     # -- samplers (engine thread) ---------------------------------------------------
 
     def add_sampler(self, request_id: str, params: SamplingParams) -> None:
-        self._samplers[request_id] = self._build_sampler(params)
+        eog = self._end_of_generation_ids() if params.ignore_eos or params.grammar else ()
+        self._samplers[request_id] = sampling.build_sampler(params, self._vocab, self.num_vocab, eog)
+        if params.logprobs is not None:
+            self._logprobs_wanted[request_id] = params.logprobs
 
     def remove_sampler(self, request_id: str) -> None:
+        self._logprobs_wanted.pop(request_id, None)
         sampler = self._samplers.pop(request_id, None)
-        if sampler is not None and not isinstance(sampler, _Greedy):
-            ll.llama_sampler_free(sampler)
+        if sampler is not None:
+            sampler.free()
 
-    def _build_sampler(self, params: SamplingParams) -> ll.llama_sampler_p | _Greedy:
-        has_penalties = (
-            params.repeat_penalty != 1.0 or params.frequency_penalty != 0.0 or params.presence_penalty != 0.0
-        )
-        biases = list(params.logit_bias)
-        if params.ignore_eos:  # as llama.cpp does: end-of-generation tokens can never be drawn
-            biases += [(t, float("-inf")) for t in self._end_of_generation_ids()]
-        if params.is_greedy and not has_penalties:
-            return _Greedy(np.array([t for t, _ in biases], dtype=np.int64),
-                           np.array([b for _, b in biases], dtype=np.float32))
-        chain = ll.llama_sampler_chain_init(ll.llama_sampler_chain_default_params())
-        add = lambda s: ll.llama_sampler_chain_add(chain, s)  # noqa: E731
-        if biases:
-            array = (ll.llama_logit_bias * len(biases))(*biases)
-            add(ll.llama_sampler_init_logit_bias(self.num_vocab, len(array), array))
-        add(ll.llama_sampler_init_top_k(params.top_k or DEFAULT_TOP_K))
-        if has_penalties:
-            add(ll.llama_sampler_init_penalties(
-                self.num_vocab, params.penalty_last_n, params.repeat_penalty,
-                params.frequency_penalty, params.presence_penalty,
-            ))
-        if params.is_greedy:
-            add(ll.llama_sampler_init_greedy())
-            return chain
-        if params.top_p < 1.0:
-            add(ll.llama_sampler_init_top_p(params.top_p, 1))
-        if params.min_p > 0.0:
-            add(ll.llama_sampler_init_min_p(params.min_p, 1))
-        add(ll.llama_sampler_init_temp(params.temperature))
-        seed = ll.LLAMA_DEFAULT_SEED if params.seed is None else params.seed & 0xFFFFFFFF
-        add(ll.llama_sampler_init_dist(seed))
-        return chain
+    def check_grammar(self, grammar: str) -> None:
+        """Raises InvalidParam if llama.cpp cannot parse the grammar. Any thread."""
+        ll.llama_sampler_free(sampling.grammar_sampler(self._vocab, grammar))
+
+    @staticmethod
+    def json_grammar(schema: dict | None) -> str:
+        return sampling.json_grammar(schema)
+
+    def take_logprobs(self) -> dict[str, TokenLogprob]:
+        """Logprobs computed by the last decode for requests that asked; hands them over."""
+        taken, self._logprobs = self._logprobs, {}
+        return taken
 
     # -- KV cache and decode (engine thread) -----------------------------------------
 
@@ -222,16 +206,12 @@ class LlamaBackend:
             raise BackendError(f"llama_decode failed with code {rc}")
         sampled = {}
         for request_id, row in rows:
-            sampler = self._samplers[request_id]
-            if isinstance(sampler, _Greedy):
-                # numpy's argmax over llama.cpp's own logits row (a view, no copy) costs
-                # ~40 us; the C sampler first fills a 262k-entry candidate array (~650 us).
-                logits = np.ctypeslib.as_array(ll.llama_get_logits_ith(self._ctx, row), shape=(self.num_vocab,))
-                if sampler.token_ids.size:
-                    logits[sampler.token_ids] += sampler.biases  # the row is ours until the next decode
-                sampled[request_id] = int(logits.argmax())
-            else:
-                sampled[request_id] = ll.llama_sampler_sample(sampler, self._ctx, row)
+            logits = np.ctypeslib.as_array(ll.llama_get_logits_ith(self._ctx, row), shape=(self.num_vocab,))
+            num_top = self._logprobs_wanted.get(request_id)
+            raw = logits.copy() if num_top is not None else None  # samplers may bias the row in place
+            token = sampled[request_id] = self._samplers[request_id].sample(self._ctx, row, logits)
+            if raw is not None:
+                self._logprobs[request_id] = sampling.logprob_of(raw, token, num_top)
         return sampled
 
     def _end_of_generation_ids(self) -> tuple[int, ...]:
@@ -265,63 +245,3 @@ class LlamaBackend:
         if self._model:
             ll.llama_model_free(self._model)
             self._model = None
-
-
-@dataclass(frozen=True, slots=True)
-class _Greedy:
-    """Greedy decoding without penalties needs no llama.cpp sampler: biases, then argmax."""
-
-    token_ids: np.ndarray
-    biases: np.ndarray
-
-
-class _NumpyBatch:
-    """A llama_batch whose arrays are numpy buffers, filled by slices, never per element."""
-
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
-        self.token = np.zeros(capacity, dtype=np.int32)
-        self.pos = np.zeros(capacity, dtype=np.int32)
-        self.n_seq_id = np.ones(capacity, dtype=np.int32)
-        self.seq_id = np.zeros(capacity, dtype=np.int32)
-        self.logits = np.zeros(capacity, dtype=np.int8)
-        # One seq id per token: row i's seq_id pointer points at self.seq_id[i], set once.
-        base = self.seq_id.ctypes.data
-        int_p = ctypes.POINTER(ctypes.c_int32)
-        self._seq_ptrs = (int_p * capacity)(*(ctypes.cast(base + 4 * i, int_p) for i in range(capacity)))
-        self.struct = ll.llama_batch()
-        self.struct.token = self.token.ctypes.data_as(ctypes.POINTER(ll.llama_token))
-        self.struct.embd = None
-        self.struct.pos = self.pos.ctypes.data_as(ctypes.POINTER(ll.llama_pos))
-        self.struct.n_seq_id = self.n_seq_id.ctypes.data_as(int_p)
-        self.struct.seq_id = ctypes.cast(self._seq_ptrs, ctypes.POINTER(int_p))
-        self.struct.logits = self.logits.ctypes.data_as(ctypes.POINTER(ctypes.c_int8))
-
-    def fill(self, chunks: Sequence[BatchChunk]) -> list[tuple[str, int]]:
-        """Writes the chunks; returns (request id, batch row) for each logits row."""
-        total = sum(len(c.token_ids) for c in chunks)
-        if total > self.capacity:
-            raise BackendError(f"batch of {total} tokens exceeds n_batch {self.capacity}")
-        offset = 0
-        rows: list[tuple[str, int]] = []
-        for chunk in chunks:
-            n = len(chunk.token_ids)
-            end = offset + n
-            self.token[offset:end] = chunk.token_ids
-            self.pos[offset:end] = np.arange(chunk.start_pos, chunk.start_pos + n, dtype=np.int32)
-            self.seq_id[offset:end] = chunk.slot_id
-            self.logits[offset:end] = 0
-            if chunk.wants_logits:
-                self.logits[end - 1] = 1
-                rows.append((chunk.request.request_id, end - 1))
-            offset = end
-        self.struct.n_tokens = offset
-        return rows
-
-    def fill_sequence(self, token_ids: list[int], start_pos: int, seq_id: int) -> None:
-        n = len(token_ids)
-        self.token[:n] = token_ids
-        self.pos[:n] = np.arange(start_pos, start_pos + n, dtype=np.int32)
-        self.seq_id[:n] = seq_id
-        self.logits[:n] = 1
-        self.struct.n_tokens = n

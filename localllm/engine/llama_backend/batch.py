@@ -1,0 +1,64 @@
+"""A llama_batch over numpy buffers: filled with slices, never per element."""
+from __future__ import annotations
+
+import ctypes
+from collections.abc import Sequence
+
+import numpy as np
+
+import llama_cpp.llama_cpp as ll
+
+from localllm.engine.errors import BackendError
+from localllm.engine.scheduler import BatchChunk
+
+
+class NumpyBatch:
+    """A llama_batch whose arrays are numpy buffers, filled by slices, never per element."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.token = np.zeros(capacity, dtype=np.int32)
+        self.pos = np.zeros(capacity, dtype=np.int32)
+        self.n_seq_id = np.ones(capacity, dtype=np.int32)
+        self.seq_id = np.zeros(capacity, dtype=np.int32)
+        self.logits = np.zeros(capacity, dtype=np.int8)
+        # One seq id per token: row i's seq_id pointer points at self.seq_id[i], set once.
+        base = self.seq_id.ctypes.data
+        int_p = ctypes.POINTER(ctypes.c_int32)
+        self._seq_ptrs = (int_p * capacity)(*(ctypes.cast(base + 4 * i, int_p) for i in range(capacity)))
+        self.struct = ll.llama_batch()
+        self.struct.token = self.token.ctypes.data_as(ctypes.POINTER(ll.llama_token))
+        self.struct.embd = None
+        self.struct.pos = self.pos.ctypes.data_as(ctypes.POINTER(ll.llama_pos))
+        self.struct.n_seq_id = self.n_seq_id.ctypes.data_as(int_p)
+        self.struct.seq_id = ctypes.cast(self._seq_ptrs, ctypes.POINTER(int_p))
+        self.struct.logits = self.logits.ctypes.data_as(ctypes.POINTER(ctypes.c_int8))
+
+    def fill(self, chunks: Sequence[BatchChunk]) -> list[tuple[str, int]]:
+        """Writes the chunks; returns (request id, batch row) for each logits row."""
+        total = sum(len(c.token_ids) for c in chunks)
+        if total > self.capacity:
+            raise BackendError(f"batch of {total} tokens exceeds n_batch {self.capacity}")
+        offset = 0
+        rows: list[tuple[str, int]] = []
+        for chunk in chunks:
+            n = len(chunk.token_ids)
+            end = offset + n
+            self.token[offset:end] = chunk.token_ids
+            self.pos[offset:end] = np.arange(chunk.start_pos, chunk.start_pos + n, dtype=np.int32)
+            self.seq_id[offset:end] = chunk.slot_id
+            self.logits[offset:end] = 0
+            if chunk.wants_logits:
+                self.logits[end - 1] = 1
+                rows.append((chunk.request.request_id, end - 1))
+            offset = end
+        self.struct.n_tokens = offset
+        return rows
+
+    def fill_sequence(self, token_ids: list[int], start_pos: int, seq_id: int) -> None:
+        n = len(token_ids)
+        self.token[:n] = token_ids
+        self.pos[:n] = np.arange(start_pos, start_pos + n, dtype=np.int32)
+        self.seq_id[:n] = seq_id
+        self.logits[:n] = 1
+        self.struct.n_tokens = n

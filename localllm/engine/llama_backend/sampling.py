@@ -1,0 +1,182 @@
+"""Per-request samplers over llama.cpp's logits rows.
+
+Three kinds, picked by the request's parameters:
+- `GreedySampler`: argmax over the logits row (a numpy view, no copy): ~40 us,
+  where llama_sampler_sample first fills a 262k-entry candidate array (~650 us).
+- `ChainSampler`: llama.cpp's sampler chain (top-k first, then penalties, top-p,
+  min-p, temperature, seeded dist), run by llama_sampler_sample in C.
+- `GrammarSampler`: for response_format. A grammar check over all 262k tokens
+  costs most of a second per token, so the grammar first sees only the best
+  `GRAMMAR_PREFILTER` candidates and the whole vocabulary only when none of
+  those is allowed; the rest of the chain then runs on what the grammar kept.
+"""
+from __future__ import annotations
+
+import ctypes
+import json
+from collections.abc import Sequence
+
+import numpy as np
+
+import llama_cpp.llama_cpp as ll
+from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
+
+from localllm.engine.errors import BackendError
+from localllm.types import InvalidParam, SamplingParams, TokenLogprob
+
+# Used when the request sets no top_k: penalties and the final pick then touch a
+# few dozen candidates instead of the whole vocabulary (llama.cpp's default too).
+DEFAULT_TOP_K = 40
+GRAMMAR_PREFILTER = 512
+_TOKEN_DATA = np.dtype([("id", "<i4"), ("logit", "<f4"), ("p", "<f4")])  # struct llama_token_data
+
+
+class Sampler:
+    def sample(self, ctx: ll.llama_context_p, row: int, logits: np.ndarray) -> int:
+        """Picks the next token from batch row `row`, whose logits `logits` views."""
+        raise NotImplementedError
+
+    def free(self) -> None:
+        pass
+
+
+class GreedySampler(Sampler):
+    def __init__(self, bias_ids: np.ndarray, biases: np.ndarray) -> None:
+        self._bias_ids = bias_ids
+        self._biases = biases
+
+    def sample(self, ctx: ll.llama_context_p, row: int, logits: np.ndarray) -> int:
+        if self._bias_ids.size:
+            logits[self._bias_ids] += self._biases  # the row is ours until the next decode
+        return int(logits.argmax())
+
+
+class ChainSampler(Sampler):
+    def __init__(self, chain: ll.llama_sampler_p) -> None:
+        self._chain = chain
+
+    def sample(self, ctx: ll.llama_context_p, row: int, logits: np.ndarray) -> int:
+        return ll.llama_sampler_sample(self._chain, ctx, row)
+
+    def free(self) -> None:
+        ll.llama_sampler_free(self._chain)
+
+
+class GrammarSampler(Sampler):
+    """Grammar on a prefiltered candidate list, then the chain, both by llama_sampler_apply."""
+
+    def __init__(self, grammar: ll.llama_sampler_p, chain: ll.llama_sampler_p, greedy: GreedySampler,
+                 eog_token_ids: Sequence[int]) -> None:
+        self._grammar = grammar
+        self._chain = chain
+        self._biases = greedy  # applies logit_bias / ignore_eos in place before anything else
+        # Once the grammar is complete only end-of-generation is allowed: always offer it.
+        self._eog_ids = np.array(eog_token_ids, dtype=np.int64)
+
+    def sample(self, ctx: ll.llama_context_p, row: int, logits: np.ndarray) -> int:
+        self._biases.sample(ctx, row, logits)
+        best = np.argpartition(logits, -GRAMMAR_PREFILTER)[-GRAMMAR_PREFILTER:]
+        best = np.union1d(best, self._eog_ids)
+        token = self._pick(best, logits)
+        if token is None:  # nothing the model likes is allowed: ask the grammar about every token
+            token = self._pick(np.arange(logits.size), logits)
+        if token is None:
+            raise BackendError("the output grammar allows no token here")
+        ll.llama_sampler_accept(self._grammar, token)
+        ll.llama_sampler_accept(self._chain, token)
+        return token
+
+    def _pick(self, token_ids: np.ndarray, logits: np.ndarray) -> int | None:
+        candidates = _candidates(token_ids, logits[token_ids])
+        _apply(self._grammar, candidates)
+        allowed = np.ascontiguousarray(candidates[np.isfinite(candidates["logit"])])
+        if allowed.size == 0:
+            return None
+        selected = _apply(self._chain, allowed)
+        return int(allowed["id"][selected])
+
+    def free(self) -> None:
+        ll.llama_sampler_free(self._grammar)
+        ll.llama_sampler_free(self._chain)
+
+
+def _candidates(token_ids: np.ndarray, logits: np.ndarray) -> np.ndarray:
+    out = np.empty(token_ids.size, dtype=_TOKEN_DATA)
+    out["id"], out["logit"], out["p"] = token_ids, logits, 0.0
+    return out
+
+
+def _apply(sampler: ll.llama_sampler_p, candidates: np.ndarray) -> int:
+    """Runs a sampler over a candidate array in place; returns the selected index (or -1)."""
+    array = ll.llama_token_data_array(candidates.ctypes.data_as(ll.llama_token_data_p), candidates.size, -1, False)
+    ll.llama_sampler_apply(sampler, ctypes.byref(array))
+    return array.selected
+
+
+def build_sampler(params: SamplingParams, vocab: ll.llama_vocab_p, num_vocab: int,
+                  eog_token_ids: Sequence[int]) -> Sampler:
+    """The cheapest sampler that honours every parameter of the request."""
+    biases = list(params.logit_bias)
+    if params.ignore_eos:  # as llama.cpp does: end-of-generation tokens can never be drawn
+        biases += [(t, float("-inf")) for t in eog_token_ids]
+    greedy = GreedySampler(np.array([t for t, _ in biases], dtype=np.int64),
+                           np.array([b for _, b in biases], dtype=np.float32))
+    has_penalties = params.repeat_penalty != 1.0 or params.frequency_penalty != 0.0 or params.presence_penalty != 0.0
+    if params.is_greedy and not has_penalties and params.grammar is None:
+        return greedy
+    if params.grammar is not None:
+        return GrammarSampler(grammar_sampler(vocab, params.grammar), _chain(params, num_vocab, []), greedy,
+                              eog_token_ids)
+    return ChainSampler(_chain(params, num_vocab, biases))
+
+
+def _chain(params: SamplingParams, num_vocab: int, biases: list[tuple[int, float]]) -> ll.llama_sampler_p:
+    chain = ll.llama_sampler_chain_init(ll.llama_sampler_chain_default_params())
+    add = lambda s: ll.llama_sampler_chain_add(chain, s)  # noqa: E731
+    if biases:
+        array = (ll.llama_logit_bias * len(biases))(*biases)
+        add(ll.llama_sampler_init_logit_bias(num_vocab, len(array), array))
+    add(ll.llama_sampler_init_top_k(params.top_k or DEFAULT_TOP_K))
+    if params.repeat_penalty != 1.0 or params.frequency_penalty != 0.0 or params.presence_penalty != 0.0:
+        add(ll.llama_sampler_init_penalties(num_vocab, params.penalty_last_n, params.repeat_penalty,
+                                            params.frequency_penalty, params.presence_penalty))
+    if params.is_greedy:
+        add(ll.llama_sampler_init_greedy())
+        return chain
+    if params.top_p < 1.0:
+        add(ll.llama_sampler_init_top_p(params.top_p, 1))
+    if params.min_p > 0.0:
+        add(ll.llama_sampler_init_min_p(params.min_p, 1))
+    add(ll.llama_sampler_init_temp(params.temperature))
+    seed = ll.LLAMA_DEFAULT_SEED if params.seed is None else params.seed & 0xFFFFFFFF
+    add(ll.llama_sampler_init_dist(seed))
+    return chain
+
+
+def grammar_sampler(vocab: ll.llama_vocab_p, grammar: str) -> ll.llama_sampler_p:
+    sampler = ll.llama_sampler_init_grammar(vocab, grammar.encode(), b"root")
+    if not sampler:
+        raise InvalidParam("response_format", "the output grammar could not be parsed")
+    return sampler
+
+
+def json_grammar(schema: dict | None) -> str:
+    """GBNF for any JSON object (schema None) or for a JSON schema."""
+    if schema is None:
+        return JSON_GBNF
+    try:
+        return json_schema_to_gbnf(json.dumps(schema))
+    except (ValueError, TypeError, KeyError, RecursionError, NotImplementedError) as exc:
+        raise InvalidParam("response_format", f"unsupported JSON schema: {exc}") from None
+
+
+def logprob_of(logits: np.ndarray, token_id: int, num_top: int) -> TokenLogprob:
+    """Log-softmax of one row for the chosen token and the `num_top` best ones."""
+    peak = float(logits.max())
+    log_norm = peak + float(np.log(np.exp(logits - peak, dtype=np.float64).sum()))
+    top: tuple[tuple[int, float], ...] = ()
+    if num_top:
+        best = np.argpartition(logits, -num_top)[-num_top:]
+        best = best[np.argsort(-logits[best])]
+        top = tuple((int(t), float(logits[t]) - log_norm) for t in best)
+    return TokenLogprob(token_id, float(logits[token_id]) - log_norm, top)
