@@ -79,7 +79,10 @@ def pct(values: list[float], q: float) -> float:
 
 async def run_level(url: str, concurrency: int, rounds: int, max_tokens: int, model: str | None) -> dict:
     timeout = aiohttp.ClientTimeout(total=600)
-    async with aiohttp.ClientSession(timeout=timeout) as session:
+    # A fresh connection per request: llama-server closes idle keep-alive connections,
+    # which a pooled client would see as spurious errors.
+    connector = aiohttp.TCPConnector(force_close=True, limit=0)
+    async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
         await one_request(session, url, "warm up", 4, model)
         results: list[Result] = []
         started = time.perf_counter()
@@ -100,6 +103,7 @@ async def run_level(url: str, concurrency: int, rounds: int, max_tokens: int, mo
         "itl_p50_ms": 1000 * pct(itl, 0.5),
         "itl_p95_ms": 1000 * pct(itl, 0.95),
         "mean_tokens": statistics.mean(r.num_tokens for r in ok) if ok else 0,
+        "first_error": next((r.error for r in results if r.error), None),
     }
 
 
