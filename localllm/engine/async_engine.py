@@ -23,6 +23,24 @@ log = logging.getLogger(__name__)
 
 class TokenizingBackend(Backend, Protocol):
     num_vocab: int
+    max_embedding_tokens: int
+
+    def embed(self, inputs: Sequence[Sequence[int]]) -> list: ...
+    async def embed(self, inputs: Sequence[str | Sequence[int]]) -> tuple[list, int]:
+        """Pooled, normalised embeddings (numpy vectors) and the number of input tokens.
+
+        Runs in a worker thread on a second context, not on the engine thread."""
+        token_lists = [self.tokenize(x) if isinstance(x, str) else list(x) for x in inputs]
+        limit = self.backend.max_embedding_tokens
+        for i, token_ids in enumerate(token_lists):
+            if not token_ids:
+                raise InvalidParam("input", f"input[{i}] is empty")
+            if len(token_ids) > limit:
+                raise InvalidParam("input", f"input[{i}] has {len(token_ids)} tokens; the limit is {limit}")
+            if max(token_ids) >= self.backend.num_vocab or min(token_ids) < 0:
+                raise InvalidParam("input", f"input[{i}] has token ids outside the vocabulary")
+        vectors = await asyncio.to_thread(self.backend.embed, token_lists)
+        return vectors, sum(map(len, token_lists))
 
     def detokenize(self, token_ids: Sequence[int]) -> str: ...
     def check_grammar(self, grammar: str) -> None: ...
@@ -78,6 +96,22 @@ class AsyncEngine:
 
     def tokenize(self, text: str, *, add_special: bool = True) -> list[int]:
         return self.backend.tokenize(text, add_special=add_special, parse_special=True)
+
+    async def embed(self, inputs: Sequence[str | Sequence[int]]) -> tuple[list, int]:
+        """Pooled, normalised embeddings (numpy vectors) and the number of input tokens.
+
+        Runs in a worker thread on a second context, not on the engine thread."""
+        token_lists = [self.tokenize(x) if isinstance(x, str) else list(x) for x in inputs]
+        limit = self.backend.max_embedding_tokens
+        for i, token_ids in enumerate(token_lists):
+            if not token_ids:
+                raise InvalidParam("input", f"input[{i}] is empty")
+            if len(token_ids) > limit:
+                raise InvalidParam("input", f"input[{i}] has {len(token_ids)} tokens; the limit is {limit}")
+            if max(token_ids) >= self.backend.num_vocab or min(token_ids) < 0:
+                raise InvalidParam("input", f"input[{i}] has token ids outside the vocabulary")
+        vectors = await asyncio.to_thread(self.backend.embed, token_lists)
+        return vectors, sum(map(len, token_lists))
 
     def detokenize(self, token_ids: Sequence[int]) -> str:
         return self.backend.detokenize(token_ids)

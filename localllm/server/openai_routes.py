@@ -1,6 +1,7 @@
 """/v1/chat/completions, /v1/completions and /v1/models in OpenAI's wire format."""
 from __future__ import annotations
 
+import base64
 import time
 import uuid
 from collections.abc import Callable
@@ -12,16 +13,45 @@ from localllm.server.chat_template import compiled_template
 from localllm.server.errors import ApiError, bad_request
 from localllm.server.generation import Choice, close_all, merged, observe, start_choices, usage
 from localllm.server.metrics import METRICS_KEY
-from localllm.server.schemas import GenerationRequest, completion_prompts, generation_request, read_json
+from localllm.server.schemas import (
+    GenerationRequest, completion_prompts, embedding_inputs, generation_request, read_json,
+)
 from localllm.server.sse import SseWriter
 from localllm.server.state import require_model
-from localllm.types import FinishReason, TokenDelta, TokenLogprob
+from localllm.types import FinishReason, InvalidParam, TokenDelta, TokenLogprob
 
 
 def setup(app: web.Application) -> None:
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_post("/v1/completions", completions)
     app.router.add_get("/v1/models", list_models)
+    app.router.add_post("/v1/embeddings", embeddings)
+
+
+MAX_EMBEDDING_INPUTS = 256
+
+
+async def embeddings(request: web.Request) -> web.Response:
+    model = require_model(request)
+    body = await read_json(request)
+    _check_model(body, model)
+    inputs = embedding_inputs(body.get("input"))
+    if len(inputs) > MAX_EMBEDDING_INPUTS:
+        raise bad_request(f"at most {MAX_EMBEDDING_INPUTS} inputs per request", "input")
+    encoding = body.get("encoding_format", "float")
+    if encoding not in ("float", "base64"):
+        raise bad_request("encoding_format must be float or base64", "encoding_format")
+    if body.get("dimensions") is not None:
+        raise bad_request("dimensions is not supported: this model has a fixed embedding size", "dimensions")
+    try:
+        vectors, num_tokens = await model.engine.embed(inputs)
+    except InvalidParam as exc:
+        raise bad_request(str(exc), exc.param) from None
+    data = [{"object": "embedding", "index": i,
+             "embedding": base64.b64encode(v.astype("<f4").tobytes()).decode() if encoding == "base64" else v.tolist()}
+            for i, v in enumerate(vectors)]
+    return web.json_response({"object": "list", "data": data, "model": model.name,
+                              "usage": {"prompt_tokens": num_tokens, "total_tokens": num_tokens}})
 
 
 async def list_models(request: web.Request) -> web.Response:

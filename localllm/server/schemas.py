@@ -105,7 +105,17 @@ def generation_request(body: dict[str, Any], prompts: list[str | list[int]], *, 
 
 def completion_prompts(body: dict[str, Any]) -> list[str | list[int]]:
     """`prompt` as a string, a list of strings, a token list, or a list of token lists."""
-    prompt = body.get("prompt")
+    return _text_or_tokens(body.get("prompt"), "prompt")
+
+
+def embedding_inputs(value: object) -> list[str | list[int]]:
+    """`input` for /v1/embeddings: the same four shapes as a completion prompt."""
+    return _text_or_tokens(value, "input")
+
+
+def _text_or_tokens(prompt: object, param: str) -> list[str | list[int]]:
+    if prompt == "" or (isinstance(prompt, list) and "" in prompt):
+        raise bad_request(f"{param} must not be an empty string", param)
     if isinstance(prompt, str):
         return [prompt]
     if isinstance(prompt, list) and prompt:
@@ -115,7 +125,7 @@ def completion_prompts(body: dict[str, Any]) -> list[str | list[int]]:
             return [list(prompt)]
         if all(isinstance(p, list) and p and all(_is_token(t) for t in p) for p in prompt):
             return [list(p) for p in prompt]
-    raise bad_request("prompt must be a string, a list of strings, or a list of token ids", "prompt")
+    raise bad_request(f"{param} must be a string, a list of strings, or a list of token ids", param)
 
 
 def _is_token(value: object) -> bool:

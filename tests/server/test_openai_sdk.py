@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 from pathlib import Path
 
+import numpy as np
 import openai
 import pytest
 from aiohttp.test_utils import TestServer
@@ -121,3 +123,28 @@ async def test_sdk_surfaces_openai_errors(aclient: openai.AsyncOpenAI):
     wrong_key = openai.AsyncOpenAI(base_url=str(aclient.base_url), api_key="wrong", max_retries=0)
     with pytest.raises(openai.AuthenticationError):
         await wrong_key.models.list()
+
+
+async def test_embeddings_are_normalised_deterministic_and_batched(aclient: openai.AsyncOpenAI):
+    texts = ["The cat sat on the mat.", "Stock markets fell sharply today.", "The cat sat on the mat."]
+    batch = await aclient.embeddings.create(model="gemma3-270m", input=texts)
+    vectors = [np.array(d.embedding) for d in batch.data]
+    assert [d.index for d in batch.data] == [0, 1, 2]
+    assert len({v.size for v in vectors}) == 1 and vectors[0].size >= 256
+    assert all(abs(np.linalg.norm(v) - 1) < 1e-3 for v in vectors)
+    assert np.allclose(vectors[0], vectors[2], atol=1e-4)  # same text, same vector
+    assert not np.allclose(vectors[0], vectors[1], atol=1e-2)
+    single = await aclient.embeddings.create(model="gemma3-270m", input=texts[1])
+    # Batching does not mix inputs (batched kernels differ in the last digits, hence cosine).
+    assert float(np.dot(single.data[0].embedding, vectors[1])) > 0.995
+    assert batch.usage.prompt_tokens == batch.usage.total_tokens > 10
+    encoded = await aclient.embeddings.create(model="gemma3-270m", input=texts[0], encoding_format="base64")
+    decoded = np.frombuffer(base64.b64decode(encoded.data[0].embedding), dtype="<f4")
+    assert np.allclose(decoded, vectors[0], atol=1e-4)
+
+
+async def test_embedding_input_errors(aclient: openai.AsyncOpenAI):
+    for bad in ["", ["ok", ""], [[1, 2, 999999999]], "word " * 3000]:
+        with pytest.raises(openai.BadRequestError) as error:
+            await aclient.embeddings.create(model="gemma3-270m", input=bad)
+        assert error.value.body["param"] == "input"

@@ -20,6 +20,7 @@ import llama_cpp.llama_cpp as ll
 from localllm.engine.errors import BackendError, NoKvRoom
 from localllm.engine.llama_backend import sampling
 from localllm.engine.llama_backend.batch import NumpyBatch
+from localllm.engine.llama_backend.embedding import MAX_INPUT_TOKENS, EmbeddingContext
 from localllm.engine.scheduler import BatchChunk
 from localllm.engine.slots import KvCopy, KvOp, KvTrim
 from localllm.types import SamplingParams, TokenLogprob
@@ -88,6 +89,7 @@ class LlamaBackend:
         self.num_vocab = ll.llama_vocab_n_tokens(self._vocab)
         self.num_ctx = ll.llama_n_ctx(self._ctx)
         self.num_ctx_train = ll.llama_model_n_ctx_train(self._model)
+        self.max_embedding_tokens = MAX_INPUT_TOKENS
         self._pieces: dict[int, bytes] = {}
         self._eog: dict[int, bool] = {}
         self._batch = NumpyBatch(config.num_batch)
@@ -95,6 +97,8 @@ class LlamaBackend:
         self._eog_token_ids: tuple[int, ...] | None = None
         self._logprobs_wanted: dict[str, int] = {}
         self._logprobs: dict[str, TokenLogprob] = {}
+        self._embedding: EmbeddingContext | None = None
+        self._embedding_init = threading.Lock()
 
     # -- vocabulary (any thread) -------------------------------------------------
 
@@ -236,7 +240,17 @@ class LlamaBackend:
         ll.llama_memory_seq_rm(self._memory, seq_id, -1, -1)
         return out
 
+    def embed(self, inputs: Sequence[Sequence[int]]) -> list[np.ndarray]:
+        """Blocking, any thread but the engine's: pooled embeddings from a second context."""
+        with self._embedding_init:
+            if self._embedding is None:
+                self._embedding = EmbeddingContext(self._model, self.config.num_threads)
+        return self._embedding.embed(inputs)
+
     def close(self) -> None:
+        if self._embedding is not None:
+            self._embedding.close()
+            self._embedding = None
         for request_id in list(self._samplers):
             self.remove_sampler(request_id)
         if self._ctx:

@@ -55,6 +55,18 @@ class NumpyBatch:
         self.struct.n_tokens = offset
         return rows
 
+    def fill_sequences(self, sequences: Sequence[Sequence[int]]) -> None:
+        """Each sequence from position 0 on its own seq id (its index), every row an output."""
+        offset = 0
+        for seq_id, token_ids in enumerate(sequences):
+            end = offset + len(token_ids)
+            self.token[offset:end] = token_ids
+            self.pos[offset:end] = np.arange(len(token_ids), dtype=np.int32)
+            self.seq_id[offset:end] = seq_id
+            offset = end
+        self.logits[:offset] = 1
+        self.struct.n_tokens = offset
+
     def fill_sequence(self, token_ids: list[int], start_pos: int, seq_id: int) -> None:
         n = len(token_ids)
         self.token[:n] = token_ids
