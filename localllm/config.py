@@ -70,12 +70,24 @@ class ServerConfig:
     port: int = 8080
     api_key: str | None = None
     """When set, every /v1 request needs `Authorization: Bearer <key>`."""
+    api_key_file: str | None = None
+    """More keys, one per line (`name:secret` or `secret`); re-read on SIGHUP."""
+    rate_limit_rpm: int = 0
+    """Requests per minute per key (0: no limit)."""
+    rate_limit_tpm: int = 0
+    """Prompt + completion tokens per minute per key (0: no limit)."""
+    cors_origins: str = ""
+    """Comma-separated origins allowed to call the API from a browser ('*' for any); empty: CORS off."""
     max_body_bytes: int = 4 * 1024 * 1024
     drain_timeout_s: float = 30.0
     """On SIGTERM/SIGINT: stop accepting, then wait this long for in-flight requests."""
 
     def __post_init__(self) -> None:
         _check(0 <= self.port <= 65535, "port", "must be between 0 and 65535")
+        _check(self.rate_limit_rpm >= 0 and self.rate_limit_tpm >= 0, "rate_limit", "limits must be 0 or more")
+        _check(self.drain_timeout_s >= 0, "drain_timeout_s", "must be 0 or more")
+        _check(self.api_key_file is None or Path(self.api_key_file).is_file(), "api_key_file",
+               f"{self.api_key_file!r} is not a readable file")
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,6 +6,7 @@ import time
 
 from aiohttp import web
 
+from localllm.server.auth import KEYRING_KEY
 from localllm.server.metrics import METRICS_KEY
 from localllm.server.state import MODEL_KEY, require_model
 
@@ -58,4 +59,5 @@ async def stats(request: web.Request) -> web.Response:
     snapshot["heartbeat_age_s"] = time.monotonic() - snapshot.pop("loop_heartbeat_s")
     snapshot["model_path"] = str(model.path)
     snapshot["slot_ctx"] = model.engine.slot_ctx
+    snapshot["keys"] = request.app[KEYRING_KEY].snapshot()
     return web.json_response(snapshot)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -11,7 +10,8 @@ from aiohttp import web
 from localllm.config import Config
 from localllm.models.manager import LoadedModel, load_model
 from localllm.server import admin_routes, openai_routes
-from localllm.server.errors import ApiError, error_middleware
+from localllm.server.auth import KEYRING_KEY, KeyRing, auth_middleware
+from localllm.server.errors import error_middleware
 from localllm.server.metrics import METRICS_KEY, ServerMetrics
 from localllm.server.state import CONFIG_KEY, MODEL_KEY, ModelHolder
 
@@ -23,10 +23,15 @@ ModelLoader = Callable[[Config], Awaitable[LoadedModel]]
 def create_app(config: Config, *, loaded: LoadedModel | None = None, loader: ModelLoader = load_model) -> web.Application:
     """Builds the server. With `loaded`, serves that already running engine and leaves
     it running on shutdown (tests share one model load); otherwise loads in the background."""
-    app = web.Application(client_max_size=config.server.max_body_bytes, middlewares=[error_middleware, _auth_middleware])
+    middlewares = [error_middleware, auth_middleware]
+    if config.server.cors_origins:
+        middlewares.insert(0, cors_middleware(config.server.cors_origins))
+    app = web.Application(client_max_size=config.server.max_body_bytes, middlewares=middlewares)
     app[CONFIG_KEY] = config
     holder = app[MODEL_KEY] = ModelHolder(loaded=loaded, owns_engine=loaded is None)
-    app[METRICS_KEY] = ServerMetrics(lambda: holder.loaded.engine.stats() if holder.loaded else None)
+    keyring = app[KEYRING_KEY] = KeyRing(config.server)
+    app[METRICS_KEY] = ServerMetrics(lambda: holder.loaded.engine.stats() if holder.loaded else None,
+                                     keyring.snapshot)
     if loaded is None:
         app.cleanup_ctx.append(_model_lifecycle(loader))
     openai_routes.setup(app)
@@ -56,13 +61,25 @@ def _model_lifecycle(loader: ModelLoader) -> Callable[[web.Application], AsyncIt
     return lifecycle
 
 
-@web.middleware
-async def _auth_middleware(request: web.Request, handler) -> web.StreamResponse:
-    key = request.app[CONFIG_KEY].server.api_key
-    if key and request.path.startswith("/v1/"):
-        given = request.headers.get("Authorization", "")
-        scheme, _, token = given.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), key.encode()):
-            raise ApiError(401, "Incorrect or missing API key. Send 'Authorization: Bearer <key>'.",
-                           type="authentication_error", code="invalid_api_key")
-    return await handler(request)
+def cors_middleware(origins: str):
+    """Browser access for the configured origins only; preflight answered here."""
+    allowed = {o.strip() for o in origins.split(",") if o.strip()}
+
+    @web.middleware
+    async def middleware(request: web.Request, handler) -> web.StreamResponse:
+        origin = request.headers.get("Origin")
+        ok = origin is not None and ("*" in allowed or origin in allowed)
+        if request.method == "OPTIONS" and ok:
+            response: web.StreamResponse = web.Response(status=204)
+        else:
+            response = await handler(request)
+        if ok and not response.prepared:
+            response.headers.update({
+                "Access-Control-Allow-Origin": origin,
+                "Access-Control-Allow-Headers": "Authorization, Content-Type",
+                "Access-Control-Allow-Methods": "GET, POST, OPTIONS",
+                "Vary": "Origin",
+            })
+        return response
+
+    return middleware

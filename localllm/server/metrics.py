@@ -16,7 +16,8 @@ _ITL_BUCKETS_S = (0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.25, 0.5, 1, 
 class ServerMetrics:
     """One registry per application, so several apps in one process stay apart."""
 
-    def __init__(self, engine_stats: Callable[[], EngineStats | None]) -> None:
+    def __init__(self, engine_stats: Callable[[], EngineStats | None],
+                 key_usage: Callable[[], dict[str, dict[str, int]]] = dict) -> None:
         self.registry = CollectorRegistry()
         self.ttft_s = Histogram("localllm_time_to_first_token_seconds", "Time to first token",
                                 buckets=_LATENCY_BUCKETS_S, registry=self.registry)
@@ -29,6 +30,7 @@ class ServerMetrics:
         self.errors = Counter("localllm_errors", "Error responses by OpenAI error type and HTTP status",
                               ["type", "status"], registry=self.registry)
         self.registry.register(_EngineCollector(engine_stats))
+        self.registry.register(_KeyUsageCollector(key_usage))
 
     def render(self) -> web.Response:
         response = web.Response(body=generate_latest(self.registry))
@@ -68,6 +70,19 @@ class _EngineCollector:
         for reason, count in sorted(stats.finished_by_reason.items()):
             finished.add_metric([reason], count)
         yield finished
+
+
+class _KeyUsageCollector:
+    def __init__(self, key_usage: Callable[[], dict[str, dict[str, int]]]) -> None:
+        self._key_usage = key_usage
+
+    def collect(self) -> Iterator[Metric]:
+        families = {field: CounterMetricFamily(f"localllm_key_{field}", f"Per API key: {field}", labels=["key"])
+                    for field in ("requests", "tokens", "rate_limited")}
+        for key_id, counts in sorted(self._key_usage().items()):
+            for field, family in families.items():
+                family.add_metric([key_id], counts[field])
+        yield from families.values()
 
 
 def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from aiohttp import web
 
 from localllm.models.manager import LoadedModel
+from localllm.server.auth import RATE_HEADERS, USAGE_TOKENS
 from localllm.server.chat_template import compiled_template
 from localllm.server.errors import ApiError, bad_request
 from localllm.server.generation import Choice, close_all, merged, observe, start_choices, usage
@@ -47,6 +48,7 @@ async def embeddings(request: web.Request) -> web.Response:
         vectors, num_tokens = await model.engine.embed(inputs)
     except InvalidParam as exc:
         raise bad_request(str(exc), exc.param) from None
+    request[USAGE_TOKENS] = num_tokens
     data = [{"object": "embedding", "index": i,
              "embedding": base64.b64encode(v.astype("<f4").tobytes()).decode() if encoding == "base64" else v.tolist()}
             for i, v in enumerate(vectors)]
@@ -131,10 +133,11 @@ async def _respond(request: web.Request, model: LoadedModel, gen: GenerationRequ
     finally:
         await close_all(streams)
         observe(request.app[METRICS_KEY], fmt.object_name, started_s, choices)
+        request[USAGE_TOKENS] = usage(choices, gen.n)["total_tokens"]
 
 
 async def _stream(request: web.Request, gen: GenerationRequest, fmt: _Format, meta: dict, streams, choices) -> web.StreamResponse:
-    sse = SseWriter(request)
+    sse = SseWriter(request, request.get(RATE_HEADERS, {}))
     await sse.start()
     chunk_meta = {**meta, "object": fmt.chunk_object_name}
     extra = {"usage": None} if gen.include_usage else {}

@@ -7,13 +7,14 @@ from aiohttp import web
 
 
 class SseWriter:
-    def __init__(self, request: web.Request) -> None:
+    def __init__(self, request: web.Request, extra_headers: dict[str, str] | None = None) -> None:
         self._request = request
         self.response = web.StreamResponse(
             headers={
                 "Content-Type": "text/event-stream; charset=utf-8",
                 "Cache-Control": "no-cache",
                 "X-Accel-Buffering": "no",  # tell proxies not to buffer the stream
+                **(extra_headers or {}),
             }
         )
 
