@@ -8,6 +8,7 @@ from aiohttp import web
 
 from localllm.server.auth import KEYRING_KEY
 from localllm.server.metrics import METRICS_KEY
+from localllm.server.openapi import openapi_json
 from localllm.server.state import MODEL_KEY, require_model
 
 # The engine loop refreshes its heartbeat every step and at least every 0.5 s when
@@ -20,6 +21,7 @@ def setup(app: web.Application) -> None:
     app.router.add_get("/ready", ready)
     app.router.add_get("/v1/stats", stats)
     app.router.add_get("/metrics", metrics)
+    app.router.add_get("/openapi.json", openapi_json)
 
 
 async def metrics(request: web.Request) -> web.Response:

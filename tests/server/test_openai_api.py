@@ -244,3 +244,29 @@ async def test_metrics_expose_latency_tokens_prefix_cache_and_errors(http):
     assert 0 <= metric_value(after, "localllm_kv_cache_usage_ratio") <= 1
     assert metric_value(after, "localllm_requests_running") == 0
     assert metric_value(after, "localllm_errors_total", '{status="400",type="invalid_request_error"}') >= 1
+
+
+async def test_sixteen_concurrent_streams_all_finish_and_free_their_slots(http):
+    async def one(i: int) -> list:
+        response = await http.post("/v1/chat/completions", json={
+            "messages": [{"role": "user", "content": f"Tell me fact number {i}."}], "max_tokens": 12,
+            "temperature": 0.8, "seed": i, "stream": True, "ignore_eos": True})
+        assert response.status == 200
+        return await read_sse(response)
+
+    results = await asyncio.gather(*(one(i) for i in range(16)))  # 4 slots: 12 of them queue first
+    for events in results:
+        assert events[-1] == "[DONE]"
+        assert [c for c in events[:-1] if c["choices"][0]["finish_reason"]][0]["choices"][0]["finish_reason"] == "length"
+    stats = await wait_idle(http)
+    assert all(slot["state"] == "idle" for slot in stats["slots"])
+
+
+async def test_body_too_large_wrong_method_and_unknown_path_get_openai_errors(http):
+    huge = await http.post("/v1/completions", data=b"x" * (5 * 1024 * 1024), headers={"Content-Type": "application/json"})
+    assert huge.status == 413 and (await huge.json())["error"]["code"] == "request_too_large"
+    wrong = await http.get("/v1/completions")
+    assert wrong.status == 405 and (await wrong.json())["error"]["message"]
+    missing = await http.get("/v1/nothing-here")
+    assert missing.status == 404 and "error" in await missing.json()
+    assert (await http.get("/openapi.json")).status == 200

@@ -1,0 +1,60 @@
+"""OpenAPI 3.1 description of the server's own routes, served at GET /openapi.json.
+
+Kept by hand, next to the routes; tests/server check that it names exactly the
+routes the application registers, so neither can drift alone.
+"""
+from __future__ import annotations
+
+from aiohttp import web
+
+_ERROR = {"$ref": "#/components/schemas/Error"}
+_JSON_BODY = {"required": True, "content": {"application/json": {"schema": {"type": "object"}}}}
+
+
+def _op(summary: str, *, body: bool = False, stream: bool = False, errors: tuple[int, ...] = ()) -> dict:
+    ok: dict = {"description": "OK", "content": {"application/json": {"schema": {"type": "object"}}}}
+    if stream:
+        ok["content"]["text/event-stream"] = {"schema": {"type": "string"}}
+    responses = {"200": ok} | {str(code): {"description": _REASONS[code],
+                                          "content": {"application/json": {"schema": _ERROR}}} for code in errors}
+    op = {"summary": summary, "responses": responses}
+    if body:
+        op["requestBody"] = _JSON_BODY
+    return op
+
+
+_REASONS = {400: "Invalid request", 401: "Missing or wrong API key", 404: "Unknown model",
+            413: "Body too large", 429: "Rate limited or queue full (see Retry-After)", 503: "Model not ready"}
+_GENERATION_ERRORS = (400, 401, 404, 413, 429, 503)
+
+PATHS: dict[str, dict[str, dict]] = {
+    "/v1/chat/completions": {"post": _op("Chat completion (OpenAI)", body=True, stream=True, errors=_GENERATION_ERRORS)},
+    "/v1/completions": {"post": _op("Text completion (OpenAI)", body=True, stream=True, errors=_GENERATION_ERRORS)},
+    "/v1/embeddings": {"post": _op("Embeddings (OpenAI)", body=True, errors=_GENERATION_ERRORS)},
+    "/v1/models": {"get": _op("Models served", errors=(401, 503))},
+    "/v1/stats": {"get": _op("Engine, slot and per-key statistics (JSON)", errors=(401, 503))},
+    "/health": {"get": _op("Liveness: the process answers")},
+    "/ready": {"get": _op("Readiness: model loaded and engine loop running", errors=(503,))},
+    "/metrics": {"get": _op("Prometheus metrics")},
+    "/openapi.json": {"get": _op("This document")},
+}
+
+
+def document() -> dict:
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "localllm", "version": "0.1.0",
+                 "description": "OpenAI-compatible LLM server on llama.cpp."},
+        "paths": PATHS,
+        "components": {
+            "schemas": {"Error": {"type": "object", "required": ["error"], "properties": {"error": {
+                "type": "object", "required": ["message", "type"],
+                "properties": {"message": {"type": "string"}, "type": {"type": "string"},
+                               "param": {"type": ["string", "null"]}, "code": {"type": ["string", "null"]}}}}}},
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+    }
+
+
+async def openapi_json(request: web.Request) -> web.Response:
+    return web.json_response(document())
