@@ -1,12 +1,14 @@
 """/health (liveness), /ready (readiness) and /v1/stats (what the TUI reads)."""
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import time
 
 from aiohttp import web
 
 from localllm.server.auth import KEYRING_KEY
+from localllm.telemetry import host_snapshot
 from localllm.server.metrics import METRICS_KEY
 from localllm.server.openapi import openapi_json
 from localllm.server.state import MODEL_KEY, require_model
@@ -62,4 +64,5 @@ async def stats(request: web.Request) -> web.Response:
     snapshot["model_path"] = str(model.path)
     snapshot["slot_ctx"] = model.engine.slot_ctx
     snapshot["keys"] = request.app[KEYRING_KEY].snapshot()
+    snapshot["host"] = await asyncio.to_thread(host_snapshot)  # NVML calls can take milliseconds
     return web.json_response(snapshot)

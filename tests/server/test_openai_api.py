@@ -168,6 +168,7 @@ async def test_api_key_is_required(server: TestServer):
 
 
 async def test_models_health_ready_and_stats(http):
+    assert (await http.post("/v1/completions", json={"prompt": "Hi", "max_tokens": 2})).status == 200
     models = await (await http.get("/v1/models")).json()
     assert [m["id"] for m in models["data"]] == ["gemma3-270m"]
     assert (await http.get("/health")).status == 200
@@ -177,6 +178,10 @@ async def test_models_health_ready_and_stats(http):
     assert stats["num_slots"] == 4 and len(stats["slots"]) == 4
     assert stats["num_kv_cells_total"] >= 8192
     assert stats["num_generated_tokens_total"] > 0
+    host = stats["host"]
+    assert host["ram_total_bytes"] > host["ram_available_bytes"] > 0
+    assert host["process_rss_bytes"] > 100 * 2**20  # the model is mapped into this process
+    assert isinstance(host["gpus"], list) and host["gpu_status"]
 
 
 async def test_client_disconnect_mid_stream_frees_the_slot(http, server: TestServer):
