@@ -95,6 +95,8 @@ class Config:
     engine: EngineConfig = field(default_factory=EngineConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
     data_dir: Path = field(default_factory=default_data_dir)
+    hf_endpoint: str | None = None
+    """Hub (or mirror) base URL for pulls; default: huggingface_hub's (HF_ENDPOINT)."""
 
     @classmethod
     def load(cls, config_file: Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
@@ -114,13 +116,14 @@ class Config:
     def from_flat(cls, values: dict[str, Any]) -> Config:
         engine_keys = {f.name for f in fields(EngineConfig)}
         server_keys = {f.name for f in fields(ServerConfig)}
-        unknown = set(values) - engine_keys - server_keys - {"data_dir"}
+        unknown = set(values) - engine_keys - server_keys - {"data_dir", "hf_endpoint"}
         if unknown:
             raise ConfigError(f"unknown configuration key(s): {', '.join(sorted(unknown))}")
         engine = _build(EngineConfig, {k: v for k, v in values.items() if k in engine_keys})
         server = _build(ServerConfig, {k: v for k, v in values.items() if k in server_keys})
         data_dir = Path(values["data_dir"]).expanduser() if values.get("data_dir") else default_data_dir()
-        return cls(engine=engine, server=server, data_dir=data_dir)
+        hf_endpoint = values.get("hf_endpoint") or os.environ.get("HF_ENDPOINT") or None
+        return cls(engine=engine, server=server, data_dir=data_dir, hf_endpoint=hf_endpoint)
 
     def with_engine(self, **changes: Any) -> Config:
         return replace(self, engine=replace(self.engine, **changes))
@@ -170,5 +173,5 @@ def _env_path(name: str) -> Path | None:
 
 
 def _from_env() -> dict[str, Any]:
-    keys = {f.name for f in fields(EngineConfig)} | {f.name for f in fields(ServerConfig)} | {"data_dir"}
+    keys = {f.name for f in fields(EngineConfig)} | {f.name for f in fields(ServerConfig)} | {"data_dir", "hf_endpoint"}
     return {k: os.environ[ENV_PREFIX + k.upper()] for k in keys if ENV_PREFIX + k.upper() in os.environ}

@@ -9,7 +9,7 @@ from aiohttp import web
 
 from localllm.config import Config
 from localllm.models.manager import LoadedModel, load_model
-from localllm.server import admin_routes, openai_routes
+from localllm.server import admin_routes, model_routes, openai_routes
 from localllm.server.auth import KEYRING_KEY, KeyRing, auth_middleware
 from localllm.server.errors import error_middleware
 from localllm.server.metrics import METRICS_KEY, ServerMetrics
@@ -36,6 +36,7 @@ def create_app(config: Config, *, loaded: LoadedModel | None = None, loader: Mod
         app.cleanup_ctx.append(_model_lifecycle(loader))
     openai_routes.setup(app)
     admin_routes.setup(app)
+    model_routes.setup(app)
     return app
 
 

@@ -140,9 +140,9 @@ _LIMITED_METHODS = {"POST"}  # generation and embeddings; reads like /v1/models 
 
 @web.middleware
 async def auth_middleware(request: web.Request, handler) -> web.StreamResponse:
-    """Bearer keys on /v1/ (when any key is configured), then per-key limits on POSTs."""
+    """Bearer keys on /v1/ and /admin/ (when any key is configured), then per-key limits on POSTs."""
     keyring = request.app[KEYRING_KEY]
-    if not request.path.startswith("/v1/"):
+    if not request.path.startswith(("/v1/", "/admin/")):
         return await handler(request)
     key_id = "anonymous"
     if keyring.enabled:

@@ -37,6 +37,9 @@ PATHS: dict[str, dict[str, dict]] = {
     "/ready": {"get": _op("Readiness: model loaded and engine loop running", errors=(503,))},
     "/metrics": {"get": _op("Prometheus metrics")},
     "/openapi.json": {"get": _op("This document")},
+    "/v1/plan": {"get": _op("Memory plan for ?model=NAME: GPU layers, context, slots, KV type", errors=(401, 404))},
+    "/admin/models/pull": {"post": _op("Download a model; progress as server-sent events", body=True, stream=True,
+                                       errors=(400, 401, 404))},
 }
 
 
