@@ -29,7 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--ctx", type=int, help=f"KV cache tokens shared by all slots (default {_ENGINE.ctx})")
     serve.add_argument("--batch", type=int, help=f"most tokens per decode step (default {_ENGINE.batch})")
     serve.add_argument("--threads", type=int, help="CPU threads (default: all usable cores)")
-    serve.add_argument("--n-gpu-layers", dest="n_gpu_layers", type=int, help="layers to offload to the GPU (default 0)")
+    serve.add_argument("--n-gpu-layers", dest="n_gpu_layers",
+                       help="layers to offload to the GPU: a number, -1 for all, or auto (default: auto, "
+                            "from the memory plan)")
     serve.add_argument("--max-waiting", dest="max_waiting", type=int,
                        help=f"requests that may queue for a slot before 429 (default {_ENGINE.max_waiting})")
     serve.add_argument("--api-key", dest="api_key", help="require this bearer key on /v1 routes")
