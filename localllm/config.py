@@ -11,6 +11,9 @@ from pathlib import Path
 from typing import Any
 
 ENV_PREFIX = "LOCALLLM_"
+LOG_LEVELS = ("debug", "info", "warning", "error")
+SECRET_KEYS = frozenset({"api_key"})
+"""Keys whose values are masked wherever the configuration is shown."""
 
 
 def default_data_dir() -> Path:
@@ -42,8 +45,8 @@ class EngineConfig:
     """Most tokens per llama_decode (decode tokens plus prompt chunks)."""
     threads: int = 0
     """CPU threads; 0 means all cores this process may use."""
-    n_gpu_layers: int = 0
-    """Layers offloaded to the GPU (0 on CPU-only builds)."""
+    n_gpu_layers: int | None = None
+    """Layers offloaded to the GPU; None (`auto`) lets the memory plan pick what fits."""
     max_waiting: int = 64
     """Requests that may wait for a slot; beyond that the server answers 429 at once."""
 
@@ -52,7 +55,7 @@ class EngineConfig:
         _check(self.batch >= 1, "batch", "must be at least 1")
         _check(self.ctx >= 64 * self.parallel, "ctx", "must give each slot at least 64 tokens")
         _check(self.threads >= 0, "threads", "must be 0 (auto) or more")
-        _check(self.n_gpu_layers >= -1, "n_gpu_layers", "must be -1 (all) or more")
+        _check(self.n_gpu_layers is None or self.n_gpu_layers >= -1, "n_gpu_layers", "must be auto, -1 (all) or more")
         _check(self.max_waiting >= 0, "max_waiting", "must be 0 or more")
 
     @property
@@ -79,10 +82,18 @@ class ServerConfig:
     cors_origins: str = ""
     """Comma-separated origins allowed to call the API from a browser ('*' for any); empty: CORS off."""
     max_body_bytes: int = 4 * 1024 * 1024
+    keep_alive_s: float = 300.0
+    """Idle seconds before a model other than the default is unloaded (-1: never)."""
     drain_timeout_s: float = 30.0
     """On SIGTERM/SIGINT: stop accepting, then wait this long for in-flight requests."""
+    log_level: str = "info"
+    """debug, info, warning or error."""
+    log_prompts: bool = False
+    """Debug only: also log request bodies (prompts) at debug level. Never on by default."""
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "log_level", str(self.log_level).lower())
+        _check(self.log_level in LOG_LEVELS, "log_level", f"must be one of {', '.join(LOG_LEVELS)}")
         _check(0 <= self.port <= 65535, "port", "must be between 0 and 65535")
         _check(self.rate_limit_rpm >= 0 and self.rate_limit_tpm >= 0, "rate_limit", "limits must be 0 or more")
         _check(self.drain_timeout_s >= 0, "drain_timeout_s", "must be 0 or more")
@@ -102,14 +113,8 @@ class Config:
     def load(cls, config_file: Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
         """Builds the effective configuration from file, environment and flags."""
         values: dict[str, Any] = {}
-        path = config_file or _env_path("CONFIG")
-        if path is not None:
-            try:
-                values.update(_flatten(tomllib.loads(Path(path).read_text())))
-            except (OSError, tomllib.TOMLDecodeError) as exc:
-                raise ConfigError(f"cannot read config file {path}: {exc}") from exc
-        values.update(_from_env())
-        values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+        for layer in config_layers(config_file, overrides).values():
+            values.update(layer)
         return cls.from_flat(values)
 
     @classmethod
@@ -125,8 +130,29 @@ class Config:
         hf_endpoint = values.get("hf_endpoint") or os.environ.get("HF_ENDPOINT") or None
         return cls(engine=engine, server=server, data_dir=data_dir, hf_endpoint=hf_endpoint)
 
+    def to_flat(self) -> dict[str, Any]:
+        """The flat keys `from_flat` and the config file accept, in a stable order."""
+        flat: dict[str, Any] = {f.name: getattr(self.engine, f.name) for f in fields(EngineConfig)}
+        flat.update({f.name: getattr(self.server, f.name) for f in fields(ServerConfig)})
+        flat["data_dir"] = str(self.data_dir)
+        flat["hf_endpoint"] = self.hf_endpoint
+        return flat
+
     def with_engine(self, **changes: Any) -> Config:
         return replace(self, engine=replace(self.engine, **changes))
+
+
+def config_layers(config_file: Path | None = None, overrides: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
+    """The raw flat values each source gives, lowest precedence first: file, environment, flags."""
+    file_values: dict[str, Any] = {}
+    path = config_file or _env_path("CONFIG")
+    if path is not None:
+        try:
+            file_values = _flatten(tomllib.loads(Path(path).read_text()))
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc}") from exc
+    flags = {k: v for k, v in (overrides or {}).items() if v is not None}
+    return {"file": file_values, "environment": _from_env(), "flags": flags}
 
 
 def _check(ok: bool, key: str, message: str) -> None:
@@ -144,6 +170,8 @@ def _build(cls: type, values: dict[str, Any]) -> Any:
 
 def _coerce(key: str, value: Any, type_name: Any) -> Any:
     kind = str(type_name)
+    if kind == "int | None" and value in (None, "auto"):
+        return None
     try:
         if kind.startswith("int"):
             return int(value)
@@ -154,6 +182,17 @@ def _coerce(key: str, value: Any, type_name: Any) -> Any:
     except (TypeError, ValueError):
         raise ConfigError(f"{key} must be {kind}, got {value!r}") from None
     return value
+
+
+def _to_bool(key: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off", ""):
+        return False
+    raise ConfigError(f"{key} must be true or false, got {value!r}")
 
 
 def _flatten(doc: dict[str, Any]) -> dict[str, Any]:

@@ -1,10 +1,12 @@
-"""Loading a model into a running engine (one load at a time, off the event loop)."""
+"""Loading models into engines, and the ModelManager that serves several by name:
+one load per model however many requests ask, keep-alive unloads, explicit load/unload."""
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from localllm.config import Config
@@ -33,7 +35,16 @@ def user_catalogue_path(config: Config) -> Path:
     return config.data_dir / "models.toml"
 
 
-def open_backend(config: Config) -> tuple[LlamaBackend, str, Path, ModelSpec | None]:
+def local_model_names(config: Config) -> list[str]:
+    """Catalogue models usable without a download: bundled, placed in the store, or pulled."""
+    store = ModelStore(config.data_dir, load_catalogue(user_catalogue_path(config)))
+    names = {name for name, spec in store.catalogue.items()
+             if spec.bundled or (spec.file and (store.models_dir / name / spec.file).is_file())}
+    return sorted(names | set(store.pulled_names()))
+
+
+def open_backend(config: Config, on_progress: Callable[[float], None] | None = None,
+                 ) -> tuple[LlamaBackend, str, Path, ModelSpec | None]:
     """Blocking: resolves the model file (assembling the bundled one if needed) and loads it."""
     store = ModelStore(config.data_dir, load_catalogue(user_catalogue_path(config)))
     path, spec = store.resolve(config.engine.model)
@@ -44,7 +55,8 @@ def open_backend(config: Config) -> tuple[LlamaBackend, str, Path, ModelSpec | N
         num_seq=engine_config.parallel,
         num_batch=engine_config.batch,
         num_threads=engine_config.num_threads,
-        num_gpu_layers=engine_config.n_gpu_layers,
+        num_gpu_layers=gpu_layers_for(path, config),
+        on_progress=on_progress,
     ))
     name = spec.name if spec else path.stem
     return backend, name, path, spec
@@ -62,10 +74,27 @@ def engine_for(backend: LlamaBackend, name: str, config: Config) -> AsyncEngine:
     )
 
 
-async def load_model(config: Config) -> LoadedModel:
+def gpu_layers_for(path: Path, config: Config) -> int:
+    """An explicit --n-gpu-layers wins; `auto` asks the memory plan what fits free VRAM now."""
+    if config.engine.n_gpu_layers is not None:
+        return config.engine.n_gpu_layers
+    from localllm.models.gguf import read_gguf
+    from localllm.models.plan import ModelFacts, make_plan
+    from localllm.models.probe import free_ram_bytes, free_vram_bytes
+
+    vram = free_vram_bytes()
+    if vram == 0:
+        return 0
+    plan = make_plan(ModelFacts.from_gguf(read_gguf(path)), free_vram_bytes=vram, free_ram_bytes=free_ram_bytes(),
+                     slots=config.engine.parallel, ctx=config.engine.ctx, num_batch=config.engine.batch)
+    log.info("memory plan for %s:\n%s", path.name, plan.explain())
+    return plan.n_gpu_layers
+
+
+async def load_model(config: Config, on_progress: Callable[[float], None] | None = None) -> LoadedModel:
     """Loads in a worker thread, then starts the engine thread on this event loop."""
     started = time.monotonic()
-    backend, name, path, spec = await asyncio.to_thread(open_backend, config)
+    backend, name, path, spec = await asyncio.to_thread(open_backend, config, on_progress)
     engine = engine_for(backend, name, config)
     await engine.start()
     template = (spec.chat_template if spec else None) or backend.metadata("tokenizer.chat_template")
@@ -73,3 +102,152 @@ async def load_model(config: Config) -> LoadedModel:
     log.info("loaded %s (%s) in %.1f s: %d slots, %d KV cells, %d threads",
              name, backend.describe(), load_s, config.engine.parallel, backend.num_ctx, config.engine.num_threads)
     return LoadedModel(name, path, spec, engine, template, backend.bos_text(), backend.eos_text(), load_s)
+
+
+ModelLoader = Callable[..., Awaitable[LoadedModel]]
+"""load_model's signature: (config, on_progress) -> LoadedModel."""
+
+
+@dataclass(eq=False, slots=True)
+class ServedModel:
+    """One model the manager knows: loading, loaded, or failed."""
+
+    ref: str
+    """What requests asked for: a catalogue name or a .gguf path."""
+    loaded: LoadedModel | None = None
+    task: asyncio.Task | None = None
+    error: str | None = None
+    progress: float = 0.0
+    in_flight: int = 0
+    last_used_s: float = field(default_factory=time.monotonic)
+    keep_alive_s: float | None = None
+    """Idle seconds before unloading; None keeps it loaded."""
+
+    @property
+    def status(self) -> str:
+        return "loaded" if self.loaded else "failed" if self.error else "loading"
+
+    def answers_to(self, ref: str) -> bool:
+        loaded = self.loaded
+        return ref == self.ref or (loaded is not None and ref in (loaded.name, loaded.path.name, str(loaded.path)))
+
+
+class ModelManager:
+    """Models served by name. The default model loads at start and stays; others load on
+    their first request (one load per model, however many requests wait for it) and
+    unload after `keep_alive_s` idle seconds with no request in flight."""
+
+    def __init__(self, config: Config, loader: ModelLoader = load_model, keep_alive_s: float | None = 300.0) -> None:
+        self.config = config
+        self._loader = loader
+        self.default_keep_alive_s = keep_alive_s
+        self.default = ServedModel(config.engine.model)
+        self.models: list[ServedModel] = [self.default]
+        self.owns_default = True
+
+    # The default model, as the single-model server knew it (health, metrics, systemd).
+    @property
+    def loaded(self) -> LoadedModel | None:
+        return self.default.loaded
+
+    @property
+    def error(self) -> str | None:
+        return self.default.error
+
+    def adopt(self, loaded: LoadedModel) -> None:
+        """Serves an engine someone else started and will stop (tests share one load)."""
+        self.default.loaded, self.owns_default = loaded, False
+
+    def find(self, ref: str | None) -> ServedModel | None:
+        if ref is None:
+            return self.default
+        return next((m for m in self.models if m.answers_to(ref)), None)
+
+    def start_load(self, ref: str) -> ServedModel:
+        """Begins loading `ref` unless it is known already; never two loads of one model."""
+        model = self.find(ref)
+        if model is None:
+            model = ServedModel(ref, keep_alive_s=self.default_keep_alive_s)
+            self.models.append(model)
+        if model.loaded is None and (model.task is None or model.task.done()):
+            model.error = None
+            model.task = asyncio.create_task(self._load(model))
+        return model
+
+    async def get(self, ref: str | None) -> LoadedModel:
+        """The loaded model for `ref`, loading it first if needed. Raises what the load raised."""
+        model = self.start_load(ref) if ref is not None else self.default
+        if model.loaded is None:
+            if model is self.default and model.task is None:
+                model = self.start_load(model.ref)
+            await asyncio.shield(model.task)
+        if model.loaded is None:
+            raise ModelLoadFailed(model.error or "the model is not loaded")
+        return model.loaded
+
+    async def _load(self, model: ServedModel) -> None:
+        loop = asyncio.get_running_loop()
+        report = lambda f: loop.call_soon_threadsafe(setattr, model, "progress", f)  # noqa: E731
+        try:
+            model.loaded = await self._loader(self.config.with_engine(model=model.ref), report)
+            model.progress = 1.0
+        except Exception as exc:
+            log.warning("loading %s failed: %s", model.ref, exc)
+            model.error = str(exc)
+            if model is not self.default:
+                self.models.remove(model)
+            raise
+
+    def lease(self, loaded: LoadedModel, keep_alive_s: float | None = None) -> _Lease:
+        return _Lease(next(m for m in self.models if m.loaded is loaded), keep_alive_s)
+
+    async def unload(self, ref: str) -> bool:
+        """Stops an idle model's engine. False if it is busy or not loaded."""
+        model = self.find(ref)
+        if model is None or model.loaded is None or model.in_flight:
+            return False
+        loaded, model.loaded = model.loaded, None
+        if model is not self.default:
+            self.models.remove(model)
+        if model is not self.default or self.owns_default:
+            await loaded.engine.stop()
+        log.info("unloaded %s", loaded.name)
+        return True
+
+    async def sweep(self) -> None:
+        """Unloads models idle past their keep-alive; the server runs this every second."""
+        now = time.monotonic()
+        for model in list(self.models):
+            idle = model.in_flight == 0 and model.loaded is not None and model is not self.default
+            if idle and model.keep_alive_s is not None and now - model.last_used_s > model.keep_alive_s:
+                await self.unload(model.ref)
+
+    async def close(self) -> None:
+        for model in list(self.models):
+            if model.task is not None and not model.task.done():
+                await asyncio.gather(model.task, return_exceptions=True)  # a load cannot be interrupted
+            if model.loaded is not None and (model is not self.default or self.owns_default):
+                await model.loaded.engine.stop()
+            model.loaded = None
+
+
+class ModelLoadFailed(RuntimeError):
+    pass
+
+
+class _Lease:
+    """Marks a model busy for one request, so keep-alive never unloads it mid-request."""
+
+    def __init__(self, model: ServedModel, keep_alive_s: float | None) -> None:
+        self._model = model
+        self._keep_alive_s = keep_alive_s
+
+    def __enter__(self) -> _Lease:
+        self._model.in_flight += 1
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._model.in_flight -= 1
+        self._model.last_used_s = time.monotonic()
+        if self._keep_alive_s is not None:
+            self._model.keep_alive_s = None if self._keep_alive_s < 0 else self._keep_alive_s

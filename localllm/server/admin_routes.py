@@ -36,20 +36,25 @@ async def health(request: web.Request) -> web.Response:
 
 
 async def ready(request: web.Request) -> web.Response:
-    holder = request.app[MODEL_KEY]
-    if holder.loaded is None:
-        state = "failed" if holder.error else "loading"
-        return web.json_response({"status": state, "error": holder.error}, status=503,
+    """200 while the default model serves, even while other models load; the body carries
+    queue depth and busy slots (for balancers) and every model's state and load progress."""
+    manager = request.app[MODEL_KEY]
+    models = {m.loaded.name if m.loaded else m.ref: {"status": m.status, "load_progress": round(m.progress, 3)}
+              for m in manager.models}
+    if manager.loaded is None:
+        state = "failed" if manager.error else "loading"
+        return web.json_response({"status": state, "error": manager.error, "models": models}, status=503,
                                  headers={"Retry-After": "2"})
-    engine = holder.loaded.engine
+    engine = manager.loaded.engine
     snapshot = engine.stats()
     stalled_s = time.monotonic() - snapshot.loop_heartbeat_s
     body = {
         "status": "ready",
-        "model": holder.loaded.name,
+        "model": manager.loaded.name,
         "num_busy_slots": snapshot.num_busy_slots,
         "num_slots": snapshot.num_slots,
         "num_waiting": snapshot.num_waiting,
+        "models": models,
     }
     if not engine.is_running or stalled_s > STALL_AFTER_S:
         body["status"] = "stalled" if engine.is_running else "stopped"
@@ -58,7 +63,14 @@ async def ready(request: web.Request) -> web.Response:
 
 
 async def stats(request: web.Request) -> web.Response:
-    model = require_model(request)
+    """The default model's engine (or ?model=NAME's, if loaded), keys and host telemetry."""
+    manager = request.app[MODEL_KEY]
+    name = request.query.get("model")
+    served = manager.find(name)
+    if served is None or served.loaded is None:
+        model = await require_model(request, name)  # the loading / not-found error, as for generation
+    else:
+        model = served.loaded
     snapshot = dataclasses.asdict(model.engine.stats())
     snapshot["heartbeat_age_s"] = time.monotonic() - snapshot.pop("loop_heartbeat_s")
     snapshot["model_path"] = str(model.path)

@@ -3,63 +3,65 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 
 from aiohttp import web
 
 from localllm.config import Config
-from localllm.models.manager import LoadedModel, load_model
+from localllm.models.manager import LoadedModel, ModelLoader, ModelManager, load_model
 from localllm.server import admin_routes, model_routes, openai_routes
 from localllm.server.auth import KEYRING_KEY, KeyRing, auth_middleware
 from localllm.server.errors import error_middleware
 from localllm.server.metrics import METRICS_KEY, ServerMetrics
-from localllm.server.state import CONFIG_KEY, MODEL_KEY, ModelHolder
+from localllm.server.request_log import request_log_middleware
+from localllm.server.state import CONFIG_KEY, MODEL_KEY
 
 log = logging.getLogger(__name__)
 
-ModelLoader = Callable[[Config], Awaitable[LoadedModel]]
-
 
 def create_app(config: Config, *, loaded: LoadedModel | None = None, loader: ModelLoader = load_model) -> web.Application:
-    """Builds the server. With `loaded`, serves that already running engine and leaves
-    it running on shutdown (tests share one model load); otherwise loads in the background."""
+    """Builds the server. With `loaded`, serves that already running engine as the default
+    model and leaves it running on shutdown (tests share one model load); otherwise the
+    default model loads in the background while /health already answers."""
     middlewares = [error_middleware, auth_middleware]
     if config.server.cors_origins:
         middlewares.insert(0, cors_middleware(config.server.cors_origins))
+    middlewares.insert(0, request_log_middleware)  # outermost: logs the final status
     app = web.Application(client_max_size=config.server.max_body_bytes, middlewares=middlewares)
     app[CONFIG_KEY] = config
-    holder = app[MODEL_KEY] = ModelHolder(loaded=loaded, owns_engine=loaded is None)
+    keep_alive = None if config.server.keep_alive_s < 0 else config.server.keep_alive_s
+    manager = app[MODEL_KEY] = ModelManager(config, loader, keep_alive)
+    if loaded is not None:
+        manager.adopt(loaded)
     keyring = app[KEYRING_KEY] = KeyRing(config.server)
-    app[METRICS_KEY] = ServerMetrics(lambda: holder.loaded.engine.stats() if holder.loaded else None,
+    app[METRICS_KEY] = ServerMetrics(lambda: manager.loaded.engine.stats() if manager.loaded else None,
                                      keyring.snapshot)
-    if loaded is None:
-        app.cleanup_ctx.append(_model_lifecycle(loader))
+    app.cleanup_ctx.append(_models_lifecycle)
     openai_routes.setup(app)
     admin_routes.setup(app)
     model_routes.setup(app)
     return app
 
 
-def _model_lifecycle(loader: ModelLoader) -> Callable[[web.Application], AsyncIterator[None]]:
-    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
-        holder = app[MODEL_KEY]
+async def _models_lifecycle(app: web.Application) -> AsyncIterator[None]:
+    manager = app[MODEL_KEY]
+    if manager.loaded is None:
+        manager.start_load(manager.default.ref).task.add_done_callback(_log_load_failure)  # /ready says why
 
-        async def load() -> None:
-            try:
-                holder.loaded = await loader(app[CONFIG_KEY])
-            except Exception as exc:  # the server stays up and says why on /ready
-                log.exception("model load failed")
-                holder.error = str(exc)
+    async def sweep_forever() -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            await manager.sweep()
 
-        task = asyncio.create_task(load())  # /health answers while the model loads
-        yield
-        if not task.done():
-            await task  # a load in a worker thread cannot be interrupted; let it land, then free it
-        if holder.loaded is not None and holder.owns_engine:
-            await holder.loaded.engine.stop()
-            holder.loaded = None
+    sweeper = asyncio.create_task(sweep_forever())
+    yield
+    sweeper.cancel()
+    await manager.close()
 
-    return lifecycle
+
+def _log_load_failure(task: asyncio.Task) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("the default model failed to load: %s", task.exception())
 
 
 def cors_middleware(origins: str):

@@ -18,12 +18,41 @@ from localllm.models.store import ModelFileError, ModelStore
 from localllm.server.errors import ApiError, bad_request
 from localllm.server.schemas import read_json
 from localllm.server.sse import SseWriter
-from localllm.server.state import CONFIG_KEY
+from localllm.server.state import CONFIG_KEY, MODEL_KEY, require_model
 
 
 def setup(app: web.Application) -> None:
     app.router.add_get("/v1/plan", plan)
     app.router.add_post("/admin/models/pull", pull_model)
+    app.router.add_post("/admin/models/load", load_model_route)
+    app.router.add_post("/admin/models/unload", unload_model_route)
+
+
+async def _model_ref(request: web.Request) -> str:
+    body = await read_json(request)
+    ref = body.get("model")
+    if not isinstance(ref, str) or not ref:
+        raise bad_request("model must be a model name", "model")
+    return ref
+
+
+async def load_model_route(request: web.Request) -> web.Response:
+    """POST /admin/models/load {"model": NAME}: returns once it is loaded (or failed)."""
+    loaded = await require_model(request, await _model_ref(request))
+    return web.json_response({"model": loaded.name, "status": "loaded", "load_s": round(loaded.load_s, 3)})
+
+
+async def unload_model_route(request: web.Request) -> web.Response:
+    """POST /admin/models/unload {"model": NAME}: 409 while requests use it."""
+    ref = await _model_ref(request)
+    manager = request.app[MODEL_KEY]
+    served = manager.find(ref)
+    if served is None or served.loaded is None:
+        raise ApiError(404, f"The model {ref!r} is not loaded.", param="model", code="model_not_found")
+    if not await manager.unload(ref):
+        raise ApiError(409, f"The model {ref!r} is serving requests; try again when it is idle.",
+                       param="model", code="model_busy")
+    return web.json_response({"model": ref, "status": "unloaded"})
 
 
 def _store(request: web.Request) -> ModelStore:

@@ -1,6 +1,7 @@
 """/v1/chat/completions, /v1/completions and /v1/models in OpenAI's wire format."""
 from __future__ import annotations
 
+import asyncio
 import base64
 import time
 import uuid
@@ -8,17 +9,17 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-from localllm.models.manager import LoadedModel
+from localllm.models.manager import LoadedModel, local_model_names
 from localllm.server.auth import RATE_HEADERS, USAGE_TOKENS
 from localllm.server.chat_template import compiled_template
 from localllm.server.errors import ApiError, bad_request
 from localllm.server.generation import Choice, close_all, merged, observe, start_choices, usage
 from localllm.server.metrics import METRICS_KEY
 from localllm.server.schemas import (
-    GenerationRequest, completion_prompts, embedding_inputs, generation_request, read_json,
+    GenerationRequest, completion_prompts, embedding_inputs, generation_request, keep_alive, read_json,
 )
 from localllm.server.sse import SseWriter
-from localllm.server.state import require_model
+from localllm.server.state import CONFIG_KEY, MODEL_KEY, require_model
 from localllm.types import FinishReason, InvalidParam, TokenDelta, TokenLogprob
 
 
@@ -33,9 +34,8 @@ MAX_EMBEDDING_INPUTS = 256
 
 
 async def embeddings(request: web.Request) -> web.Response:
-    model = require_model(request)
     body = await read_json(request)
-    _check_model(body, model)
+    model = await require_model(request, body.get("model"))
     inputs = embedding_inputs(body.get("input"))
     if len(inputs) > MAX_EMBEDDING_INPUTS:
         raise bad_request(f"at most {MAX_EMBEDDING_INPUTS} inputs per request", "input")
@@ -45,7 +45,8 @@ async def embeddings(request: web.Request) -> web.Response:
     if body.get("dimensions") is not None:
         raise bad_request("dimensions is not supported: this model has a fixed embedding size", "dimensions")
     try:
-        vectors, num_tokens = await model.engine.embed(inputs)
+        with request.app[MODEL_KEY].lease(model, keep_alive(body)):
+            vectors, num_tokens = await model.engine.embed(inputs)
     except InvalidParam as exc:
         raise bad_request(str(exc), exc.param) from None
     request[USAGE_TOKENS] = num_tokens
@@ -57,18 +58,24 @@ async def embeddings(request: web.Request) -> web.Response:
 
 
 async def list_models(request: web.Request) -> web.Response:
-    model = require_model(request)
-    created = int(model.path.stat().st_mtime)
-    return web.json_response({
-        "object": "list",
-        "data": [{"id": model.name, "object": "model", "created": created, "owned_by": "localllm"}],
-    })
+    """Served models with their state (loaded / loading / failed), then local ones not loaded."""
+    manager = request.app[MODEL_KEY]
+    data, names = [], set()
+    for served in manager.models:
+        loaded = served.loaded
+        name = loaded.name if loaded else served.ref
+        names.add(name)
+        data.append({"id": name, "object": "model", "created": int(loaded.path.stat().st_mtime) if loaded else 0,
+                     "owned_by": "localllm", "status": served.status, "load_progress": round(served.progress, 3)})
+    for name in await asyncio.to_thread(local_model_names, request.app[CONFIG_KEY]):
+        if name not in names:
+            data.append({"id": name, "object": "model", "created": 0, "owned_by": "localllm", "status": "available"})
+    return web.json_response({"object": "list", "data": data})
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
-    model = require_model(request)
     body = await read_json(request)
-    _check_model(body, model)
+    model = await require_model(request, body.get("model"))
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise bad_request("messages must be a non-empty list", "messages")
@@ -79,13 +86,12 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     template = compiled_template(model.chat_template, model.bos_token, model.eos_token)
     gen = generation_request(body, [template.render(messages)], chat=True, json_grammar=model.engine.json_grammar)
     fmt = _ChatFormat(model.engine.token_bytes if gen.params.logprobs is not None else None)
-    return await _respond(request, model, gen, fmt, add_special=False)
+    return await _respond(request, model, gen, fmt, add_special=False, keep_alive_s=keep_alive(body))
 
 
 async def completions(request: web.Request) -> web.StreamResponse:
-    model = require_model(request)
     body = await read_json(request)
-    _check_model(body, model)
+    model = await require_model(request, body.get("model"))
     if body.get("suffix"):
         raise bad_request("suffix (fill-in-the-middle) is not supported by this server", "suffix")
     gen = generation_request(body, completion_prompts(body), chat=False, json_grammar=model.engine.json_grammar)
@@ -98,18 +104,17 @@ async def completions(request: web.Request) -> web.StreamResponse:
 
     token_bytes = engine.token_bytes if gen.params.logprobs is not None else None
     return await _respond(request, model, gen, _CompletionFormat(prompt_text if echo else None, token_bytes),
-                          add_special=True)
-
-
-def _check_model(body: dict, model: LoadedModel) -> None:
-    name = body.get("model")
-    if name is not None and name not in (model.name, model.path.name):
-        raise ApiError(404, f"The model {name!r} does not exist; this server serves {model.name!r}.",
-                       param="model", code="model_not_found")
+                          add_special=True, keep_alive_s=keep_alive(body))
 
 
 async def _respond(request: web.Request, model: LoadedModel, gen: GenerationRequest, fmt: _Format,
-                   add_special: bool) -> web.StreamResponse:
+                   add_special: bool, keep_alive_s: float | None) -> web.StreamResponse:
+    with request.app[MODEL_KEY].lease(model, keep_alive_s):
+        return await _generate(request, model, gen, fmt, add_special)
+
+
+async def _generate(request: web.Request, model: LoadedModel, gen: GenerationRequest, fmt: _Format,
+                    add_special: bool) -> web.StreamResponse:
     started_s = time.monotonic()
     streams = start_choices(model.engine, gen, add_special)
     meta = {"id": fmt.id_prefix + uuid.uuid4().hex, "created": int(time.time()), "model": model.name}

@@ -24,7 +24,7 @@ def _op(summary: str, *, body: bool = False, stream: bool = False, errors: tuple
 
 
 _REASONS = {400: "Invalid request", 401: "Missing or wrong API key", 404: "Unknown model",
-            413: "Body too large", 429: "Rate limited or queue full (see Retry-After)", 503: "Model not ready"}
+            409: "Model busy", 413: "Body too large", 429: "Rate limited or queue full (see Retry-After)", 503: "Model not ready"}
 _GENERATION_ERRORS = (400, 401, 404, 413, 429, 503)
 
 PATHS: dict[str, dict[str, dict]] = {
@@ -38,6 +38,8 @@ PATHS: dict[str, dict[str, dict]] = {
     "/metrics": {"get": _op("Prometheus metrics")},
     "/openapi.json": {"get": _op("This document")},
     "/v1/plan": {"get": _op("Memory plan for ?model=NAME: GPU layers, context, slots, KV type", errors=(401, 404))},
+    "/admin/models/load": {"post": _op("Load a local model (returns when loaded)", body=True, errors=(400, 401, 404, 503))},
+    "/admin/models/unload": {"post": _op("Unload an idle model", body=True, errors=(400, 401, 404, 409))},
     "/admin/models/pull": {"post": _op("Download a model; progress as server-sent events", body=True, stream=True,
                                        errors=(400, 401, 404))},
 }

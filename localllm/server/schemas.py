@@ -196,3 +196,21 @@ def _grammar(response_format: object, json_grammar: JsonGrammar) -> str | None:
         except InvalidParam as exc:
             raise bad_request(str(exc), "response_format") from None
     raise bad_request("response_format.type must be text, json_object or json_schema", "response_format")
+
+
+_DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def keep_alive(body: dict[str, Any]) -> float | None:
+    """Ollama's `keep_alive`: seconds, or "30s"/"5m"/"1h"; negative keeps the model loaded."""
+    value = body.get("keep_alive")
+    if value is None:
+        return None
+    if isinstance(value, str) and value[-1:] in _DURATION_UNITS:
+        try:
+            return float(value[:-1]) * _DURATION_UNITS[value[-1]]
+        except ValueError:
+            pass
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    raise bad_request('keep_alive must be seconds or a duration such as "5m"', "keep_alive")

@@ -25,7 +25,7 @@ def hub(model_path: Path) -> Iterator[HubServer]:
         yield server
 
 
-async def never_load(config):  # these routes need no loaded model
+async def never_load(config, on_progress=None):  # these routes need no loaded model
     raise RuntimeError("not loading a model in this test")
 
 

@@ -199,7 +199,7 @@ async def test_client_disconnect_mid_stream_frees_the_slot(http, server: TestSer
 async def test_requests_while_loading_get_503_with_retry_after(data_dir: Path):
     gate = asyncio.Event()
 
-    async def slow_loader(config):
+    async def slow_loader(config, on_progress=None):
         await gate.wait()
         raise RuntimeError("no model in this test")
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +38,8 @@ class BackendConfig:
     num_batch: int
     num_threads: int
     num_gpu_layers: int = 0
+    on_progress: Callable[[float], None] | None = None
+    """Called with the load fraction (0..1) while llama.cpp reads the weights."""
 
 
 _backend_init = threading.Lock()
@@ -69,6 +71,11 @@ class LlamaBackend:
         self.config = config
         model_params = ll.llama_model_default_params()
         model_params.n_gpu_layers = config.num_gpu_layers
+        if config.on_progress is not None:
+            report = config.on_progress
+            # Kept referenced until the load returns: llama.cpp calls it from this thread.
+            callback = ll.llama_progress_callback(lambda fraction, _data: (report(float(fraction)), True)[1])
+            model_params.progress_callback = callback
         self._model = ll.llama_model_load_from_file(str(config.model_path).encode(), model_params)
         if not self._model:
             raise BackendError(f"llama.cpp could not load the model file {config.model_path}")
