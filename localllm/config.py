@@ -47,6 +47,8 @@ class EngineConfig:
     """CPU threads; 0 means all cores this process may use."""
     n_gpu_layers: int | None = None
     """Layers offloaded to the GPU; None (`auto`) lets the memory plan pick what fits."""
+    vram_budget_mib: int = 0
+    """Cap on the VRAM the memory plan may use (0: all that is free); for shared GPUs and tests."""
     max_waiting: int = 64
     """Requests that may wait for a slot; beyond that the server answers 429 at once."""
 

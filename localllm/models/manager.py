@@ -83,6 +83,8 @@ def gpu_layers_for(path: Path, config: Config) -> int:
     from localllm.models.probe import free_ram_bytes, free_vram_bytes
 
     vram = free_vram_bytes()
+    if config.engine.vram_budget_mib:
+        vram = min(vram, config.engine.vram_budget_mib * 2**20)
     if vram == 0:
         return 0
     plan = make_plan(ModelFacts.from_gguf(read_gguf(path)), free_vram_bytes=vram, free_ram_bytes=free_ram_bytes(),
