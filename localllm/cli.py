@@ -1,13 +1,14 @@
-"""Command line: `localllm serve`, and `pull | list | show | rm | plan` (models/commands.py)."""
+"""Command line: `localllm serve`, `config show`, `service install`, and `pull | list | show | rm | plan`
+(models/commands.py)."""
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 
-from localllm.config import Config, ConfigError, EngineConfig, ServerConfig
+from localllm.config import LOG_LEVELS, Config, ConfigError, EngineConfig, ServerConfig
 from localllm.models import commands as model_commands
+from localllm.service.logs import configure_logging
 
 _ENGINE = EngineConfig()
 _SERVER = ServerConfig()
@@ -22,41 +23,67 @@ def build_parser() -> argparse.ArgumentParser:
                     "(flags > environment > config file > defaults).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    serve.add_argument("--model", help=f"catalogue name or .gguf path (default {_ENGINE.model})")
-    serve.add_argument("--host", help=f"address to listen on (default {_SERVER.host})")
-    serve.add_argument("--port", type=int, help=f"port (default {_SERVER.port})")
-    serve.add_argument("--parallel", type=int, help=f"slots decoded together (default {_ENGINE.parallel})")
-    serve.add_argument("--ctx", type=int, help=f"KV cache tokens shared by all slots (default {_ENGINE.ctx})")
-    serve.add_argument("--batch", type=int, help=f"most tokens per decode step (default {_ENGINE.batch})")
-    serve.add_argument("--threads", type=int, help="CPU threads (default: all usable cores)")
-    serve.add_argument("--n-gpu-layers", dest="n_gpu_layers",
-                       help="layers to offload to the GPU: a number, -1 for all, or auto (default: auto, "
-                            "from the memory plan)")
-    serve.add_argument("--max-waiting", dest="max_waiting", type=int,
-                       help=f"requests that may queue for a slot before 429 (default {_ENGINE.max_waiting})")
-    serve.add_argument("--api-key", dest="api_key", help="require this bearer key on /v1 routes")
-    serve.add_argument("--drain-timeout", dest="drain_timeout_s", type=float,
-                       help=f"seconds SIGTERM waits for in-flight requests (default {_SERVER.drain_timeout_s})")
-    serve.add_argument("--data-dir", dest="data_dir", help="models and caches (default: XDG data dir)")
-    serve.add_argument("--config", type=Path, help="TOML config file (also LOCALLLM_CONFIG)")
-    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    add_config_flags(serve)
+    config = sub.add_parser("config", help="show the effective configuration")
+    config_sub = config.add_subparsers(dest="config_command", required=True)
+    add_config_flags(config_sub.add_parser(
+        "show", help="print the effective configuration (file < environment < flags) as TOML, secrets masked"))
+    service = sub.add_parser("service", help="run localllm as a systemd service")
+    service_sub = service.add_subparsers(dest="service_command", required=True)
+    install = service_sub.add_parser("install", help="write the systemd unit and a default config file",
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    install.add_argument("--print", dest="print_only", action="store_true", help="show both; write nothing")
+    install.add_argument("--user", help="run as this existing user instead of DynamicUser=yes")
+    install.add_argument("--unit-dir", type=Path, default=Path("/etc/systemd/system"))
+    install.add_argument("--config-dir", type=Path, default=Path("/etc/localllm"))
     model_commands.add_commands(sub)
     return parser
+
+
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags that override configuration keys (serve, config show)."""
+    parser.add_argument("--model", help=f"catalogue name or .gguf path (default {_ENGINE.model})")
+    parser.add_argument("--host", help=f"address to listen on (default {_SERVER.host})")
+    parser.add_argument("--port", type=int, help=f"port (default {_SERVER.port})")
+    parser.add_argument("--parallel", type=int, help=f"slots decoded together (default {_ENGINE.parallel})")
+    parser.add_argument("--ctx", type=int, help=f"KV cache tokens shared by all slots (default {_ENGINE.ctx})")
+    parser.add_argument("--batch", type=int, help=f"most tokens per decode step (default {_ENGINE.batch})")
+    parser.add_argument("--threads", type=int, help="CPU threads (default: all usable cores)")
+    parser.add_argument("--n-gpu-layers", dest="n_gpu_layers",
+                        help="layers to offload to the GPU: a number, -1 for all, or auto (default: auto, "
+                             "from the memory plan)")
+    parser.add_argument("--max-waiting", dest="max_waiting", type=int,
+                        help=f"requests that may queue for a slot before 429 (default {_ENGINE.max_waiting})")
+    parser.add_argument("--api-key", dest="api_key", help="require this bearer key on /v1 routes")
+    parser.add_argument("--drain-timeout", dest="drain_timeout_s", type=float,
+                        help=f"seconds SIGTERM waits for in-flight requests (default {_SERVER.drain_timeout_s})")
+    parser.add_argument("--data-dir", dest="data_dir", help="models and caches (default: XDG data dir)")
+    parser.add_argument("--config", type=Path, help="TOML config file (also LOCALLLM_CONFIG)")
+    parser.add_argument("--log-level", dest="log_level", choices=LOG_LEVELS, help="default info")
+    parser.add_argument("--log-prompts", dest="log_prompts", action="store_true", default=None,
+                        help="debug only: also log request bodies (prompts) at debug level")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command in model_commands.COMMANDS:
         return model_commands.run(args)
-    logging.basicConfig(level=getattr(logging, args.log_level.upper()),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    overrides = {k: v for k, v in vars(args).items() if k not in ("command", "config", "log_level")}
+    if args.command == "service":
+        from localllm.service.commands import service_install
+
+        return service_install(args)
+    overrides = {k: v for k, v in vars(args).items() if k not in ("command", "config", "config_command")}
     try:
         config = Config.load(args.config, overrides)
     except ConfigError as exc:
         print(f"localllm: invalid configuration: {exc}", file=sys.stderr)
         return 2
+    if args.command == "config":
+        from localllm.service.commands import config_show
+
+        return config_show(config, args.config, overrides)
     if args.command == "serve":
+        configure_logging(config.server.log_level)
         return serve(config)
     return 1
 
