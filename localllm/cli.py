@@ -37,6 +37,11 @@ def build_parser() -> argparse.ArgumentParser:
     install.add_argument("--unit-dir", type=Path, default=Path("/etc/systemd/system"))
     install.add_argument("--config-dir", type=Path, default=Path("/etc/localllm"))
     model_commands.add_commands(sub)
+    tui = sub.add_parser("tui", help="terminal dashboard, chat and model manager for a running server",
+                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    tui.add_argument("--url", default="http://127.0.0.1:8080", help="server to connect to")
+    tui.add_argument("--api-key", dest="api_key", help="bearer key, if the server requires one")
+    tui.add_argument("--start-server", action="store_true", help="start `localllm serve` on --url's port first")
     return parser
 
 
@@ -68,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command in model_commands.COMMANDS:
         return model_commands.run(args)
+    if args.command == "tui":
+        return run_tui(args)
     if args.command == "service":
         from localllm.service.commands import service_install
 
@@ -92,6 +99,12 @@ def serve(config: Config) -> int:
     from localllm.server.run import serve as run_server  # imports aiohttp and llama.cpp: only when serving
 
     return run_server(config)
+
+
+def run_tui(args: argparse.Namespace) -> int:
+    from tui.launcher import run_tui as launch  # Textual loads only for the TUI; the TUI speaks HTTP only
+
+    return launch(args.url, args.api_key, args.start_server)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,1 @@
+"""The app's screens: dashboard, chat, models (modes) and the help overlay."""
