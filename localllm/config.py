@@ -25,6 +25,15 @@ def default_data_dir() -> Path:
     return Path(xdg) / "localllm"
 
 
+def default_cache_dir() -> Path:
+    """$LOCALLLM_CACHE_DIR, else XDG cache home."""
+    explicit = os.environ.get(ENV_PREFIX + "CACHE_DIR")
+    if explicit:
+        return Path(explicit).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(xdg) / "localllm"
+
+
 def default_threads() -> int:
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
 
@@ -84,6 +93,10 @@ class ServerConfig:
     cors_origins: str = ""
     """Comma-separated origins allowed to call the API from a browser ('*' for any); empty: CORS off."""
     max_body_bytes: int = 4 * 1024 * 1024
+    cache_enabled: bool = True
+    """Answer exact repeats of deterministic requests from the on-disk response cache."""
+    cache_size_mib: int = 512
+    cache_ttl_s: float = 7 * 24 * 3600.0
     keep_alive_s: float = 300.0
     """Idle seconds before a model other than the default is unloaded (-1: never)."""
     drain_timeout_s: float = 30.0
@@ -108,6 +121,7 @@ class Config:
     engine: EngineConfig = field(default_factory=EngineConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
     data_dir: Path = field(default_factory=default_data_dir)
+    cache_dir: Path = field(default_factory=default_cache_dir)
     hf_endpoint: str | None = None
     """Hub (or mirror) base URL for pulls; default: huggingface_hub's (HF_ENDPOINT)."""
 
@@ -123,14 +137,15 @@ class Config:
     def from_flat(cls, values: dict[str, Any]) -> Config:
         engine_keys = {f.name for f in fields(EngineConfig)}
         server_keys = {f.name for f in fields(ServerConfig)}
-        unknown = set(values) - engine_keys - server_keys - {"data_dir", "hf_endpoint"}
+        unknown = set(values) - engine_keys - server_keys - {"data_dir", "hf_endpoint", "cache_dir"}
         if unknown:
             raise ConfigError(f"unknown configuration key(s): {', '.join(sorted(unknown))}")
         engine = _build(EngineConfig, {k: v for k, v in values.items() if k in engine_keys})
         server = _build(ServerConfig, {k: v for k, v in values.items() if k in server_keys})
         data_dir = Path(values["data_dir"]).expanduser() if values.get("data_dir") else default_data_dir()
         hf_endpoint = values.get("hf_endpoint") or os.environ.get("HF_ENDPOINT") or None
-        return cls(engine=engine, server=server, data_dir=data_dir, hf_endpoint=hf_endpoint)
+        cache_dir = Path(values["cache_dir"]).expanduser() if values.get("cache_dir") else default_cache_dir()
+        return cls(engine=engine, server=server, data_dir=data_dir, hf_endpoint=hf_endpoint, cache_dir=cache_dir)
 
     def to_flat(self) -> dict[str, Any]:
         """The flat keys `from_flat` and the config file accept, in a stable order."""
@@ -138,6 +153,7 @@ class Config:
         flat.update({f.name: getattr(self.server, f.name) for f in fields(ServerConfig)})
         flat["data_dir"] = str(self.data_dir)
         flat["hf_endpoint"] = self.hf_endpoint
+        flat["cache_dir"] = str(self.cache_dir)
         return flat
 
     def with_engine(self, **changes: Any) -> Config:
@@ -179,6 +195,10 @@ def _coerce(key: str, value: Any, type_name: Any) -> Any:
             return int(value)
         if kind.startswith("float"):
             return float(value)
+        if kind == "bool" and isinstance(value, str):
+            if value.lower() not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
+                raise ValueError(value)
+            return value.lower() in ("1", "true", "yes", "on")
         if kind.startswith("str") and value is not None:
             return str(value)
     except (TypeError, ValueError):
@@ -214,5 +234,6 @@ def _env_path(name: str) -> Path | None:
 
 
 def _from_env() -> dict[str, Any]:
-    keys = {f.name for f in fields(EngineConfig)} | {f.name for f in fields(ServerConfig)} | {"data_dir", "hf_endpoint"}
+    keys = {f.name for f in fields(EngineConfig)} | {f.name for f in fields(ServerConfig)} | {
+        "data_dir", "hf_endpoint", "cache_dir"}
     return {k: os.environ[ENV_PREFIX + k.upper()] for k in keys if ENV_PREFIX + k.upper() in os.environ}

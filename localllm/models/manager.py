@@ -29,6 +29,8 @@ class LoadedModel:
     bos_token: str
     eos_token: str
     load_s: float
+    identity: str = ""
+    """What makes this model's answers this model's: the file's sha256 when known, else path+size+mtime."""
 
 
 def user_catalogue_path(config: Config) -> Path:
@@ -103,7 +105,16 @@ async def load_model(config: Config, on_progress: Callable[[float], None] | None
     load_s = time.monotonic() - started
     log.info("loaded %s (%s) in %.1f s: %d slots, %d KV cells, %d threads",
              name, backend.describe(), load_s, config.engine.parallel, backend.num_ctx, config.engine.num_threads)
-    return LoadedModel(name, path, spec, engine, template, backend.bos_text(), backend.eos_text(), load_s)
+    return LoadedModel(name, path, spec, engine, template, backend.bos_text(), backend.eos_text(), load_s,
+                       model_identity(path, spec))
+
+
+def model_identity(path: Path, spec: ModelSpec | None) -> str:
+    digest = spec.sha256_for(spec.quant) if spec is not None else None
+    if digest:
+        return f"sha256:{digest}"
+    stat = path.stat()
+    return f"file:{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
 
 
 ModelLoader = Callable[..., Awaitable[LoadedModel]]

@@ -11,6 +11,7 @@ from localllm.server.auth import KEYRING_KEY
 from localllm.telemetry import host_snapshot
 from localllm.server.metrics import METRICS_KEY
 from localllm.server.openapi import openapi_json
+from localllm.server.response_cache import CACHE_KEY
 from localllm.server.state import MODEL_KEY, require_model
 
 # The engine loop refreshes its heartbeat every step and at least every 0.5 s when
@@ -77,4 +78,5 @@ async def stats(request: web.Request) -> web.Response:
     snapshot["slot_ctx"] = model.engine.slot_ctx
     snapshot["keys"] = request.app[KEYRING_KEY].snapshot()
     snapshot["host"] = await asyncio.to_thread(host_snapshot)  # NVML calls can take milliseconds
+    snapshot["response_cache"] = await asyncio.to_thread(request.app[CACHE_KEY].stats)
     return web.json_response(snapshot)

@@ -7,12 +7,14 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from localllm.cache.prompt_cache import CacheConfig, ResponseCache
 from localllm.config import Config
 from localllm.models.manager import LoadedModel, ModelLoader, ModelManager, load_model
 from localllm.server import admin_routes, model_routes, openai_routes
 from localllm.server.auth import KEYRING_KEY, KeyRing, auth_middleware
 from localllm.server.errors import error_middleware
 from localllm.server.metrics import METRICS_KEY, ServerMetrics
+from localllm.server.response_cache import CACHE_KEY
 from localllm.server.request_log import request_log_middleware
 from localllm.server.state import CONFIG_KEY, MODEL_KEY
 
@@ -34,8 +36,11 @@ def create_app(config: Config, *, loaded: LoadedModel | None = None, loader: Mod
     if loaded is not None:
         manager.adopt(loaded)
     keyring = app[KEYRING_KEY] = KeyRing(config.server)
+    cache = app[CACHE_KEY] = ResponseCache(CacheConfig(
+        config.cache_dir / "responses", config.server.cache_size_mib * 2**20, config.server.cache_ttl_s,
+        config.server.cache_enabled))
     app[METRICS_KEY] = ServerMetrics(lambda: manager.loaded.engine.stats() if manager.loaded else None,
-                                     keyring.snapshot)
+                                     keyring.snapshot, cache.stats)
     app.cleanup_ctx.append(_models_lifecycle)
     openai_routes.setup(app)
     admin_routes.setup(app)
@@ -57,6 +62,7 @@ async def _models_lifecycle(app: web.Application) -> AsyncIterator[None]:
     yield
     sweeper.cancel()
     await manager.close()
+    app[CACHE_KEY].close()
 
 
 def _log_load_failure(task: asyncio.Task) -> None:

@@ -17,7 +17,8 @@ class ServerMetrics:
     """One registry per application, so several apps in one process stay apart."""
 
     def __init__(self, engine_stats: Callable[[], EngineStats | None],
-                 key_usage: Callable[[], dict[str, dict[str, int]]] = dict) -> None:
+                 key_usage: Callable[[], dict[str, dict[str, int]]] = dict,
+                 cache_stats: Callable[[], dict] = dict) -> None:
         self.registry = CollectorRegistry()
         self.ttft_s = Histogram("localllm_time_to_first_token_seconds", "Time to first token",
                                 buckets=_LATENCY_BUCKETS_S, registry=self.registry)
@@ -31,6 +32,7 @@ class ServerMetrics:
                               ["type", "status"], registry=self.registry)
         self.registry.register(_EngineCollector(engine_stats))
         self.registry.register(_KeyUsageCollector(key_usage))
+        self.registry.register(_CacheCollector(cache_stats))
 
     def render(self) -> web.Response:
         response = web.Response(body=generate_latest(self.registry))
@@ -83,6 +85,21 @@ class _KeyUsageCollector:
             for field, family in families.items():
                 family.add_metric([key_id], counts[field])
         yield from families.values()
+
+
+class _CacheCollector:
+    def __init__(self, cache_stats: Callable[[], dict]) -> None:
+        self._cache_stats = cache_stats
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self._cache_stats()
+        if not stats:
+            return
+        for field in ("hits", "misses", "errors", "evictions"):
+            yield _counter(f"localllm_response_cache_{field}", f"Response cache {field}", stats[field])
+        yield _gauge("localllm_response_cache_size_bytes", "Response cache size on disk", stats["size_bytes"])
+        yield _gauge("localllm_response_cache_entries", "Response cache entries", stats["entries"])
+        yield _gauge("localllm_response_cache_active", "1 while the response cache works", int(stats["active"]))
 
 
 def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:

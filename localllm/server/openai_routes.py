@@ -5,10 +5,11 @@ import asyncio
 import base64
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 
+from localllm.cache.prompt_cache import Recorded
 from localllm.models.manager import LoadedModel, local_model_names
 from localllm.server.auth import RATE_HEADERS, USAGE_TOKENS
 from localllm.server.chat_template import compiled_template
@@ -17,6 +18,10 @@ from localllm.server.generation import Choice, close_all, merged, observe, start
 from localllm.server.metrics import METRICS_KEY
 from localllm.server.schemas import (
     GenerationRequest, completion_prompts, embedding_inputs, generation_request, keep_alive, read_json,
+)
+from localllm.server.request_log import COMPLETION_TOKENS, MODEL_NAME, PROMPT_TOKENS, RECEIVED_S, TTFT_S
+from localllm.server.response_cache import (
+    CACHE_HEADER, CACHE_KEY, is_complete, key_for, recording, replay, wants_cache,
 )
 from localllm.server.sse import SseWriter
 from localllm.server.state import CONFIG_KEY, MODEL_KEY, require_model
@@ -49,7 +54,8 @@ async def embeddings(request: web.Request) -> web.Response:
             vectors, num_tokens = await model.engine.embed(inputs)
     except InvalidParam as exc:
         raise bad_request(str(exc), exc.param) from None
-    request[USAGE_TOKENS] = num_tokens
+    request[USAGE_TOKENS] = request[PROMPT_TOKENS] = num_tokens
+    request[MODEL_NAME] = model.name
     data = [{"object": "embedding", "index": i,
              "embedding": base64.b64encode(v.astype("<f4").tobytes()).decode() if encoding == "base64" else v.tolist()}
             for i, v in enumerate(vectors)]
@@ -86,7 +92,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     template = compiled_template(model.chat_template, model.bos_token, model.eos_token)
     gen = generation_request(body, [template.render(messages)], chat=True, json_grammar=model.engine.json_grammar)
     fmt = _ChatFormat(model.engine.token_bytes if gen.params.logprobs is not None else None)
-    return await _respond(request, model, gen, fmt, add_special=False, keep_alive_s=keep_alive(body))
+    return await _respond(request, model, body, gen, fmt, add_special=False)
 
 
 async def completions(request: web.Request) -> web.StreamResponse:
@@ -103,26 +109,35 @@ async def completions(request: web.Request) -> web.StreamResponse:
         return prompt if isinstance(prompt, str) else engine.detokenize(prompt)
 
     token_bytes = engine.token_bytes if gen.params.logprobs is not None else None
-    return await _respond(request, model, gen, _CompletionFormat(prompt_text if echo else None, token_bytes),
-                          add_special=True, keep_alive_s=keep_alive(body))
+    return await _respond(request, model, body, gen, _CompletionFormat(prompt_text if echo else None, token_bytes),
+                          add_special=True)
 
 
-async def _respond(request: web.Request, model: LoadedModel, gen: GenerationRequest, fmt: _Format,
-                   add_special: bool, keep_alive_s: float | None) -> web.StreamResponse:
-    with request.app[MODEL_KEY].lease(model, keep_alive_s):
-        return await _generate(request, model, gen, fmt, add_special)
+async def _respond(request: web.Request, model: LoadedModel, body: dict, gen: GenerationRequest, fmt: _Format,
+                   add_special: bool) -> web.StreamResponse:
+    with request.app[MODEL_KEY].lease(model, keep_alive(body)):
+        return await _generate(request, model, body, gen, fmt, add_special)
 
 
-async def _generate(request: web.Request, model: LoadedModel, gen: GenerationRequest, fmt: _Format,
+async def _generate(request: web.Request, model: LoadedModel, body: dict, gen: GenerationRequest, fmt: _Format,
                     add_special: bool) -> web.StreamResponse:
     started_s = time.monotonic()
-    streams = start_choices(model.engine, gen, add_special)
+    cache = request.app[CACHE_KEY]
+    key = key_for(model, fmt.object_name, gen, add_special) if cache.is_active and wants_cache(request, body, gen) \
+        else None
+    recorded = await asyncio.to_thread(cache.get, key) if key else None
+    num_choices = len(gen.prompts) * gen.n
+    sink: Recorded = []
+    streams = [] if recorded is not None else start_choices(model.engine, gen, add_special)
+    source = replay(recorded) if recorded is not None else recording(merged(streams), sink)
+    headers = {**request.get(RATE_HEADERS, {}),
+               CACHE_HEADER: "bypass" if key is None else "hit" if recorded is not None else "miss"}
     meta = {"id": fmt.id_prefix + uuid.uuid4().hex, "created": int(time.time()), "model": model.name}
-    choices = [Choice(i) for i in range(len(streams))]
+    choices = [Choice(i) for i in range(num_choices)]
     try:
         if gen.stream:
-            return await _stream(request, gen, fmt, meta, streams, choices)
-        async for index, delta in merged(streams):
+            return await _stream(request, gen, fmt, meta, source, choices, headers)
+        async for index, delta in source:
             choices[index].absorb(delta)
             if request.transport is None or request.transport.is_closing():
                 break  # client gone: the finally below aborts what is left
@@ -134,15 +149,19 @@ async def _generate(request: web.Request, model: LoadedModel, gen: GenerationReq
             **meta, "object": fmt.object_name,
             "choices": [fmt.full_choice(c) for c in choices],
             "usage": usage(choices, gen.n),
-        })
+        }, headers=headers)
     finally:
         await close_all(streams)
+        if key and recorded is None and is_complete(sink, num_choices):
+            await asyncio.to_thread(cache.put, key, sink, model.name)
         observe(request.app[METRICS_KEY], fmt.object_name, started_s, choices)
-        request[USAGE_TOKENS] = usage(choices, gen.n)["total_tokens"]
+        _note_for_log(request, model, choices, gen.n)
 
 
-async def _stream(request: web.Request, gen: GenerationRequest, fmt: _Format, meta: dict, streams, choices) -> web.StreamResponse:
-    sse = SseWriter(request, request.get(RATE_HEADERS, {}))
+async def _stream(request: web.Request, gen: GenerationRequest, fmt: _Format, meta: dict,
+                  source: AsyncIterator[tuple[int, TokenDelta]], choices: list[Choice],
+                  headers: dict[str, str]) -> web.StreamResponse:
+    sse = SseWriter(request, headers)
     await sse.start()
     chunk_meta = {**meta, "object": fmt.chunk_object_name}
     extra = {"usage": None} if gen.include_usage else {}
@@ -151,7 +170,7 @@ async def _stream(request: web.Request, gen: GenerationRequest, fmt: _Format, me
             first = fmt.first_chunk_choice(choice.index)
             if first is not None:
                 await sse.send({**chunk_meta, "choices": [first], **extra})
-        async for index, delta in merged(streams):
+        async for index, delta in source:
             choice = choices[index]
             choice.absorb(delta)
             if delta.finish_reason in (FinishReason.ERROR, FinishReason.ABORT):
@@ -166,6 +185,18 @@ async def _stream(request: web.Request, gen: GenerationRequest, fmt: _Format, me
     except (ConnectionResetError, ConnectionError):
         pass  # client went away; the caller's finally aborts the rest
     return sse.response
+
+
+def _note_for_log(request: web.Request, model: LoadedModel, choices: list[Choice], n: int) -> None:
+    """What the per-request log line and per-key usage read off the request."""
+    counts = usage(choices, n)
+    request[USAGE_TOKENS] = counts["total_tokens"]
+    request[PROMPT_TOKENS] = counts["prompt_tokens"]
+    request[COMPLETION_TOKENS] = counts["completion_tokens"]
+    request[MODEL_NAME] = model.name
+    firsts = [c.first_token_s for c in choices if c.first_token_s is not None]
+    if firsts and RECEIVED_S in request:
+        request[TTFT_S] = min(firsts) - request[RECEIVED_S]
 
 
 class _Format:

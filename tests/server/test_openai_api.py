@@ -117,8 +117,9 @@ async def test_completion_with_echo_stop_and_several_choices(http):
 
 async def test_repeated_prompt_reports_cached_tokens(http):
     prompt = "Facts about owls: " + "Owls hunt at night. " * 40
-    first = await (await http.post("/v1/completions", json={"prompt": prompt, "temperature": 0, "max_tokens": 2})).json()
-    second = await (await http.post("/v1/completions", json={"prompt": prompt, "temperature": 0, "max_tokens": 2})).json()
+    body = {"prompt": prompt, "temperature": 0, "max_tokens": 2, "cache": False}  # the KV cache, not the response cache
+    first = await (await http.post("/v1/completions", json=body)).json()
+    second = await (await http.post("/v1/completions", json=body)).json()
     assert second["usage"]["prompt_tokens_details"]["cached_tokens"] == second["usage"]["prompt_tokens"] - 1
     assert first["usage"]["prompt_tokens"] == second["usage"]["prompt_tokens"]
 
