@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from localllm.cache import commands as cache_commands
 from localllm.config import LOG_LEVELS, Config, ConfigError, EngineConfig, ServerConfig
 from localllm.models import commands as model_commands
 from localllm.service.logs import configure_logging
@@ -37,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     install.add_argument("--unit-dir", type=Path, default=Path("/etc/systemd/system"))
     install.add_argument("--config-dir", type=Path, default=Path("/etc/localllm"))
     model_commands.add_commands(sub)
+    cache_commands.add_commands(sub)
     tui = sub.add_parser("tui", help="terminal dashboard, chat and model manager for a running server",
                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     tui.add_argument("--url", default="http://127.0.0.1:8080", help="server to connect to")
@@ -73,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command in model_commands.COMMANDS:
         return model_commands.run(args)
+    if args.command in cache_commands.COMMANDS:
+        return cache_commands.run(args)
     if args.command == "tui":
         return run_tui(args)
     if args.command == "service":

@@ -82,3 +82,17 @@ def test_unreadable_entry_is_a_miss(tmp_path: Path):
     cache = ResponseCache(CacheConfig(tmp_path))
     cache._cache.set("bad", "{not json")
     assert cache.get("bad") is None
+
+
+def test_cache_cli_stats_and_clear(tmp_path: Path):
+    cache = ResponseCache(CacheConfig(tmp_path / "responses"))
+    cache.put("a", answer(), "m1")
+    cache.put("b", answer(), "m2")
+    cache.close()
+    run = lambda *args: subprocess.run([sys.executable, "-m", "localllm.cli", "cache", *args, "--cache-dir",  # noqa: E731
+                                        str(tmp_path)], cwd=ROOT, capture_output=True, text=True)
+    stats = run("stats")
+    assert stats.returncode == 0 and '"entries": 2' in stats.stdout
+    assert "removed 1" in run("clear", "--model", "m1").stdout
+    assert '"entries": 1' in run("stats").stdout
+    assert "removed 1" in run("clear").stdout
