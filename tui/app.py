@@ -47,11 +47,12 @@ class LocalLLMApp(App[None]):
     connection: reactive[Connection] = reactive(Connection("connecting", ""), always_update=True)
 
     def __init__(self, client: Client, *, poll_interval_s: float = 1.0, poll: bool = True,
-                 max_tokens: int = 512, dark: bool = True) -> None:
+                 max_tokens: int = 512, dark: bool = True, max_retry_s: float = MAX_RETRY_S) -> None:
         super().__init__()
         self.client = client
         self.poll_interval_s = poll_interval_s
         self.max_tokens = max_tokens
+        self.max_retry_s = max_retry_s
         self._poll = poll
         self.theme = THEMES[0] if dark else THEMES[1]
         self.set_reactive(LocalLLMApp.connection, Connection("connecting", client.url))
@@ -79,7 +80,7 @@ class LocalLLMApp(App[None]):
                 stats = await self.client.stats()
             except (ServerError, ServerUnreachable) as exc:
                 num_failures += 1
-                delay_s = min(self.poll_interval_s * 2 ** (num_failures - 1), MAX_RETRY_S)
+                delay_s = min(self.poll_interval_s * 2 ** (num_failures - 1), self.max_retry_s)
                 self.post_message(ConnectionChanged(_failure(self.client.url, exc, delay_s)))
                 await asyncio.sleep(delay_s)
                 continue

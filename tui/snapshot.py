@@ -132,15 +132,15 @@ def find_alerts(snapshot: Snapshot) -> tuple[Alert, ...]:
     alerts: list[Alert] = []
     for name, latency in (("TTFT", snapshot.ttft), ("ITL", snapshot.itl)):
         if latency.is_degraded:
-            alerts.append(Alert("latency", f"{name} p95 {format_seconds(latency.p95_s)} > 2x baseline "
+            alerts.append(Alert("latency", f"{name} p95 {format_seconds(latency.p95_s)} >2x base "
                                            f"{format_seconds(latency.baseline_p95_s)}"))
     if snapshot.error_rate is not None and snapshot.error_rate > ERROR_RATE_ALERT:
-        alerts.append(Alert("errors", f"error rate {snapshot.error_rate:.1%} > 1%"))
+        alerts.append(Alert("errors", f"errors {snapshot.error_rate:.1%} >1%"))
     for gpu in (snapshot.stats.get("host") or {}).get("gpus") or []:
         total = gpu.get("memory_total_bytes") or 0
         if total and (gpu.get("memory_used_bytes") or 0) / total > GPU_MEMORY_ALERT:
-            alerts.append(Alert("gpu_memory", f"GPU {gpu.get('index', '?')} memory "
-                                              f"{gpu['memory_used_bytes'] / total:.0%} > 95%"))
+            alerts.append(Alert("gpu_memory", f"GPU{gpu.get('index', '?')} memory "
+                                              f"{gpu['memory_used_bytes'] / total:.0%}"))
     return tuple(alerts)
 
 

@@ -36,7 +36,8 @@ class ConnectionBar(Static):
         else:
             label = {"unreachable": "server unreachable", "unauthorized": "API key rejected",
                      "failing": "server error"}[connection.state]
-            text.append(f"{label} at {connection.url}: {connection.detail}")
+            text.append(f"{label}: {connection.url}")
             if connection.retry_in_s is not None:
                 text.append(f" · retrying in {connection.retry_in_s:.0f} s")
+            text.append(f"\n   {connection.detail}")
         self.update(text)

@@ -25,12 +25,13 @@ class MemoryPanel(Static):
         text.append("server RSS ", style="bold").append(f"{format_bytes(host.get('process_rss_bytes'))}\n")
         gpus = host.get("gpus") or []
         if not gpus:
-            text.append("No GPU", style="bold").append(f": {host.get('gpu_status') or 'none reported'}")
+            text.append("No GPU", style="bold").append(f": {host.get('gpu_status') or 'none reported'}", style="dim")
         for gpu in gpus:
             used, total = gpu.get("memory_used_bytes") or 0, gpu.get("memory_total_bytes") or 0
             full = total and used / total > GPU_MEMORY_ALERT
             text.append(f"GPU{gpu.get('index', '?')} ", style="bold").append(f"{gpu.get('name', '?')}\n")
-            text.append(f"  util {gpu.get('utilization_percent', 0):.0f}% mem ")
-            text.append(f"{format_bytes(used)}/{format_bytes(total)}\n", style="bold red" if full else "")
+            text.append(f" util {gpu.get('utilization_percent', 0):.0f}%\n")
+            share = f" ({used / total:.0%})" if total else ""
+            text.append(f" mem {used / 2**30:.1f}/{total / 2**30:.1f} GiB{share}\n", style="bold red" if full else "")
         text.rstrip()
         self.update(text)

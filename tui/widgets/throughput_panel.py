@@ -1,6 +1,8 @@
 """Generation and prompt tokens/sec now, and a chart of generation tokens/sec over the last minutes."""
 from __future__ import annotations
 
+from statistics import fmean
+
 from rich.table import Table
 from textual.app import ComposeResult
 from textual.containers import Vertical
@@ -12,7 +14,7 @@ from tui.snapshot import Snapshot
 class ThroughputPanel(Vertical):
     def compose(self) -> ComposeResult:
         yield Static(id="rates")
-        yield Sparkline([0.0], id="generation-chart")
+        yield Sparkline([], id="generation-chart", summary_function=fmean)
         yield Static(id="chart-caption")
 
     def on_mount(self) -> None:
@@ -29,9 +31,10 @@ class ThroughputPanel(Vertical):
         grid.add_row("gen", f"{generation:,.1f}", "tok/s")
         grid.add_row("prompt", f"{prompt:,.1f}", "tok/s")
         self.query_one("#rates", Static).update(grid)
-        history = list(snapshot.generation_history) if snapshot and snapshot.generation_history else [0.0]
-        self.query_one("#generation-chart", Sparkline).data = history
-        peak = max(history)
+        history = list(snapshot.generation_history) if snapshot else []
+        peak = max(history, default=0.0)
+        # A leading 0 pins the chart's floor at zero tokens/sec (Sparkline scales from the data's minimum).
+        self.query_one("#generation-chart", Sparkline).data = [0.0, *history] if peak > 0 else []
         minutes = len(history) * self.app.poll_interval_s / 60
         self.query_one("#chart-caption", Static).update(f"last {minutes:.1f} min · peak {peak:,.0f}")
 
