@@ -140,8 +140,8 @@ class ChatScreen(Screen):
     def _finish(self, reply: ChatMessage, stats: ReplyStats, outcome: str) -> None:
         self.streaming = False
         self.outcome = outcome
-        if reply.content:
-            self.history.append({"role": "assistant", "content": reply.content})
+        if reply.body:
+            self.history.append({"role": "assistant", "content": reply.body})
         else:
             self.history.pop()  # nothing came back: forget the question too, so roles keep alternating
         self._show_stats(stats, outcome)

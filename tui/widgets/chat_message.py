@@ -6,18 +6,18 @@ from textual.widgets import Static
 
 
 class ChatMessage(Static):
-    def __init__(self, role: str, content: str = "") -> None:
+    def __init__(self, role: str, body: str = "") -> None:
         super().__init__(classes=f"-{role}")
         self.role = role
-        self.content = content
+        self.body = body
         self.border_title = "you" if role == "user" else "assistant"
 
     def on_mount(self) -> None:
         self._redraw()
 
     def append(self, piece: str) -> None:
-        self.content += piece
+        self.body += piece
         self._redraw()
 
     def _redraw(self) -> None:
-        self.update(Text(self.content or "…"))
+        self.update(Text(self.body or "…"))
