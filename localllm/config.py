@@ -97,6 +97,9 @@ class ServerConfig:
     """Answer exact repeats of deterministic requests from the on-disk response cache."""
     cache_size_mib: int = 512
     cache_ttl_s: float = 7 * 24 * 3600.0
+    kv_cache_min_tokens: int = 512
+    """Prompts at least this long have their KV state saved to disk for reuse (0: off)."""
+    kv_cache_size_mib: int = 2048
     keep_alive_s: float = 300.0
     """Idle seconds before a model other than the default is unloaded (-1: never)."""
     drain_timeout_s: float = 30.0

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from localllm.engine.core import Backend, EngineCore
+from localllm.engine.disk_prefix import PrefixStateStore
 from localllm.engine.messages import AbortRequest, AddRequest, Shutdown
 from localllm.engine.request import Request
 from localllm.engine.scheduler import Scheduler
@@ -64,6 +65,7 @@ class AsyncEngine:
         num_batch_tokens: int,
         num_kv_cells_total: int,
         max_waiting: int = 64,
+        prefix_store: PrefixStateStore | None = None,
     ) -> None:
         self.backend = backend
         self.model_name = model_name
@@ -71,7 +73,8 @@ class AsyncEngine:
         self.max_in_flight = num_slots + max_waiting
         """Requests running or waiting; beyond it, generate() raises QueueFull at once."""
         scheduler = Scheduler(num_slots, num_batch_tokens, backend.token_piece, backend.is_end_of_generation)
-        self._core = EngineCore(backend, scheduler, self._publish, model_name, num_kv_cells_total)
+        self.prefix_store = prefix_store
+        self._core = EngineCore(backend, scheduler, self._publish, model_name, num_kv_cells_total, prefix_store)
         self._streams: dict[str, asyncio.Queue[TokenDelta]] = {}
         self._ids = itertools.count()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -88,6 +91,8 @@ class AsyncEngine:
             self._core.commands.put(Shutdown())
             await asyncio.to_thread(self._thread.join)
             self._thread = None
+        if self.prefix_store is not None and hasattr(self.prefix_store, "close"):
+            await asyncio.to_thread(self.prefix_store.close)  # waits for queued state writes
         self.backend.close()
 
     @property

@@ -8,11 +8,12 @@ from collections import Counter, deque
 from collections.abc import Callable
 from typing import Protocol
 
+from localllm.engine.disk_prefix import DiskPrefixes, PrefixStateStore
 from localllm.engine.errors import NoKvRoom
 from localllm.engine.messages import AbortRequest, AddRequest, Command, Shutdown
 from localllm.engine.request import RequestState
 from localllm.engine.scheduler import BatchChunk, Scheduler, StepPlan
-from localllm.engine.slots import KvOp
+from localllm.engine.slots import KvOp, KvTrim
 from localllm.types import EngineStats, SlotStats, TokenDelta, TokenLogprob
 
 log = logging.getLogger(__name__)
@@ -41,9 +42,11 @@ class EngineCore:
         publish: Callable[[list[TokenDelta]], None],
         model_name: str,
         num_kv_cells_total: int,
+        prefix_store: PrefixStateStore | None = None,
     ) -> None:
         self.backend = backend
         self.scheduler = scheduler
+        self._disk = DiskPrefixes(prefix_store, backend, scheduler) if prefix_store is not None else None
         self.commands: queue.SimpleQueue[Command] = queue.SimpleQueue()
         self._publish = publish
         self._model_name = model_name
@@ -66,22 +69,42 @@ class EngineCore:
             if not self.scheduler.has_work:
                 self._refresh_stats()
                 continue
-            # 1. Plan: admit waiting requests, pick decode tokens and prompt chunks.
-            plan = self.scheduler.schedule()
-            for request in plan.admitted:
-                self.backend.add_sampler(request.request_id, request.params)
-                self._num_reused_tokens += request.num_reused_tokens
-                self._num_admitted += 1
-                self._num_prefix_hits += request.num_reused_tokens > 0
-            # 2. Run: apply prefix copies and trims, then one llama_decode for the batch.
+            # 1. Admit waiting requests into slots, from the longest cached prefix (live or on disk).
+            plan = self._admit()
+            # 2. Plan the batch: one token per generating request, then prompt chunks.
+            self.scheduler.fill(plan)
+            # 3. Run: one llama_decode for the batch, sampling per output row.
             deltas = self._run_step(plan)
-            # 3. Update: free finished requests' samplers, refresh stats (so a client that
-            #    sees a token sees stats that include it), hand deltas over in one call.
+            # 4. Update: save newly evaluated long prompts, free finished requests' samplers,
+            #    refresh stats (a client that sees a token sees stats that include it), and
+            #    hand the deltas over in one call.
+            if self._disk is not None:
+                self._disk.save_evaluated_prompts(plan)
             self._count_step(plan, deltas)
             self._refresh_stats()
             if deltas:
                 self._publish(deltas)
         log.info("engine loop stopped")
+
+    def _admit(self) -> StepPlan:
+        plan = self.scheduler.admit()
+        if plan.admitted:
+            try:
+                self.backend.apply_kv_ops(plan.kv_ops)
+            except Exception:  # the admitted requests' caches are unknown: start them cold
+                log.exception("prefix copy/trim failed")
+                for request in plan.admitted:
+                    self.backend.apply_kv_ops([KvTrim(request.slot_id, 0)])
+                    self.scheduler.extend_reuse(request, 0)
+            plan.kv_ops = []
+            if self._disk is not None:
+                self._disk.restore(plan.admitted)
+        for request in plan.admitted:
+            self.backend.add_sampler(request.request_id, request.params)
+            self._num_reused_tokens += request.num_reused_tokens
+            self._num_admitted += 1
+            self._num_prefix_hits += request.num_reused_tokens > 0
+        return plan
 
     def _take_commands(self) -> bool:
         """Applies queued commands; blocks briefly only when idle. False on Shutdown."""

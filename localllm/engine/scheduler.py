@@ -82,12 +82,15 @@ class Scheduler:
         return self._finish(request, FinishReason.ABORT, TokenDelta(request_id))
 
     def schedule(self) -> StepPlan:
-        """Admits waiting requests into free slots and fills one batch.
+        """Admits waiting requests and fills one batch (`admit` then `fill`)."""
+        return self.fill(self.admit())
 
-        Changes state: admitted requests get slots and PREFILL state.
-        """
+    def admit(self) -> StepPlan:
+        """Gives waiting requests free slots, each primed with its longest cached prefix.
+
+        Changes state: admitted requests get slots and PREFILL state. The plan's
+        kv_ops must be applied before the batch is decoded."""
         plan = StepPlan()
-        # 1. Admit while slots are free; each new request starts from its longest cached prefix.
         while self.waiting and self.slot_table.free_slots():
             request = self.waiting.popleft()
             slot, ops, num_reused = self.slot_table.assign(request)
@@ -97,14 +100,26 @@ class Scheduler:
             self.running[request.request_id] = request
             plan.kv_ops.extend(ops)
             plan.admitted.append(request)
-        # 2. One token for every generating request, so running streams never stall.
+        return plan
+
+    def extend_reuse(self, request: Request, num_tokens: int) -> None:
+        """Records that the slot now holds `num_tokens` of the prompt (restored from disk).
+
+        Changes state; call between `admit` and `fill`, after the KV cells are in place."""
+        assert request.state is RequestState.PREFILL and num_tokens < request.num_prompt_tokens
+        self.slot_table.slots[request.slot_id].cached_token_ids = request.prompt_token_ids[:num_tokens]
+        request.num_computed_tokens = request.num_reused_tokens = num_tokens
+
+    def fill(self, plan: StepPlan) -> StepPlan:
+        """One decode token per generating request, then prompt chunks, within n_batch."""
         budget = self.num_batch_tokens
+        # Generating requests first, so running streams never stall behind a long prompt.
         for request in self.running.values():
             if request.state is RequestState.DECODE and budget > 0:
                 pos = len(self.slot_table.slots[request.slot_id].cached_token_ids)
                 plan.chunks.append(BatchChunk(request, request.slot_id, [request.output_token_ids[-1]], pos, True, False))
                 budget -= 1
-        # 3. Fill the rest with prompt chunks (chunked prefill), oldest request first.
+        # The rest goes to prompt chunks (chunked prefill), oldest request first.
         for request in self.running.values():
             if request.state is not RequestState.PREFILL or budget <= 0:
                 continue

@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from localllm.cache.kv_store import KvPrefixStore, KvStoreConfig
 from localllm.config import Config
 from localllm.engine.async_engine import AsyncEngine
 from localllm.engine.llama_backend import BackendConfig, LlamaBackend
@@ -64,7 +65,13 @@ def open_backend(config: Config, on_progress: Callable[[float], None] | None = N
     return backend, name, path, spec
 
 
-def engine_for(backend: LlamaBackend, name: str, config: Config) -> AsyncEngine:
+def engine_for(backend: LlamaBackend, name: str, config: Config, identity: str | None = None) -> AsyncEngine:
+    """An engine over `backend`; with `identity` (the model's), long prompts' KV states persist on disk."""
+    store = None
+    if identity is not None and config.server.kv_cache_min_tokens > 0:
+        store = KvPrefixStore(KvStoreConfig(
+            config.cache_dir / "kv", namespace=f"{identity}|{backend.state_format()}",
+            min_tokens=config.server.kv_cache_min_tokens, size_limit_bytes=config.server.kv_cache_size_mib * 2**20))
     return AsyncEngine(
         backend,
         model_name=name,
@@ -73,6 +80,7 @@ def engine_for(backend: LlamaBackend, name: str, config: Config) -> AsyncEngine:
         num_batch_tokens=config.engine.batch,
         num_kv_cells_total=backend.num_ctx,
         max_waiting=config.engine.max_waiting,
+        prefix_store=store,
     )
 
 
@@ -99,14 +107,15 @@ async def load_model(config: Config, on_progress: Callable[[float], None] | None
     """Loads in a worker thread, then starts the engine thread on this event loop."""
     started = time.monotonic()
     backend, name, path, spec = await asyncio.to_thread(open_backend, config, on_progress)
-    engine = engine_for(backend, name, config)
+    identity = model_identity(path, spec)
+    engine = engine_for(backend, name, config, identity)
     await engine.start()
     template = (spec.chat_template if spec else None) or backend.metadata("tokenizer.chat_template")
     load_s = time.monotonic() - started
     log.info("loaded %s (%s) in %.1f s: %d slots, %d KV cells, %d threads",
              name, backend.describe(), load_s, config.engine.parallel, backend.num_ctx, config.engine.num_threads)
     return LoadedModel(name, path, spec, engine, template, backend.bos_text(), backend.eos_text(), load_s,
-                       model_identity(path, spec))
+                       identity)
 
 
 def model_identity(path: Path, spec: ModelSpec | None) -> str:

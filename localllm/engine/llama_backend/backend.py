@@ -201,6 +201,28 @@ class LlamaBackend:
             elif isinstance(op, KvCopy):
                 ll.llama_memory_seq_cp(self._memory, op.src_slot_id, op.dst_slot_id, 0, op.num_tokens)
 
+    def save_sequence(self, seq_id: int) -> bytes:
+        """The KV state of one sequence, as llama.cpp serialises it (engine thread)."""
+        size = ll.llama_state_seq_get_size(self._ctx, seq_id)
+        buf = (ctypes.c_uint8 * size)()
+        written = ll.llama_state_seq_get_data(self._ctx, buf, size, seq_id)
+        if written == 0:
+            raise BackendError(f"could not save the state of sequence {seq_id}")
+        return ctypes.string_at(buf, written)
+
+    def restore_sequence(self, seq_id: int, data: bytes) -> int:
+        """Replaces a sequence's KV cells with a saved state; returns how many tokens it holds."""
+        ll.llama_memory_seq_rm(self._memory, seq_id, -1, -1)
+        buf = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
+        if ll.llama_state_seq_set_data(self._ctx, buf, len(data), seq_id) == 0:
+            ll.llama_memory_seq_rm(self._memory, seq_id, -1, -1)
+            raise BackendError(f"could not restore a saved state into sequence {seq_id}")
+        return ll.llama_memory_seq_pos_max(self._memory, seq_id) + 1
+
+    def state_format(self) -> str:
+        """What a saved sequence state depends on besides the model file."""
+        return f"ctx{self.num_ctx}:seq{self.config.num_seq}:f16:swa_full:unified"
+
     def clear_all(self) -> None:
         ll.llama_memory_clear(self._memory, True)
 
