@@ -22,7 +22,6 @@ def build_parser() -> argparse.ArgumentParser:
         "serve", help="serve a model over an OpenAI-compatible HTTP API",
         description="Every flag also reads from the config file and from LOCALLLM_<FLAG> environment variables "
                     "(flags > environment > config file > defaults).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     add_config_flags(serve)
     config = sub.add_parser("config", help="show the effective configuration")
