@@ -27,22 +27,6 @@ class TokenizingBackend(Backend, Protocol):
     max_embedding_tokens: int
 
     def embed(self, inputs: Sequence[Sequence[int]]) -> list: ...
-    async def embed(self, inputs: Sequence[str | Sequence[int]]) -> tuple[list, int]:
-        """Pooled, normalised embeddings (numpy vectors) and the number of input tokens.
-
-        Runs in a worker thread on a second context, not on the engine thread."""
-        token_lists = [self.tokenize(x) if isinstance(x, str) else list(x) for x in inputs]
-        limit = self.backend.max_embedding_tokens
-        for i, token_ids in enumerate(token_lists):
-            if not token_ids:
-                raise InvalidParam("input", f"input[{i}] is empty")
-            if len(token_ids) > limit:
-                raise InvalidParam("input", f"input[{i}] has {len(token_ids)} tokens; the limit is {limit}")
-            if max(token_ids) >= self.backend.num_vocab or min(token_ids) < 0:
-                raise InvalidParam("input", f"input[{i}] has token ids outside the vocabulary")
-        vectors = await asyncio.to_thread(self.backend.embed, token_lists)
-        return vectors, sum(map(len, token_lists))
-
     def detokenize(self, token_ids: Sequence[int]) -> str: ...
     def check_grammar(self, grammar: str) -> None: ...
     def json_grammar(self, schema: dict | None) -> str: ...
@@ -109,12 +93,9 @@ class AsyncEngine:
         token_lists = [self.tokenize(x) if isinstance(x, str) else list(x) for x in inputs]
         limit = self.backend.max_embedding_tokens
         for i, token_ids in enumerate(token_lists):
-            if not token_ids:
-                raise InvalidParam("input", f"input[{i}] is empty")
+            self._check_token_ids(token_ids, "input", f"input[{i}]")
             if len(token_ids) > limit:
                 raise InvalidParam("input", f"input[{i}] has {len(token_ids)} tokens; the limit is {limit}")
-            if max(token_ids) >= self.backend.num_vocab or min(token_ids) < 0:
-                raise InvalidParam("input", f"input[{i}] has token ids outside the vocabulary")
         vectors = await asyncio.to_thread(self.backend.embed, token_lists)
         return vectors, sum(map(len, token_lists))
 
@@ -165,11 +146,8 @@ class AsyncEngine:
     def _make_request(self, request_id: str, prompt_ids: list[int], params: SamplingParams) -> Request:
         if request_id in self._streams:
             raise InvalidParam(None, f"request id {request_id!r} is already in use")
-        if not prompt_ids:
-            raise InvalidParam("prompt", "the prompt is empty")
+        self._check_token_ids(prompt_ids, "prompt", "the prompt")
         num_vocab = self.backend.num_vocab
-        if max(prompt_ids) >= num_vocab or min(prompt_ids) < 0:
-            raise InvalidParam("prompt", f"token ids must be between 0 and {num_vocab - 1}")
         if any(not 0 <= token_id < num_vocab for token_id, _ in params.logit_bias):
             raise InvalidParam("logit_bias", f"token ids must be between 0 and {num_vocab - 1}")
         if params.grammar is not None:
@@ -185,6 +163,13 @@ class AsyncEngine:
                 "Shorten the prompt or lower max_tokens.",
             )
         return Request(request_id, prompt_ids, params, max_new_tokens=params.max_tokens or room)
+
+    def _check_token_ids(self, token_ids: list[int], param: str, what: str) -> None:
+        """Out-of-vocabulary ids would make llama.cpp abort the process: refuse them here."""
+        if not token_ids:
+            raise InvalidParam(param, f"{what} is empty")
+        if max(token_ids) >= self.backend.num_vocab or min(token_ids) < 0:
+            raise InvalidParam(param, f"{what} has token ids outside 0..{self.backend.num_vocab - 1}")
 
     def _forget_stream(self, request_id: str) -> None:
         self._streams.pop(request_id, None)

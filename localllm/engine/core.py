@@ -69,22 +69,39 @@ class EngineCore:
             if not self.scheduler.has_work:
                 self._refresh_stats()
                 continue
-            # 1. Admit waiting requests into slots, from the longest cached prefix (live or on disk).
-            plan = self._admit()
-            # 2. Plan the batch: one token per generating request, then prompt chunks.
-            self.scheduler.fill(plan)
-            # 3. Run: one llama_decode for the batch, sampling per output row.
-            deltas = self._run_step(plan)
-            # 4. Update: save newly evaluated long prompts, free finished requests' samplers,
-            #    refresh stats (a client that sees a token sees stats that include it), and
-            #    hand the deltas over in one call.
-            if self._disk is not None:
-                self._disk.save_evaluated_prompts(plan)
-            self._count_step(plan, deltas)
-            self._refresh_stats()
-            if deltas:
-                self._publish(deltas)
+            try:
+                self._step()
+            except Exception:  # a bug here must not kill the thread and strand every client
+                log.exception("engine step failed; failing the running requests")
+                self._fail_running("engine error")
         log.info("engine loop stopped")
+
+    def _step(self) -> None:
+        # 1. Admit waiting requests into slots, from the longest cached prefix (live or on disk).
+        plan = self._admit()
+        # 2. Plan the batch: one token per generating request, then prompt chunks.
+        self.scheduler.fill(plan)
+        # 3. Run: one llama_decode for the batch, sampling per output row.
+        deltas = self._run_step(plan)
+        # 4. Update: save newly evaluated long prompts, free finished requests' samplers,
+        #    refresh stats (a client that sees a token sees stats that include it), and
+        #    hand the deltas over in one call.
+        if self._disk is not None:
+            self._disk.save_evaluated_prompts(plan)
+        self._count_step(plan, deltas)
+        self._refresh_stats()
+        if deltas:
+            self._publish(deltas)
+
+    def _fail_running(self, message: str) -> None:
+        deltas = [self.scheduler.fail_request(request_id, message) for request_id in list(self.scheduler.running)]
+        try:
+            self.backend.apply_kv_ops([KvTrim(s.slot_id, 0) for s in self.scheduler.slot_table.slots])
+        except Exception:
+            log.exception("could not clear the KV cache after a failed step")
+        self._count_step(StepPlan(), deltas)
+        self._refresh_stats()
+        self._publish(deltas)
 
     def _admit(self) -> StepPlan:
         plan = self.scheduler.admit()
@@ -99,8 +116,16 @@ class EngineCore:
             plan.kv_ops = []
             if self._disk is not None:
                 self._disk.restore(plan.admitted)
-        for request in plan.admitted:
-            self.backend.add_sampler(request.request_id, request.params)
+        for request in list(plan.admitted):
+            try:
+                self.backend.add_sampler(request.request_id, request.params)
+            except Exception as exc:  # e.g. a grammar llama.cpp refuses: this request fails, not the step
+                log.warning("could not build a sampler for %s: %s", request.request_id, exc)
+                plan.admitted.remove(request)
+                delta = self.scheduler.fail_request(request.request_id, f"sampler: {exc}")
+                self._count_step(StepPlan(), [delta])
+                self._publish([delta])
+                continue
             self._num_reused_tokens += request.num_reused_tokens
             self._num_admitted += 1
             self._num_prefix_hits += request.num_reused_tokens > 0

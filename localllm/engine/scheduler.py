@@ -147,6 +147,12 @@ class Scheduler:
             deltas.append(self._accept_token(request, sampled[request.request_id]))
         return deltas
 
+    def fail_request(self, request_id: str, message: str) -> TokenDelta:
+        """Ends one running request with an error; its slot forgets its (unknown) cache."""
+        request = self.running[request_id]
+        self.slot_table.forget(request.slot_id)
+        return self._finish(request, FinishReason.ERROR, TokenDelta(request_id, error=message))
+
     def fail(self, plan: StepPlan, message: str) -> tuple[list[TokenDelta], list[KvOp]]:
         """Ends every request of a step whose decode failed.
 
