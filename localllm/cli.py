@@ -6,8 +6,10 @@ import argparse
 import sys
 from pathlib import Path
 
+from localllm.bench import commands as bench_commands
 from localllm.cache import commands as cache_commands
 from localllm.config import LOG_LEVELS, Config, ConfigError, EngineConfig, ServerConfig
+from localllm.lb import commands as lb_commands
 from localllm.models import commands as model_commands
 from localllm.service.logs import configure_logging
 
@@ -38,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     install.add_argument("--config-dir", type=Path, default=Path("/etc/localllm"))
     model_commands.add_commands(sub)
     cache_commands.add_commands(sub)
+    bench_commands.add_commands(sub)
+    lb_commands.add_commands(sub)
     tui = sub.add_parser("tui", help="terminal dashboard, chat and model manager for a running server",
                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     tui.add_argument("--url", default="http://127.0.0.1:8080", help="server to connect to")
@@ -76,6 +80,10 @@ def main(argv: list[str] | None = None) -> int:
         return model_commands.run(args)
     if args.command in cache_commands.COMMANDS:
         return cache_commands.run(args)
+    if args.command in bench_commands.COMMANDS:
+        return bench_commands.run(args)
+    if args.command in lb_commands.COMMANDS:
+        return lb_commands.run(args)
     if args.command == "tui":
         return run_tui(args)
     if args.command == "service":
