@@ -1,0 +1,1 @@
+"""Several localllm replicas behind an existing load balancer (HAProxy)."""
