@@ -106,7 +106,7 @@ def gpu_layers_for(path: Path, config: Config) -> int:
 async def load_model(config: Config, on_progress: Callable[[float], None] | None = None) -> LoadedModel:
     """Loads in a worker thread, then starts the engine thread on this event loop."""
     started = time.monotonic()
-    backend, name, path, spec = await asyncio.to_thread(open_backend, config, on_progress)
+    backend, name, path, spec = await asyncio.to_thread(open_backend, config, _logging_progress(config, on_progress))
     identity = model_identity(path, spec)
     engine = engine_for(backend, name, config, identity)
     await engine.start()
@@ -116,6 +116,21 @@ async def load_model(config: Config, on_progress: Callable[[float], None] | None
              name, backend.describe(), load_s, config.engine.parallel, backend.num_ctx, config.engine.num_threads)
     return LoadedModel(name, path, spec, engine, template, backend.bos_text(), backend.eos_text(), load_s,
                        identity)
+
+
+def _logging_progress(config: Config, forward: Callable[[float], None] | None) -> Callable[[float], None]:
+    """Logs the load at each quarter (the log and the terminal show progress) and forwards it."""
+    logged = [-1]
+
+    def report(fraction: float) -> None:
+        quarter = int(fraction * 4)
+        if quarter > logged[0]:
+            logged[0] = quarter
+            log.info("loading %s: %d%%", config.engine.model, quarter * 25)
+        if forward is not None:
+            forward(fraction)
+
+    return report
 
 
 def model_identity(path: Path, spec: ModelSpec | None) -> str:
