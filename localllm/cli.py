@@ -64,6 +64,8 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
                              "from the memory plan)")
     parser.add_argument("--max-waiting", dest="max_waiting", type=int,
                         help=f"requests that may queue for a slot before 429 (default {_ENGINE.max_waiting})")
+    parser.add_argument("--rpc", help="comma-separated HOST:PORT of llama.cpp rpc-servers to split the model "
+                                      "over (default: none; docs/scaling.md)")
     parser.add_argument("--api-key", dest="api_key", help="require this bearer key on /v1 routes")
     parser.add_argument("--drain-timeout", dest="drain_timeout_s", type=float,
                         help=f"seconds SIGTERM waits for in-flight requests (default {_SERVER.drain_timeout_s})")

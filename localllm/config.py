@@ -60,6 +60,9 @@ class EngineConfig:
     """Cap on the VRAM the memory plan may use (0: all that is free); for shared GPUs and tests."""
     max_waiting: int = 64
     """Requests that may wait for a slot; beyond that the server answers 429 at once."""
+    rpc: str = ""
+    """Comma-separated HOST:PORT of llama.cpp rpc-servers; the model's layers are split over them
+    (needs llama-cpp-python built with -DGGML_RPC=ON; docs/scaling.md). Empty: local devices only."""
 
     def __post_init__(self) -> None:
         _check(self.parallel >= 1, "parallel", "must be at least 1")
@@ -68,6 +71,12 @@ class EngineConfig:
         _check(self.threads >= 0, "threads", "must be 0 (auto) or more")
         _check(self.n_gpu_layers is None or self.n_gpu_layers >= -1, "n_gpu_layers", "must be auto, -1 (all) or more")
         _check(self.max_waiting >= 0, "max_waiting", "must be 0 or more")
+        _check(all(h and p.isdigit() and 0 < int(p) < 65536 for h, _, p in (e.rpartition(":") for e in self.rpc_servers)),
+               "rpc", "must be a comma-separated list of HOST:PORT")
+
+    @property
+    def rpc_servers(self) -> tuple[str, ...]:
+        return tuple(item.strip() for item in self.rpc.split(",") if item.strip())
 
     @property
     def num_threads(self) -> int:

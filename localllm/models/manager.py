@@ -60,6 +60,7 @@ def open_backend(config: Config, on_progress: Callable[[float], None] | None = N
         num_threads=engine_config.num_threads,
         num_gpu_layers=gpu_layers_for(path, config),
         on_progress=on_progress,
+        rpc_servers=engine_config.rpc_servers,
     ))
     name = spec.name if spec else path.stem
     return backend, name, path, spec
@@ -88,6 +89,8 @@ def gpu_layers_for(path: Path, config: Config) -> int:
     """An explicit --n-gpu-layers wins; `auto` asks the memory plan what fits free VRAM now."""
     if config.engine.n_gpu_layers is not None:
         return config.engine.n_gpu_layers
+    if config.engine.rpc_servers:
+        return -1  # all layers to the devices (RPC ones included), split by their free memory
     from localllm.models.gguf import read_gguf
     from localllm.models.plan import ModelFacts, make_plan
     from localllm.models.probe import free_ram_bytes, free_vram_bytes

@@ -18,7 +18,7 @@ import numpy as np
 import llama_cpp.llama_cpp as ll
 
 from localllm.engine.errors import BackendError, NoKvRoom
-from localllm.engine.llama_backend import sampling
+from localllm.engine.llama_backend import rpc, sampling
 from localllm.engine.llama_backend.batch import NumpyBatch
 from localllm.engine.llama_backend.embedding import MAX_INPUT_TOKENS, EmbeddingContext
 from localllm.engine.scheduler import BatchChunk
@@ -40,6 +40,8 @@ class BackendConfig:
     num_gpu_layers: int = 0
     on_progress: Callable[[float], None] | None = None
     """Called with the load fraction (0..1) while llama.cpp reads the weights."""
+    rpc_servers: tuple[str, ...] = ()
+    """rpc-server endpoints whose devices take layers (rpc.py); empty: local devices only."""
 
 
 _backend_init = threading.Lock()
@@ -71,6 +73,7 @@ class LlamaBackend:
         self.config = config
         model_params = ll.llama_model_default_params()
         model_params.n_gpu_layers = config.num_gpu_layers
+        rpc_devices = rpc.add_servers(config.rpc_servers) if config.rpc_servers else []
         if config.on_progress is not None:
             report = config.on_progress
             # Kept referenced until the load returns: llama.cpp calls it from this thread.
@@ -79,6 +82,11 @@ class LlamaBackend:
         self._model = ll.llama_model_load_from_file(str(config.model_path).encode(), model_params)
         if not self._model:
             raise BackendError(f"llama.cpp could not load the model file {config.model_path}")
+        self.layer_split = rpc.layer_split(rpc_devices, ll.llama_model_n_layer(self._model),
+                                           config.num_gpu_layers) if rpc_devices else {}
+        """Layers per device (output layer included) when the model is split over RPC servers."""
+        if self.layer_split:
+            log.info("rpc: layers per device: %s", ", ".join(f"{k} {v}" for k, v in self.layer_split.items()))
         ctx_params = ll.llama_context_default_params()
         ctx_params.n_ctx = config.num_ctx
         ctx_params.n_batch = ctx_params.n_ubatch = config.num_batch
