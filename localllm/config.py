@@ -71,7 +71,8 @@ class EngineConfig:
         _check(self.threads >= 0, "threads", "must be 0 (auto) or more")
         _check(self.n_gpu_layers is None or self.n_gpu_layers >= -1, "n_gpu_layers", "must be auto, -1 (all) or more")
         _check(self.max_waiting >= 0, "max_waiting", "must be 0 or more")
-        _check(all(h and p.isdigit() and 0 < int(p) < 65536 for h, _, p in (e.rpartition(":") for e in self.rpc_servers)),
+        endpoints = [e.rpartition(":") for e in self.rpc_servers]
+        _check(all(h and p.isdigit() and 0 < int(p) < 65536 for h, _, p in endpoints),
                "rpc", "must be a comma-separated list of HOST:PORT")
 
     @property
