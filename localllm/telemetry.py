@@ -40,7 +40,7 @@ class GpuProbe:
             gpus = []
             for index, handle in enumerate(handles):
                 try:
-                    memory = pynvml.nvmlDeviceGetMemoryInfo(handle)
+                    memory = _memory_info(pynvml, handle)
                     name = pynvml.nvmlDeviceGetName(handle)
                     gpus.append({
                         "index": index,
@@ -52,6 +52,14 @@ class GpuProbe:
                 except Exception as exc:  # a GPU that fell off the bus must not break /v1/stats
                     gpus.append({"index": index, "error": str(exc)})
             return gpus
+
+
+def _memory_info(pynvml, handle):
+    """NVML's v2 query, which matches nvidia-smi; v1 also counts reserved memory (~0.5 GiB on an H100)."""
+    try:
+        return pynvml.nvmlDeviceGetMemoryInfo(handle, version=pynvml.nvmlMemory_v2)
+    except (AttributeError, TypeError, pynvml.NVMLError):
+        return pynvml.nvmlDeviceGetMemoryInfo(handle)
 
 
 _GPUS = GpuProbe()

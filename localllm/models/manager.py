@@ -100,9 +100,15 @@ def gpu_layers_for(path: Path, config: Config) -> int:
         vram = min(vram, config.engine.vram_budget_mib * 2**20)
     if vram == 0:
         return 0
-    plan = make_plan(ModelFacts.from_gguf(read_gguf(path)), free_vram_bytes=vram, free_ram_bytes=free_ram_bytes(),
-                     slots=config.engine.parallel, ctx=config.engine.ctx, num_batch=config.engine.batch)
+    facts = ModelFacts.from_gguf(read_gguf(path))
+    # allow_q8_kv=False: the engine allocates an f16 KV cache, so the plan must budget for f16.
+    plan = make_plan(facts, free_vram_bytes=vram, free_ram_bytes=free_ram_bytes(), slots=config.engine.parallel,
+                     ctx=config.engine.ctx, num_batch=config.engine.batch, allow_q8_kv=False)
     log.info("memory plan for %s:\n%s", path.name, plan.explain())
+    if plan.n_gpu_layers >= facts.num_layers:
+        # llama.cpp puts the output layer on the GPU only past the block count; -1 means
+        # everything (measured on an H100: 204 tok/s against 105 with the output on the CPU).
+        return -1
     return plan.n_gpu_layers
 
 

@@ -21,7 +21,9 @@ def free_vram_bytes(device: int = 0) -> int:
         if pynvml.nvmlDeviceGetCount() <= device:
             return 0
         handle = pynvml.nvmlDeviceGetHandleByIndex(device)
-        return int(pynvml.nvmlDeviceGetMemoryInfo(handle).free)
+        from localllm.telemetry import _memory_info
+
+        return int(_memory_info(pynvml, handle).free)
     except Exception as exc:
         log.debug("cannot read GPU memory: %s", exc)
         return 0

@@ -161,9 +161,15 @@ class LlamaBackend:
         return (ll.llama_vocab_get_text(self._vocab, token_id) or b"").decode("utf-8", "replace")
 
     def metadata(self, key: str) -> str | None:
+        """A GGUF metadata value as text, whole (chat templates run to many kilobytes)."""
         buf = ctypes.create_string_buffer(4096)
         n = ll.llama_model_meta_val_str(self._model, key.encode(), buf, len(buf))
-        return buf.value.decode("utf-8", "replace") if n >= 0 else None
+        if n < 0:
+            return None
+        if n >= len(buf):  # the return value is the full length, like snprintf
+            buf = ctypes.create_string_buffer(n + 1)
+            ll.llama_model_meta_val_str(self._model, key.encode(), buf, len(buf))
+        return buf.value.decode("utf-8", "replace")
 
     def describe(self) -> str:
         buf = ctypes.create_string_buffer(256)
