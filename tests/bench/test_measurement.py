@@ -10,8 +10,10 @@ from localllm.bench.runner import RunConfig, run_level, run_specs, run_sweep
 from localllm.bench.workloads import Length, RequestSpec, WorkloadConfig
 from tests.bench.fake_server import FakeServer, Script
 
-# Loopback plus asyncio.sleep jitter on a busy 2-core machine: a few ms typical, tens at worst.
-TOLERANCE_MS = 25.0
+# The scripted delays are lower bounds the tool must see; the upper margin covers loopback
+# and scheduling on a busy 2-core machine (CI shares it with llama.cpp builds and servers),
+# wide enough that load never fails the test, narrow enough that a wrong measure would.
+TOLERANCE_MS = 150.0
 
 
 def level(server: FakeServer, workload: WorkloadConfig, concurrency: int, num_requests: int, **run) -> dict:
@@ -23,12 +25,12 @@ def test_known_delays_give_known_ttft_itl_and_e2e():
         summary = level(server, WorkloadConfig(max_tokens=Length(10, 10)), 4, 8)
     assert summary["num_requests"] == 8 and summary["num_errors"] == 0
     assert 100 <= summary["ttft_ms"]["p50"] <= 100 + TOLERANCE_MS
-    assert 20 - 5 <= summary["itl_ms"]["p50"] <= 20 + 10
+    assert 20 - 5 <= summary["itl_ms"]["p50"] <= 20 + 40
     assert summary["itl_ms"]["count"] == 8 * 9
     expected_e2e_ms = 100 + 9 * 20
     assert expected_e2e_ms <= summary["e2e_ms"]["p50"] <= expected_e2e_ms + 3 * TOLERANCE_MS
     # two waves of four: 80 tokens in ~2 x 280 ms
-    assert summary["elapsed_s"] == pytest.approx(2 * expected_e2e_ms / 1000, rel=0.25)
+    assert 2 * expected_e2e_ms / 1000 <= summary["elapsed_s"] <= 2 * (expected_e2e_ms + 3 * TOLERANCE_MS) / 1000
     assert summary["output_tokens_per_s"] == pytest.approx(80 / summary["elapsed_s"], rel=1e-3)
     assert summary["requests_per_s"] == pytest.approx(8 / summary["elapsed_s"], rel=1e-3)
     assert summary["token_count_source"] == "usage"
