@@ -21,8 +21,11 @@ MIB = 1024 * 1024
 def add_commands(sub: argparse._SubParsersAction) -> None:
     pull = sub.add_parser("pull", help="download a model from the Hugging Face hub")
     pull.add_argument("model", help="catalogue name, or ORG/REPO/FILE.gguf")
-    pull.add_argument("--quant", help="quantisation, e.g. Q8_0 (default: the catalogue's)")
+    pull.add_argument("--quant", default="auto",
+                      help="quantisation, e.g. Q8_0; auto (default) picks by the memory free now")
     pull.add_argument("--offline", action="store_true", help="never touch the network (also HF_HUB_OFFLINE=1)")
+    pull.add_argument("--vram-mib", type=int, help=argparse.SUPPRESS)  # tests: memory to choose the quant for
+    pull.add_argument("--ram-mib", type=int, help=argparse.SUPPRESS)
     sub.add_parser("list", help="catalogue models and what is downloaded")
     show = sub.add_parser("show", help="GGUF metadata of a model")
     show.add_argument("model", help="catalogue name, NAME:QUANT or .gguf path")
@@ -65,10 +68,38 @@ def _pull(args: argparse.Namespace, config: Config, store: ModelStore) -> int:
 
     from localllm.models.hub import pull, target_for
 
-    target = target_for(args.model, store.catalogue, args.quant)
-    record = pull(store, target, offline=args.offline, tqdm_class=tqdm)
+    quant = None if args.quant == "auto" else args.quant
+    if quant is None and args.model in store.catalogue and len(store.catalogue[args.model].quants) > 1:
+        quant = _auto_quant(args, config, store.catalogue[args.model])
+    target = target_for(args.model, store.catalogue, quant)
+    record = pull(store, target, offline=args.offline, endpoint=config.hf_endpoint, tqdm_class=tqdm)
     print(f"{record.name} {record.quant}: {record.size / MIB:,.0f} MiB, verified, at {record.path}")
     return 0
+
+
+def _auto_quant(args: argparse.Namespace, config: Config, spec) -> str | None:
+    """The quant that fits the memory free now (sizes from the hub); None keeps the catalogue's."""
+    from localllm.models.hub import is_offline, quant_sizes
+    from localllm.models.probe import free_ram_bytes, free_vram_bytes
+    from localllm.models.quant_choice import NothingFits, choose_quant
+
+    if is_offline(args.offline):
+        print(f"offline: taking the catalogue's default quantisation {spec.quant}")
+        return None
+    vram = args.vram_mib * MIB if args.vram_mib is not None else free_vram_bytes()
+    ram = args.ram_mib * MIB if args.ram_mib is not None else free_ram_bytes()
+    # Weights go to the GPU when there is one; 80% leaves room for the KV cache and buffers.
+    usable = int(0.8 * (vram or ram))
+    sizes = quant_sizes(spec, config.hf_endpoint)
+    if not sizes:
+        print(f"the hub gave no file sizes; taking the catalogue's default {spec.quant}")
+        return None
+    try:
+        quant, reason = choose_quant(sizes, usable)
+    except NothingFits as exc:
+        raise ModelFileError(str(exc)) from None
+    print(f"quantisation {reason}")
+    return quant
 
 
 def _list(args: argparse.Namespace, config: Config, store: ModelStore) -> int:

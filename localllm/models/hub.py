@@ -151,3 +151,23 @@ def discard_cached(pointer: Path, hub_dir: Path) -> None:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip() or type(exc).__name__
     return text.splitlines()[0]
+
+
+def quant_sizes(spec: ModelSpec, endpoint: str | None = None) -> dict[str, int]:
+    """Each offered quant's file size: the catalogue's when known, else asked of the hub (HEAD)."""
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url
+
+    sizes = {}
+    for quant in spec.quants:
+        if quant == spec.quant and spec.size_bytes:
+            sizes[quant] = spec.size_bytes
+            continue
+        try:
+            url = hf_hub_url(spec.hf_repo, spec.file_for(quant), revision=spec.revision, endpoint=endpoint)
+            size = get_hf_file_metadata(url, endpoint=endpoint).size
+        except Exception as exc:  # unreachable hub, missing file: that quant is simply not offered
+            log.info("no size for %s %s: %s", spec.name, quant, _first_line(exc))
+            continue
+        if size:
+            sizes[quant] = size
+    return sizes
