@@ -6,11 +6,9 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from aiohttp.test_utils import TestServer
 
 from localllm.config import Config
-from localllm.models.manager import load_model
-from localllm.server.app import create_app
+from tests.serving import served
 
 pytestmark = pytest.mark.integration
 
@@ -18,12 +16,8 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 async def base_url(data_dir: Path, model_path: Path):
     config = Config.from_flat({"parallel": 1, "max_waiting": 1, "ctx": 2048, "threads": 2, "data_dir": str(data_dir)})
-    loaded = await load_model(config)
-    server = TestServer(create_app(config, loaded=loaded), host="127.0.0.1")
-    await server.start_server()
-    yield str(server.make_url("/"))
-    await server.close()
-    await loaded.engine.stop()
+    async with served(config) as server:
+        yield str(server.make_url("/"))
 
 
 async def test_burst_past_the_queue_bound_gets_429_and_admitted_requests_finish(base_url: str):

@@ -5,11 +5,9 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from aiohttp.test_utils import TestServer
 
 from localllm.config import Config
-from localllm.models.manager import load_model
-from localllm.server.app import create_app
+from tests.serving import served
 
 pytestmark = pytest.mark.integration
 ALICE = {"Authorization": "Bearer alice-secret"}
@@ -24,12 +22,8 @@ async def base_url(data_dir: Path, model_path: Path, tmp_path_factory: pytest.Te
     config = Config.from_flat({"parallel": 2, "ctx": 2048, "threads": 2, "data_dir": str(data_dir),
                                "api_key_file": str(key_file), "rate_limit_rpm": 3,
                                "cors_origins": "http://app.example"})
-    loaded = await load_model(config)
-    server = TestServer(create_app(config, loaded=loaded), host="127.0.0.1")
-    await server.start_server()
-    yield str(server.make_url("/"))
-    await server.close()
-    await loaded.engine.stop()
+    async with served(config) as server:
+        yield str(server.make_url("/"))
 
 
 async def test_each_key_has_its_own_request_budget(base_url: str):

@@ -10,7 +10,7 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from localllm.config import Config
-from localllm.models.manager import load_model
+from tests.serving import served
 from localllm.server.app import create_app
 
 pytestmark = pytest.mark.integration
@@ -22,12 +22,8 @@ AUTH = {"Authorization": f"Bearer {API_KEY}"}
 @pytest.fixture(scope="module")
 async def server(data_dir: Path, model_path: Path):
     config = Config.from_flat({"parallel": 4, "ctx": 8192, "threads": 2, "api_key": API_KEY, "data_dir": str(data_dir)})
-    loaded = await load_model(config)
-    test_server = TestServer(create_app(config, loaded=loaded), host="127.0.0.1")
-    await test_server.start_server()
-    yield test_server
-    await test_server.close()
-    await loaded.engine.stop()
+    async with served(config) as test_server:
+        yield test_server
 
 
 @pytest.fixture(scope="module")

@@ -9,11 +9,9 @@ from pathlib import Path
 import numpy as np
 import openai
 import pytest
-from aiohttp.test_utils import TestServer
 
 from localllm.config import Config
-from localllm.models.manager import load_model
-from localllm.server.app import create_app
+from tests.serving import served
 
 pytestmark = pytest.mark.integration
 KEY = "sdk-key"
@@ -23,12 +21,8 @@ HELLO = [{"role": "user", "content": "Say hello."}]
 @pytest.fixture(scope="module")
 async def base_url(data_dir: Path, model_path: Path):
     config = Config.from_flat({"parallel": 4, "ctx": 8192, "threads": 2, "api_key": KEY, "data_dir": str(data_dir)})
-    loaded = await load_model(config)
-    server = TestServer(create_app(config, loaded=loaded), host="127.0.0.1")
-    await server.start_server()
-    yield str(server.make_url("/v1"))
-    await server.close()
-    await loaded.engine.stop()
+    async with served(config) as server:
+        yield str(server.make_url("/v1"))
 
 
 @pytest.fixture(scope="module")

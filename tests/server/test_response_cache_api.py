@@ -9,6 +9,7 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from localllm.config import Config
+from tests.serving import served
 from localllm.models.manager import load_model
 from localllm.server.app import create_app
 
@@ -20,13 +21,9 @@ CHAT = {"messages": [{"role": "user", "content": "Name three fruits."}], "max_to
 async def http(data_dir: Path, model_path: Path, tmp_path_factory: pytest.TempPathFactory):
     config = Config.from_flat({"parallel": 2, "ctx": 4096, "threads": 2, "data_dir": str(data_dir),
                                "cache_dir": str(tmp_path_factory.mktemp("cache"))})
-    loaded = await load_model(config)
-    server = TestServer(create_app(config, loaded=loaded), host="127.0.0.1")
-    await server.start_server()
-    async with aiohttp.ClientSession(base_url=str(server.make_url("/"))) as session:
-        yield session
-    await server.close()
-    await loaded.engine.stop()
+    async with served(config) as server:
+        async with aiohttp.ClientSession(base_url=str(server.make_url("/"))) as session:
+            yield session
 
 
 async def post(http, body: dict, **headers) -> tuple[str, dict]:

@@ -1,0 +1,24 @@
+"""A real localllm server on loopback for a test module: one model load, one server."""
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from aiohttp.test_utils import TestServer
+
+from localllm.config import Config
+from localllm.models.manager import load_model
+from localllm.server.app import create_app
+
+
+@asynccontextmanager
+async def served(config: Config) -> AsyncIterator[TestServer]:
+    """Loads the configured model, serves it on 127.0.0.1, and stops both afterwards."""
+    loaded = await load_model(config)
+    server = TestServer(create_app(config, loaded=loaded), host="127.0.0.1")
+    await server.start_server()
+    try:
+        yield server
+    finally:
+        await server.close()
+        await loaded.engine.stop()
