@@ -69,37 +69,48 @@ def _pull(args: argparse.Namespace, config: Config, store: ModelStore) -> int:
     from localllm.models.hub import pull, target_for
 
     quant = None if args.quant == "auto" else args.quant
-    if quant is None and args.model in store.catalogue and len(store.catalogue[args.model].quants) > 1:
-        quant = _auto_quant(args, config, store.catalogue[args.model])
+    spec = store.catalogue.get(args.model)
+    if quant is None and spec is not None and spec.hf_repo and len(spec.quants) > 1:
+        quant = _auto_quant(args, config, store)
     target = target_for(args.model, store.catalogue, quant)
     record = pull(store, target, offline=args.offline, endpoint=config.hf_endpoint, tqdm_class=tqdm)
     print(f"{record.name} {record.quant}: {record.size / MIB:,.0f} MiB, verified, at {record.path}")
     return 0
 
 
-def _auto_quant(args: argparse.Namespace, config: Config, spec) -> str | None:
-    """The quant that fits the memory free now (sizes from the hub); None keeps the catalogue's."""
-    from localllm.models.hub import is_offline, quant_sizes
+def _auto_quant(args: argparse.Namespace, config: Config, store: ModelStore) -> str:
+    """Prints and returns the quant that fits the memory free now (--vram-mib/--ram-mib override
+    the measured figures, as for `plan`); see quant_choice.py for the rule."""
+    from localllm.models.hub import auto_quant
     from localllm.models.probe import free_ram_bytes, free_vram_bytes
-    from localllm.models.quant_choice import NothingFits, choose_quant
+    from localllm.models.quant_choice import NothingFits
 
-    if is_offline(args.offline):
-        print(f"offline: taking the catalogue's default quantisation {spec.quant}")
-        return None
+    spec = store.catalogue[args.model]
     vram = args.vram_mib * MIB if args.vram_mib is not None else free_vram_bytes()
     ram = args.ram_mib * MIB if args.ram_mib is not None else free_ram_bytes()
-    # Weights go to the GPU when there is one; 80% leaves room for the KV cache and buffers.
-    usable = int(0.8 * (vram or ram))
-    sizes = quant_sizes(spec, config.hf_endpoint)
-    if not sizes:
-        print(f"the hub gave no file sizes; taking the catalogue's default {spec.quant}")
-        return None
     try:
-        quant, reason = choose_quant(sizes, usable)
+        quant, reason = auto_quant(spec, free_vram_bytes=vram, free_ram_bytes=ram,
+                                   facts=_local_facts(store, args.model), slots=config.engine.parallel,
+                                   ctx=config.engine.ctx, num_batch=config.engine.batch,
+                                   offline=args.offline, endpoint=config.hf_endpoint)
     except NothingFits as exc:
         raise ModelFileError(str(exc)) from None
     print(f"quantisation {reason}")
     return quant
+
+
+def _local_facts(store: ModelStore, name: str):
+    """Attention shape of any local quant of `name` (KV size does not depend on the quant); else None."""
+    from localllm.models.plan import ModelFacts
+
+    spec = store.catalogue[name]
+    paths = [Path(r.path) for r in store.pulled(name)] + [store.models_dir / name / spec.file]
+    for path in (p for p in paths if p.is_file()):
+        try:
+            return ModelFacts.from_gguf(read_gguf(path))
+        except (GGUFError, OSError):
+            continue
+    return None
 
 
 def _list(args: argparse.Namespace, config: Config, store: ModelStore) -> int:

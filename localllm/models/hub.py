@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from localllm.models.gguf import GGUFError, GGUFInfo, read_gguf
+from localllm.models.plan import ModelFacts
 from localllm.models.registry import (
     CatalogueError, ModelSpec, UnknownModel, is_safe_filename, is_valid_name, is_valid_repo,
 )
@@ -154,11 +155,12 @@ def _first_line(exc: BaseException) -> str:
 
 
 def quant_sizes(spec: ModelSpec, endpoint: str | None = None) -> dict[str, int]:
-    """Each offered quant's file size: the catalogue's when known, else asked of the hub (HEAD)."""
+    """Blocking: each offered quant's file size, the catalogue's when known, else the hub's
+    (a HEAD request: X-Linked-Size). A quant the hub cannot size is left out."""
     from huggingface_hub import get_hf_file_metadata, hf_hub_url
 
-    sizes = {}
-    for quant in spec.quants:
+    sizes: dict[str, int] = {}
+    for quant in spec.quants if spec.hf_repo else []:
         if quant == spec.quant and spec.size_bytes:
             sizes[quant] = spec.size_bytes
             continue
@@ -171,3 +173,23 @@ def quant_sizes(spec: ModelSpec, endpoint: str | None = None) -> dict[str, int]:
         if size:
             sizes[quant] = size
     return sizes
+
+
+def auto_quant(spec: ModelSpec, *, free_vram_bytes: int, free_ram_bytes: int,
+               facts: ModelFacts | None = None, slots: int = 4, ctx: int = 8192, num_batch: int = 512,
+               offline: bool = False, endpoint: str | None = None) -> tuple[str, str]:
+    """Blocking: (quant, why) for `pull NAME` with no --quant (quant_choice.py has the rule).
+    Offline, or when the hub sizes nothing: the catalogue's default, saying so.
+    Raises NothingFits when no offered file fits."""
+    from localllm.models.quant_choice import choose_for, weights_budgets
+
+    if len(spec.quants) < 2:
+        return spec.quant, f"{spec.quant}: the only quantisation in the catalogue"
+    if is_offline(offline):
+        return spec.quant, f"{spec.quant}: offline, so no sizes from the hub; the catalogue's default"
+    sizes = quant_sizes(spec, endpoint)
+    if not sizes:
+        return spec.quant, f"{spec.quant}: the hub gave no file sizes; the catalogue's default"
+    budgets = weights_budgets(free_vram_bytes=free_vram_bytes, free_ram_bytes=free_ram_bytes,
+                              facts=facts, slots=slots, ctx=ctx, num_batch=num_batch)
+    return choose_for(sizes, budgets)
