@@ -20,6 +20,10 @@ log = logging.getLogger(__name__)
 
 IDLE_WAKE_S = 0.5  # an idle loop still wakes to refresh its heartbeat and rates
 RATE_WINDOW_S = 5.0
+STATS_INTERVAL_S = 0.05
+"""Token counters in the stats snapshot may lag by this much: building the snapshot every
+step cost ~5% of a single stream's step (py-spy, docs/performance.md). Admissions, finishes
+and aborts refresh it at once."""
 
 
 class Backend(Protocol):
@@ -61,6 +65,7 @@ class EngineCore:
         self._rate_samples: deque[tuple[float, int, int]] = deque()
         self._num_kv_cells_used = 0
         self._kv_counted_s = 0.0
+        self._stats_s = 0.0
         self.heartbeat_s = time.monotonic()
         self.stats: EngineStats = self._snapshot()
 
@@ -89,7 +94,10 @@ class EngineCore:
         if self._disk is not None:
             self._disk.save_evaluated_prompts(plan)
         self._count_step(plan, deltas)
-        self._refresh_stats()
+        if plan.admitted or any(d.finish_reason is not None for d in deltas):
+            self._refresh_stats()
+        else:
+            self._refresh_stats_every(STATS_INTERVAL_S)
         if deltas:
             self._publish(deltas)
 
@@ -199,9 +207,13 @@ class EngineCore:
             self._count_step(StepPlan(), deltas)
             self._publish(deltas)
 
+    def _refresh_stats_every(self, interval_s: float) -> None:
+        if time.monotonic() - self._stats_s >= interval_s:
+            self._refresh_stats()
+
     def _refresh_stats(self) -> None:
         now = time.monotonic()
-        self.heartbeat_s = now
+        self.heartbeat_s = self._stats_s = now
         samples = self._rate_samples
         if not samples or now - samples[-1][0] >= 0.25:
             samples.append((now, self._num_prompt_tokens, self._num_generated_tokens))

@@ -58,3 +58,26 @@ def test_a_failing_decode_fails_its_requests_and_the_loop_goes_on():
     backend.fail_next_decode = False
     again = run_core(backend, [request("second")])
     assert again["second"][-1].finish_reason is FinishReason.LENGTH
+
+
+def test_stats_seen_with_a_delta_include_its_admission_and_finish():
+    """Token counters may lag by STATS_INTERVAL_S, but the publish that carries a request's
+    first token shows it busy, and the one that carries its last shows it finished."""
+    seen = []
+    core = None
+
+    def publish(deltas):
+        for delta in deltas:
+            seen.append((delta, core.stats))
+
+    core = EngineCore(FakeBackend(), Scheduler(2, 16, piece, is_eog), publish, "fake", 64)
+    core.commands.put(AddRequest(Request("r", [1, 2, 3], SamplingParams(max_tokens=8), max_new_tokens=8)))
+    core._take_commands()
+    while core.scheduler.has_work:
+        core._step()
+    first, first_stats = seen[0]
+    last, last_stats = seen[-1]
+    assert first_stats.num_busy_slots == 1 and first_stats.num_admitted_total == 1
+    assert last.finish_reason is FinishReason.LENGTH
+    assert last_stats.num_busy_slots == 0 and last_stats.num_generated_tokens_total == 8
+    assert last_stats.finished_by_reason == {"length": 1}

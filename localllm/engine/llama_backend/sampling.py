@@ -4,7 +4,10 @@ Three kinds, picked by the request's parameters:
 - `GreedySampler`: argmax over the logits row (a numpy view, no copy): ~40 us,
   where llama_sampler_sample first fills a 262k-entry candidate array (~650 us).
 - `ChainSampler`: llama.cpp's sampler chain (top-k first, then penalties, top-p,
-  min-p, temperature, seeded dist), run by llama_sampler_sample in C.
+  min-p, temperature, seeded dist). llama_sampler_sample would copy the whole row
+  into a candidate array and partially sort it; instead `top_candidates` finds a
+  small superset of the top k in numpy (~50 us over 128k tokens, scripts/bench_engine_overhead.py) and the chain runs
+  on that: the same candidates in the same order, so the same draws for a seed.
 - `GrammarSampler`: for response_format. A grammar check over all 262k tokens
   costs most of a second per token, so the grammar first sees only the best
   `GRAMMAR_PREFILTER` candidates and the whole vocabulary only when none of
@@ -28,6 +31,9 @@ from localllm.types import InvalidParam, SamplingParams, TokenLogprob
 # few dozen candidates instead of the whole vocabulary (llama.cpp's default too).
 DEFAULT_TOP_K = 40
 GRAMMAR_PREFILTER = 512
+PREFILTER_ROWS = 64
+"""`top_candidates` groups the row into columns of this many tokens: few enough that a
+128k row still has ~2,000 groups for 512 candidates."""
 _TOKEN_DATA = np.dtype([("id", "<i4"), ("logit", "<f4"), ("p", "<f4")])  # struct llama_token_data
 
 
@@ -52,14 +58,56 @@ class GreedySampler(Sampler):
 
 
 class ChainSampler(Sampler):
-    def __init__(self, chain: ll.llama_sampler_p) -> None:
+    """The chain over the best `top_k` candidates only (the chain's first real step is top-k).
+
+    `biases` applies logit_bias / ignore_eos in place on the row first, so the chain itself
+    carries no logit-bias sampler. With `prefilter` off, or when the prefilter finds too few
+    candidates (NaN logits), llama_sampler_sample runs over the whole (biased) row."""
+
+    def __init__(self, chain: ll.llama_sampler_p, biases: GreedySampler, top_k: int, *, prefilter: bool = True) -> None:
         self._chain = chain
+        self._biases = biases
+        self._top_k = top_k
+        self._prefilter = prefilter
 
     def sample(self, ctx: ll.llama_context_p, row: int, logits: np.ndarray) -> int:
+        self._biases.sample(ctx, row, logits)
+        if self._prefilter:
+            token_ids = top_candidates(logits, self._top_k)
+            if token_ids.size >= min(self._top_k, logits.size):
+                candidates = _candidates(token_ids, logits[token_ids])
+                token = int(candidates["id"][_apply(self._chain, candidates)])
+                ll.llama_sampler_accept(self._chain, token)
+                return token
         return ll.llama_sampler_sample(self._chain, ctx, row)
 
     def free(self) -> None:
         ll.llama_sampler_free(self._chain)
+
+
+def top_candidates(logits: np.ndarray, k: int) -> np.ndarray:
+    """Ids of a superset of the `k` largest logits (usually not many more), unsorted.
+
+    The row is viewed as PREFILTER_ROWS rows of n columns; a column is a group of
+    tokens. The k-th largest column maximum is a lower bound of the k-th largest logit
+    (k columns each hold a value at least that large), so every top-k logit passes it,
+    and only the columns whose maximum passes need a look. The max runs down contiguous
+    rows (vectorised); a sort of the whole row never happens. Falls back to the exact
+    argpartition when the row has too few columns."""
+    size = logits.size
+    whole = size - size % PREFILTER_ROWS
+    num_columns = whole // PREFILTER_ROWS
+    if k >= num_columns:
+        return np.argpartition(logits, -k)[-k:] if k < size else np.arange(size)
+    grid = logits[:whole].reshape(PREFILTER_ROWS, num_columns)  # token id = row * num_columns + column
+    maxima = grid.max(axis=0)
+    threshold = np.partition(maxima, -k)[-k]
+    columns = np.flatnonzero(maxima >= threshold)
+    rows, picked = np.nonzero(grid[:, columns] >= threshold)
+    found = rows * num_columns + columns[picked]
+    if whole < size:
+        found = np.concatenate((found, whole + np.flatnonzero(logits[whole:] >= threshold)))
+    return found
 
 
 class GrammarSampler(Sampler):
@@ -75,8 +123,7 @@ class GrammarSampler(Sampler):
 
     def sample(self, ctx: ll.llama_context_p, row: int, logits: np.ndarray) -> int:
         self._biases.sample(ctx, row, logits)
-        best = np.argpartition(logits, -GRAMMAR_PREFILTER)[-GRAMMAR_PREFILTER:]
-        best = np.union1d(best, self._eog_ids)
+        best = np.union1d(top_candidates(logits, GRAMMAR_PREFILTER), self._eog_ids)
         token = self._pick(best, logits)
         if token is None:  # nothing the model likes is allowed: ask the grammar about every token
             token = self._pick(np.arange(logits.size), logits)
@@ -125,17 +172,16 @@ def build_sampler(params: SamplingParams, vocab: ll.llama_vocab_p, num_vocab: in
     if params.is_greedy and not has_penalties and params.grammar is None:
         return greedy
     if params.grammar is not None:
-        return GrammarSampler(grammar_sampler(vocab, params.grammar), _chain(params, num_vocab, []), greedy,
+        return GrammarSampler(grammar_sampler(vocab, params.grammar), _chain(params, num_vocab), greedy,
                               eog_token_ids)
-    return ChainSampler(_chain(params, num_vocab, biases))
+    return ChainSampler(_chain(params, num_vocab), greedy, params.top_k or DEFAULT_TOP_K)
 
 
-def _chain(params: SamplingParams, num_vocab: int, biases: list[tuple[int, float]]) -> ll.llama_sampler_p:
+def _chain(params: SamplingParams, num_vocab: int) -> ll.llama_sampler_p:
+    """top-k, penalties, then greedy or top-p / min-p / temperature / dist; logit biases are
+    applied to the row before the chain runs (GreedySampler)."""
     chain = ll.llama_sampler_chain_init(ll.llama_sampler_chain_default_params())
     add = lambda s: ll.llama_sampler_chain_add(chain, s)  # noqa: E731
-    if biases:
-        array = (ll.llama_logit_bias * len(biases))(*biases)
-        add(ll.llama_sampler_init_logit_bias(num_vocab, len(array), array))
     add(ll.llama_sampler_init_top_k(params.top_k or DEFAULT_TOP_K))
     if params.repeat_penalty != 1.0 or params.frequency_penalty != 0.0 or params.presence_penalty != 0.0:
         add(ll.llama_sampler_init_penalties(num_vocab, params.penalty_last_n, params.repeat_penalty,
