@@ -93,6 +93,22 @@ def _mib(num_bytes: float) -> str:
     return f"{num_bytes / MIB:,.0f} MiB"
 
 
+GPU_CONTEXT_BYTES = 512 * MIB
+"""What the CUDA context, cuBLAS and the driver take on the GPU beyond llama.cpp's buffers
+(an H100 served 555 MiB above a plan's budget, 272 of them a KV type since budgeted:
+docs/gpu.md finding 5)."""
+
+
+def usable_vram(free_bytes: int) -> int:
+    """Free VRAM the model may fill: less the margin and the GPU context."""
+    return max(0, usable(free_bytes, 0.05, 256 * MIB) - GPU_CONTEXT_BYTES)
+
+
+def usable_ram(free_bytes: int) -> int:
+    """Free RAM the model may fill: less the margin."""
+    return usable(free_bytes, 0.10, 512 * MIB)
+
+
 def usable(free_bytes: int, fraction: float, minimum: int) -> int:
     """Free memory less a margin (for the driver, fragmentation and other processes)."""
     return max(0, free_bytes - max(int(free_bytes * fraction), minimum)) if free_bytes > 0 else 0
@@ -145,8 +161,8 @@ def make_plan(facts: ModelFacts, *, free_vram_bytes: int, free_ram_bytes: int, s
         notes.append(f"context per slot capped at the trained {facts.trained_ctx} (asked {want})")
         want = facts.trained_ctx
     want = max(want, min(MIN_SLOT_CTX, facts.trained_ctx or MIN_SLOT_CTX))
-    budget = _Budget(facts, slots, num_batch, usable(free_vram_bytes, 0.05, 256 * MIB),
-                     usable(free_ram_bytes, 0.10, 512 * MIB))
+    budget = _Budget(facts, slots, num_batch, usable_vram(free_vram_bytes),
+                     usable_ram(free_ram_bytes))
     kv_types = ("f16", "q8_0") if allow_q8_kv else ("f16",)
     layers, slot_ctx, kv_type = _search(budget, want, kv_types, notes)
     if slot_ctx < want:

@@ -9,7 +9,7 @@ The rule (`choose_quant`), against the memory that will hold the weights:
 5. nothing fits: NothingFits, naming the smallest file.
 
 The memory (`weights_budget`): free VRAM when there is a GPU, else free RAM, less
-the plan's safety margin (plan.usable with make_plan's fractions), less room for the
+the plan's safety margins (plan.usable_vram, plan.usable_ram), less room for the
 KV cache and compute buffer: plan.py's arithmetic at the configured context when a
 GGUF of the model is at hand (the KV cache does not depend on the weights' quant),
 else a fifth of what is left. With a GPU too small for every offered file, the
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from localllm.models.plan import ModelFacts, compute_bytes, usable
+from localllm.models.plan import ModelFacts, compute_bytes, usable_ram, usable_vram
 
 DEFAULT = "Q4_K_M"
 HIGHER = ("Q8_0", "Q6_K", "Q5_K_M")
@@ -27,10 +27,6 @@ HIGHER = ("Q8_0", "Q6_K", "Q5_K_M")
 FULL_PRECISION = ("F32", "BF16", "F16")
 MIB = 2**20
 GIB = 2**30
-VRAM_MARGIN = (0.05, 256 * MIB)
-"""(fraction, minimum) kept free on the GPU: make_plan's margin."""
-RAM_MARGIN = (0.10, 512 * MIB)
-"""(fraction, minimum) kept free in RAM: make_plan's margin."""
 UNKNOWN_RUNTIME_SHARE = 0.2
 """Share of usable memory kept for KV cache and compute when no GGUF can be measured."""
 
@@ -87,8 +83,8 @@ def choose_quant(sizes: dict[str, int], usable_bytes: int, memory: str = "memory
 def weights_budgets(*, free_vram_bytes: int, free_ram_bytes: int, facts: ModelFacts | None = None,
                     slots: int = 4, ctx: int = 8192, num_batch: int = 512) -> list[WeightsBudget]:
     """The memories to choose against, best first: VRAM then VRAM+RAM with a GPU, else RAM."""
-    vram = usable(free_vram_bytes, *VRAM_MARGIN)
-    ram = usable(free_ram_bytes, *RAM_MARGIN)
+    vram = usable_vram(free_vram_bytes)  # the plan's own margins, so a pull and a load agree
+    ram = usable_ram(free_ram_bytes)
     places = [("VRAM", vram), ("VRAM+RAM", vram + ram)] if vram > 0 else [("RAM", ram)]
     return [_budget(memory, after_margin, facts, slots, ctx, num_batch) for memory, after_margin in places]
 

@@ -14,7 +14,7 @@ import pytest
 
 from localllm.models.gguf import read_gguf
 from localllm.models.hub import auto_quant, pull, quant_sizes, target_for
-from localllm.models.plan import ModelFacts
+from localllm.models.plan import GPU_CONTEXT_BYTES, ModelFacts
 from localllm.models.quant_choice import (
     GIB, MIB, NothingFits, choose_for, choose_quant, runtime_bytes, weights_budgets,
 )
@@ -51,11 +51,12 @@ def test_the_default_when_a_higher_quant_would_use_over_half():
 
 
 def test_tight_vram_takes_the_largest_lower_quant_that_fits():
-    budgets = weights_budgets(free_vram_bytes=6 * GIB, free_ram_bytes=64 * GIB)
+    budgets = weights_budgets(free_vram_bytes=6 * GIB + GPU_CONTEXT_BYTES, free_ram_bytes=64 * GIB)
     assert budgets[0].memory == "VRAM"  # with a GPU the weights go there first
-    quant, reason = choose_for(SIZES_8B, budgets)  # 6 GiB - 5% = 5.7, less a fifth = 4.56 GiB
+    # 6.5 GiB - 5% - 0.5 GiB for the GPU context = 5.675, less a fifth = 4.54 GiB
+    quant, reason = choose_for(SIZES_8B, budgets)
     assert quant == "Q3_K_M"
-    assert "Q4_K_M (4.9 GiB) does not fit 4.6 GiB usable VRAM" in reason and "tight" in reason
+    assert "Q4_K_M (4.9 GiB) does not fit 4.5 GiB usable VRAM" in reason and "tight" in reason
 
 
 def test_a_gpu_too_small_for_any_file_splits_the_weights_with_ram():
@@ -146,8 +147,9 @@ def test_cli_pull_with_plenty_of_memory_takes_the_higher_quant(tmp_path: Path, m
 def test_cli_pull_with_tight_vram_takes_a_lower_quant(tmp_path: Path, model_path: Path, multi_dir: Path):
     with serve(tmp_path, model_path, "Q2_K", {"Q8_0": 900, "Q6_K": 700, "Q4_K_M": 400}) as hub:
         env = {"LOCALLLM_DATA_DIR": str(multi_dir), "HF_ENDPOINT": hub.url}
-        # 700 MiB VRAM: less 256 = 444, less a fifth = 355 MiB; Q4_K_M (400) does not fit.
-        done = cli(["pull", "multi", "--vram-mib", "700", "--ram-mib", "64000"], env)
+        # 1,212 MiB VRAM: less 256 and 512 for the GPU context = 444, less a fifth = 355 MiB;
+        # Q4_K_M (400) does not fit.
+        done = cli(["pull", "multi", "--vram-mib", "1212", "--ram-mib", "64000"], env)
         assert done.returncode == 0, done.stderr
         assert "quantisation Q2_K: Q4_K_M (400 MiB) does not fit 355 MiB usable VRAM" in done.stdout
         assert "tight" in done.stdout and "multi Q2_K:" in done.stdout

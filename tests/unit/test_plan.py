@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from localllm.models.gguf import read_gguf
-from localllm.models.plan import FLOOR_SLOT_CTX, MIB, ModelFacts, make_plan
+from localllm.models.plan import FLOOR_SLOT_CTX, GPU_CONTEXT_BYTES, MIB, ModelFacts, make_plan
 from localllm.models.probe import free_ram_bytes, free_vram_bytes
 
 GIB = 1024 * MIB
@@ -45,10 +45,10 @@ def test_tight_vram_quantises_kv_then_shrinks_context_before_layers():
     f = facts()
     weights = 32 * 100 * MIB + 400 * MIB
     # f16 KV for 4 x 8192 tokens is 4 GiB; q8_0 about 2.1 GiB: leave room for q8_0 only.
-    q8 = make_plan(f, free_vram_bytes=weights + int(3.6 * GIB), free_ram_bytes=32 * GIB, slots=4, ctx=32768)
+    q8 = make_plan(f, free_vram_bytes=weights + int(3.6 * GIB) + GPU_CONTEXT_BYTES, free_ram_bytes=32 * GIB, slots=4, ctx=32768)
     assert (q8.n_gpu_layers, q8.ctx, q8.kv_type) == (32, 32768, "q8_0") and q8.fits
     # Less VRAM: all layers stay, the context shrinks.
-    short = make_plan(f, free_vram_bytes=weights + int(1.9 * GIB), free_ram_bytes=32 * GIB, slots=4, ctx=32768)
+    short = make_plan(f, free_vram_bytes=weights + int(1.9 * GIB) + GPU_CONTEXT_BYTES, free_ram_bytes=32 * GIB, slots=4, ctx=32768)
     assert short.n_gpu_layers == 32 and FLOOR_SLOT_CTX <= short.slot_ctx < 8192 and short.fits
     # Much less: context at the floor, then layers leave the GPU.
     low = make_plan(f, free_vram_bytes=2 * GIB, free_ram_bytes=32 * GIB, slots=4, ctx=32768)
