@@ -8,7 +8,7 @@ One model load, one context; alternating, `--repeats` times each:
   hand-off to the event loop), timed from its first token to its last.
 
     .venv/bin/python scripts/bench_engine_overhead.py --model /tmp/tiny.gguf [--temperature 0.8]
-    # GPU: --n-gpu-layers -1
+    # GPU: --n-gpu-layers -1; another revision: LOCALLLM_ROOT=/path/to/checkout
 
 Prints median ms per token of both, their ratio and the difference in microseconds.
 Single-stream decode is where per-token overhead shows: a 4 ms GPU step or a tiny model.
@@ -18,13 +18,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, os.environ.get("LOCALLLM_ROOT", str(ROOT)))  # another checkout's localllm: before/after
 
 from localllm.engine.llama_backend import BackendConfig, LlamaBackend  # noqa: E402  (llama_cpp before numpy)
 import llama_cpp.llama_cpp as ll  # noqa: E402
@@ -102,12 +103,13 @@ async def main() -> None:
             ours.append(await engine_ms_per_token(engine, args.tokens, args.temperature))
     finally:
         await engine.stop()
-    result = {"model": str(args.model), "tokens": args.tokens, "temperature": args.temperature,
+    import localllm
+    result = {"localllm": str(Path(localllm.__file__).parent), "model": str(args.model), "tokens": args.tokens, "temperature": args.temperature,
               "bare_ms": statistics.median(bare), "engine_ms": statistics.median(ours),
               "bare_all": bare, "engine_all": ours}
     result["ratio"] = result["engine_ms"] / result["bare_ms"]
     result["overhead_us"] = 1000 * (result["engine_ms"] - result["bare_ms"])
-    print(f"{args.model.name}, temperature {args.temperature}, {args.tokens} tokens x {args.repeats}: "
+    print(f"{result['localllm']}: {args.model.name}, temperature {args.temperature}, {args.tokens} tokens x {args.repeats}: "
           f"bare {result['bare_ms']:.3f} ms/token, engine {result['engine_ms']:.3f} ms/token, "
           f"ratio {result['ratio']:.3f}, overhead {result['overhead_us']:.0f} us/token")
     if args.json_path:

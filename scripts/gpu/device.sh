@@ -14,6 +14,8 @@
 #   numpyfirst  shows the numpy-before-llama_cpp load crash and the preload cure
 #   check       scripts/gpu/gpu_check.py: full and partial offload, /v1/stats vs nvidia-smi
 #   llamabench  llama-bench pp512 / tg128, all layers on the GPU, flash attention off and on
+#   overhead    scripts/bench_engine_overhead.py (one stream, engine vs bare llama.cpp loop), all layers
+#               on the GPU, greedy and sampled, for .devcarry/head and (if prepared) .devcarry/before
 #   compare[:N] scripts/gpu/bench_gpu.py: llama-server vs localllm at 1, 16, 64 streams
 #               (N: localllm --n-gpu-layers, default auto)
 #   collect     results (and logs) into $OUT/results.tgz, summaries into $OUT
@@ -95,8 +97,19 @@ print('numpy first, preload=$preload: loaded', bool(ll.llama_model_load_from_fil
     done
 }
 
+stage_overhead() {
+    for tree in before head; do
+        [ -f "$REPO/.devcarry/$tree/COMMIT" ] || continue
+        for temperature in 0 0.8; do
+            LOCALLLM_ROOT=$REPO/.devcarry/$tree timeout 200 python3 scripts/bench_engine_overhead.py --model "$MODEL" \
+                --n-gpu-layers -1 --parallel 64 --ctx 32768 --threads 16 --temperature $temperature --repeats 5 \
+                --json "$R/overhead_${tree}_$temperature.json" 2>> "$R/overhead.err" | tail -1 | tee -a "$R/overhead.txt"
+        done
+    done
+}
+
 stage_check() {
-    LOCALLLM_PRELOAD_LLAMA_CPP=1 python3 scripts/gpu/gpu_check.py --model "$MODEL" --out-dir "$R" \
+    LOCALLLM_PRELOAD_LLAMA_CPP=${PRELOAD:-0} python3 scripts/gpu/gpu_check.py --model "$MODEL" --out-dir "$R" \
         --localllm-root "$HEAD_SRC" --load-timeout-s 150 2>&1 | tee "$R/gpu_check.out"
 }
 
@@ -111,7 +124,7 @@ for r in json.load(open(sys.argv[1]))]" "$R/llama_bench.json"
 
 stage_compare() {  # compare:N also sets localllm's --n-gpu-layers (LOCALLLM_N_GPU_LAYERS), e.g. -1
     [ -n "${1:-}" ] && export LOCALLLM_N_GPU_LAYERS=$1
-    LOCALLLM_PRELOAD_LLAMA_CPP=1 python3 scripts/gpu/bench_gpu.py --llama-server "$BIN/llama-server" --model "$MODEL" --parallel 64 --ctx 32768 \
+    LOCALLLM_PRELOAD_LLAMA_CPP=${PRELOAD:-0} python3 scripts/gpu/bench_gpu.py --llama-server "$BIN/llama-server" --model "$MODEL" --parallel 64 --ctx 32768 \
         --concurrency 1 16 64 --rounds 3 --repeats "${REPEATS:-2}" --max-tokens 128 --out-dir "$R" \
         --localllm-root "$HEAD_SRC" --llama-cpp "$LLAMA_CPP" \
         --llama-bench-json "$R/llama_bench.json" --bandwidth-json "$R/bandwidth.json" 2>&1 | tee "$R/bench_gpu.out"
@@ -122,7 +135,8 @@ stage_collect() {
     cp "$W/build.log" "$R/build.log" 2>/dev/null; cp "$W/build/build_times.json" "$R/" 2>/dev/null
     nvidia-smi > "$R/nvidia_smi_end.txt" 2>&1
     tar czf "$OUT/results.tgz" -C "$W" results
-    for f in build_times.json gpu_check.json bench_gpu.json llama_bench.json bandwidth.json stages.log numpyfirst.txt; do
+    for f in build_times.json gpu_check.json bench_gpu.json llama_bench.json bandwidth.json stages.log numpyfirst.txt \
+             overhead.txt; do
         [ -f "$R/$f" ] && cp "$R/$f" "$OUT/"
     done
     ls -la "$OUT"

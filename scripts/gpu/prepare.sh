@@ -4,7 +4,8 @@
 #   .devcarry/llama_cpp_python  trimmed llama-cpp-python sdist (scripts/gpu/trim_sdist.sh)
 #   .devcarry/wheels            wheels the GPU machine's python3 lacks (diskcache only)
 #   .devcarry/head              the localllm under test: `git archive` of REF (default HEAD)
-#   scripts/gpu/prepare.sh [REF]
+#   .devcarry/before            with BEFORE_REF set: that revision too, for before/after figures
+#   [BEFORE_REF=REV] scripts/gpu/prepare.sh [REF]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 REF=${1:-HEAD}
@@ -17,4 +18,10 @@ python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 -
 rm -rf .devcarry/head && mkdir -p .devcarry/head
 git archive "$REF" localllm models.toml | tar -x -C .devcarry/head
 git rev-parse "$REF" > .devcarry/head/COMMIT
+rm -rf .devcarry/before
+if [ -n "${BEFORE_REF:-}" ]; then
+    mkdir -p .devcarry/before
+    git archive "$BEFORE_REF" localllm models.toml | tar -x -C .devcarry/before
+    git rev-parse "$BEFORE_REF" > .devcarry/before/COMMIT
+fi
 du -sh .devcarry
