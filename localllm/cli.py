@@ -2,8 +2,16 @@
 (models/commands.py)."""
 from __future__ import annotations
 
-import argparse
 import sys
+
+# When serving, llama.cpp's native libraries load before any other extension module: on the
+# H100 image, with other libraries loaded first, `localllm serve` segfaulted in the model load
+# while the same load ran after a bare `import llama_cpp` (docs/gpu.md, "Found on the GPU" 1).
+# Other commands (list, pull, tui...) never load llama.cpp.
+if "serve" in sys.argv[1:]:
+    import localllm.engine.llama_backend  # noqa: F401, I001
+
+import argparse
 from pathlib import Path
 
 from localllm.bench import commands as bench_commands

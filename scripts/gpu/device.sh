@@ -14,6 +14,7 @@
 #   numpyfirst  shows the numpy-before-llama_cpp load crash and the preload cure
 #   check       scripts/gpu/gpu_check.py: full and partial offload, /v1/stats vs nvidia-smi
 #   llamabench  llama-bench pp512 / tg128, all layers on the GPU, flash attention off and on
+#   importorder loads the model after importing each of numpy, ssl, ... first
 #   overhead    scripts/bench_engine_overhead.py (one stream, engine vs bare llama.cpp loop), all layers
 #               on the GPU, greedy and sampled, for .devcarry/head and (if prepared) .devcarry/before
 #   compare[:N] scripts/gpu/bench_gpu.py: llama-server vs localllm at 1, 16, 64 streams
@@ -108,6 +109,17 @@ stage_overhead() {
     done
 }
 
+stage_importorder() {  # which module imported before llama_cpp makes the model load crash
+    for first in none numpy ssl sqlite3 aiohttp huggingface_hub diskcache jinja2 pynvml psutil localllm.cli; do
+        local pre="import $first"; [ "$first" = none ] && pre=""
+        timeout 120 python3 -c "$pre
+import llama_cpp.llama_cpp as ll
+ll.llama_backend_init(); p = ll.llama_model_default_params(); p.n_gpu_layers = 0
+print('loaded', bool(ll.llama_model_load_from_file(b'$MODEL', p)))" > "$R/importorder_$first.log" 2>&1
+        echo "$first imported first: rc $? $(grep -h '^loaded' "$R/importorder_$first.log")" | tee -a "$R/importorder.txt"
+    done
+}
+
 stage_check() {
     LOCALLLM_PRELOAD_LLAMA_CPP=${PRELOAD:-0} python3 scripts/gpu/gpu_check.py --model "$MODEL" --out-dir "$R" \
         --localllm-root "$HEAD_SRC" --load-timeout-s 150 2>&1 | tee "$R/gpu_check.out"
@@ -136,7 +148,7 @@ stage_collect() {
     nvidia-smi > "$R/nvidia_smi_end.txt" 2>&1
     tar czf "$OUT/results.tgz" -C "$W" results
     for f in build_times.json gpu_check.json bench_gpu.json llama_bench.json bandwidth.json stages.log numpyfirst.txt \
-             overhead.txt; do
+             overhead.txt importorder.txt; do
         [ -f "$R/$f" ] && cp "$R/$f" "$OUT/"
     done
     ls -la "$OUT"
