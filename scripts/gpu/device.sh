@@ -110,7 +110,7 @@ stage_overhead() {
 }
 
 stage_importorder() {  # which module imported before llama_cpp makes the model load crash
-    for first in none numpy ssl sqlite3 aiohttp huggingface_hub diskcache jinja2 pynvml psutil localllm.cli; do
+    for first in none numpy ssl sqlite3 aiohttp localllm.server.app; do
         local pre="import $first"; [ "$first" = none ] && pre=""
         timeout 120 python3 -c "$pre
 import llama_cpp.llama_cpp as ll
