@@ -120,6 +120,22 @@ print('loaded', bool(ll.llama_model_load_from_file(b'$MODEL', p)))" > "$R/import
     done
 }
 
+stage_overhead1() {  # the same, one sequence and a 4,096 context (llama-bench's shape): what the slots cost
+    for temperature in 0 0.8; do
+        LOCALLLM_ROOT=$HEAD_SRC timeout 120 python3 scripts/bench_engine_overhead.py --model "$MODEL" \
+            --n-gpu-layers -1 --parallel 1 --ctx 4096 --threads 16 --temperature $temperature --repeats 5 \
+            --json "$R/overhead1_$temperature.json" 2>> "$R/overhead.err" | tail -1 | tee -a "$R/overhead.txt"
+    done
+}
+
+stage_partial64() {  # finding 3: 32 of 33 layers (output layer on the CPU), 64 slots, 64 streams
+    LOCALLLM_N_GPU_LAYERS=32 timeout 200 python3 scripts/gpu/bench_gpu.py --only localllm \
+        --llama-server "$BIN/llama-server" --model "$MODEL" --parallel 64 --ctx 32768 --concurrency 64 --rounds 2 \
+        --repeats 1 --max-tokens 128 --out-dir "$R/partial64" --localllm-root "$HEAD_SRC" --llama-cpp "$LLAMA_CPP" \
+        2>&1 | tee "$R/partial64.out" | grep -E "conc|error|Error" | tail -5
+    mkdir -p "$R/partial64"; grep -h -i -E "cuda error|illegal|ggml_abort|failed" "$R"/partial64/*.log 2>/dev/null | head -5
+}
+
 stage_check() {
     LOCALLLM_PRELOAD_LLAMA_CPP=${PRELOAD:-0} python3 scripts/gpu/gpu_check.py --model "$MODEL" --out-dir "$R" \
         --localllm-root "$HEAD_SRC" --load-timeout-s 150 2>&1 | tee "$R/gpu_check.out"
@@ -148,7 +164,7 @@ stage_collect() {
     nvidia-smi > "$R/nvidia_smi_end.txt" 2>&1
     tar czf "$OUT/results.tgz" -C "$W" results
     for f in build_times.json gpu_check.json bench_gpu.json llama_bench.json bandwidth.json stages.log numpyfirst.txt \
-             overhead.txt importorder.txt; do
+             overhead.txt importorder.txt partial64.out; do
         [ -f "$R/$f" ] && cp "$R/$f" "$OUT/"
     done
     ls -la "$OUT"
