@@ -128,12 +128,13 @@ stage_overhead1() {  # the same, one sequence and a 4,096 context (llama-bench's
     done
 }
 
-stage_partial64() {  # finding 3: 32 of 33 layers (output layer on the CPU), 64 slots, 64 streams
+stage_partial64() {  # finding 3: 32 of 33 layers (output layer on the CPU), 64 slots; partial64:C streams
+    local conc=${1:-64}
     LOCALLLM_N_GPU_LAYERS=32 timeout 200 python3 scripts/gpu/bench_gpu.py --only localllm \
-        --llama-server "$BIN/llama-server" --model "$MODEL" --parallel 64 --ctx 32768 --concurrency 64 --rounds 2 \
-        --repeats 1 --max-tokens 128 --out-dir "$R/partial64" --localllm-root "$HEAD_SRC" --llama-cpp "$LLAMA_CPP" \
-        2>&1 | tee "$R/partial64.out" | grep -E "conc|error|Error" | tail -5
-    mkdir -p "$R/partial64"; grep -h -i -E "cuda error|illegal|ggml_abort|failed" "$R"/partial64/*.log 2>/dev/null | head -5
+        --llama-server "$BIN/llama-server" --model "$MODEL" --parallel 64 --ctx 32768 --concurrency "$conc" --rounds 2 \
+        --repeats 1 --max-tokens 128 --out-dir "$R/partial$conc" --localllm-root "$HEAD_SRC" --llama-cpp "$LLAMA_CPP" \
+        2>&1 | tee "$R/partial$conc.out" | grep -E "conc|error|Error" | tail -3
+    grep -h -i -B2 -A4 "cuda error" "$R/partial$conc"/*.log 2>/dev/null | grep -v "^\s*$" | head -12
 }
 
 stage_check() {
