@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import os
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -65,6 +66,15 @@ def _LOG_CALLBACK(level: int, text: bytes, user_data: ctypes.c_void_p) -> None: 
         log.log(logging.ERROR if level == 4 else logging.DEBUG, "llama.cpp: %s", message)
 
 
+def cuda_graphs_off_for(num_gpu_layers: int, num_layers: int) -> bool:
+    """True for a partial offload (some blocks, or only the output layer, left on the CPU).
+
+    On an H100 such a split with CUDA graphs died in cudaGraphLaunch ("illegal instruction")
+    at 64 concurrent streams, every time; with GGML_CUDA_DISABLE_GRAPHS=1 the same load ran
+    clean (1,008 tok/s), and 8 or 16 streams ran with graphs (docs/gpu.md, finding 3)."""
+    return 0 < num_gpu_layers <= num_layers
+
+
 class LlamaBackend:
     """One loaded model with one context of `num_seq` sequences."""
 
@@ -82,6 +92,11 @@ class LlamaBackend:
         self._model = ll.llama_model_load_from_file(str(config.model_path).encode(), model_params)
         if not self._model:
             raise BackendError(f"llama.cpp could not load the model file {config.model_path}")
+        if cuda_graphs_off_for(config.num_gpu_layers, ll.llama_model_n_layer(self._model)) \
+                and "GGML_CUDA_DISABLE_GRAPHS" not in os.environ:
+            # Read once per process, at the first graph llama.cpp runs: before any decode here.
+            os.environ["GGML_CUDA_DISABLE_GRAPHS"] = "1"
+            log.info("partial GPU offload: CUDA graphs off (they crashed llama.cpp at 64 streams, docs/gpu.md)")
         self.layer_split = rpc.layer_split(rpc_devices, ll.llama_model_n_layer(self._model),
                                            config.num_gpu_layers) if rpc_devices else {}
         """Layers per device (output layer included) when the model is split over RPC servers."""
