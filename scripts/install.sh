@@ -17,6 +17,7 @@ LLAMA_CPP_VERSION=0.3.36
 
 cpu_cmake_args() {
     local args="-DLLAVA_BUILD=OFF"  # multimodal helper library: not used, halves the build
+    args+=" -DGGML_RPC=ON"          # `localllm serve --rpc`: layers on other machines' rpc-servers
     if [ "$(uname -s)-$(uname -m)" = "Linux-x86_64" ]; then
         local flags
         flags=" $(grep -m1 '^flags' /proc/cpuinfo | cut -d: -f2) "
@@ -56,6 +57,7 @@ PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
 
 export CMAKE_ARGS="${CMAKE_ARGS:-$(cpu_cmake_args)}"
 echo "localllm install: CMAKE_ARGS=$CMAKE_ARGS"
+[[ "$CMAKE_ARGS" == *"-DGGML_RPC=ON"* ]] && export LOCALLLM_REQUIRE_RPC=1
 "${PIP[@]}" install -q -e '.[test]'
 
 if ! smoke_test; then
@@ -64,5 +66,9 @@ if ! smoke_test; then
     "${PIP[@]}" install -q --no-cache-dir --force-reinstall --no-deps --no-binary llama-cpp-python \
         "llama-cpp-python==$LLAMA_CPP_VERSION"
     smoke_test
+fi
+if [ "${LOCALLLM_REQUIRE_RPC:-0}" = 1 ]; then
+    # llama.cpp's rpc-server, for `localllm serve --rpc` peers and tests/rpc (non-fatal: serving works without it)
+    scripts/rpc/build_server.sh "$VENV" || echo "localllm install: ggml-rpc-server not built; tests/rpc will skip" >&2
 fi
 echo "localllm install: ready ($VENV)"

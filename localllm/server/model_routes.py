@@ -10,7 +10,8 @@ from aiohttp import web
 
 from localllm.models.gguf import GGUFError, read_gguf
 from localllm.models.hub import is_offline, pull, target_for
-from localllm.models.manager import user_catalogue_path
+from localllm.engine.errors import BackendError
+from localllm.models.manager import offload_plan, user_catalogue_path
 from localllm.models.plan import ModelFacts, make_plan
 from localllm.models.probe import free_ram_bytes, free_vram_bytes
 from localllm.models.registry import CatalogueError, UnknownModel, load_catalogue
@@ -67,6 +68,9 @@ async def plan(request: web.Request) -> web.Response:
 
     def compute() -> dict:
         path, _ = _store(request).resolve(name)
+        if config.engine.rpc_servers:  # the plan the server loads with: over the rpc-servers too
+            offload = offload_plan(path, config)
+            return {**offload.to_dict(), "model": name, "explanation": offload.explain()}
         facts = ModelFacts.from_gguf(read_gguf(path))
         result = make_plan(facts, free_vram_bytes=free_vram_bytes(), free_ram_bytes=free_ram_bytes(),
                            slots=config.engine.parallel, ctx=config.engine.ctx, num_batch=config.engine.batch)
@@ -79,6 +83,8 @@ async def plan(request: web.Request) -> web.Response:
                        code="model_not_found") from None
     except (ModelFileError, GGUFError, CatalogueError) as exc:
         raise bad_request(str(exc), "model") from None
+    except BackendError as exc:  # an rpc-server that cannot be reached or registered
+        raise ApiError(503, str(exc), type="server_error", code="rpc_unavailable") from None
 
 
 async def pull_model(request: web.Request) -> web.StreamResponse:

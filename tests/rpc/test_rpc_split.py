@@ -3,9 +3,9 @@ llama.cpp's rpc-server in each, `localllm serve --rpc A,B` on the host. Greedy o
 the single-machine output; with one link cut the load fails with a clear error and the server
 stays up.
 
-Needs root (ip netns), a llama-cpp-python built with -DGGML_RPC=ON and llama.cpp's rpc-server
-(`ggml-rpc-server` on the PATH or $LOCALLLM_RPC_SERVER); docs/scaling.md shows how to build both.
-It skips, saying which is missing, otherwise (the default .venv has no RPC backend).
+Needs root (ip netns), a llama-cpp-python built with -DGGML_RPC=ON and llama.cpp's rpc-server:
+scripts/install.sh builds both (`.venv/bin/ggml-rpc-server`); $LOCALLLM_RPC_SERVER or the PATH
+also work. It skips, saying which is missing, otherwise.
 """
 from __future__ import annotations
 
@@ -32,7 +32,10 @@ MAX_TOKENS = 24
 
 
 def rpc_server_binary() -> str | None:
-    return os.environ.get("LOCALLLM_RPC_SERVER") or shutil.which("ggml-rpc-server") or shutil.which("rpc-server")
+    """$LOCALLLM_RPC_SERVER, the one scripts/install.sh built into the venv, or one on the PATH."""
+    beside = Path(sys.executable).parent / "ggml-rpc-server"
+    return (os.environ.get("LOCALLLM_RPC_SERVER") or (str(beside) if beside.is_file() else None)
+            or shutil.which("ggml-rpc-server") or shutil.which("rpc-server"))
 
 
 def missing() -> str | None:
@@ -120,6 +123,11 @@ def serve(data_dir: Path, tmp_path: Path, name: str, *extra: str) -> tuple[subpr
     return process, url, log_path
 
 
+def get_json(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=30) as response:
+        return json.loads(response.read())
+
+
 def complete(url: str) -> tuple[str, float]:
     body = json.dumps({"prompt": PROMPT, "max_tokens": MAX_TOKENS, "temperature": 0, "ignore_eos": True}).encode()
     request = urllib.request.Request(url + "/v1/completions", data=body, headers={"Content-Type": "application/json"})
@@ -145,6 +153,7 @@ def test_split_over_two_rpc_servers_matches_one_machine_and_survives_a_cut_link(
         assert ready_status(split_url)[0] == 200, split_log.read_text()
         split_text, split_s = complete(split_url)
         log_text = split_log.read_text()
+        stats, plan = get_json(split_url + "/v1/stats"), get_json(split_url + "/v1/plan")
     finally:
         split.terminate()
         split.wait(60)
@@ -153,6 +162,11 @@ def test_split_over_two_rpc_servers_matches_one_machine_and_survives_a_cut_link(
     counts = dict(item.rsplit(" ", 1) for item in layer_line.split("rpc: layers per device: ")[1].split(", "))
     assert [k.split("@")[1] for k in counts if k != "CPU"] == endpoints.split(","), layer_line
     assert all(int(v) > 0 for k, v in counts.items() if k != "CPU"), layer_line  # both hold layers
+    # The split the plan predicts is the one llama.cpp made, and both endpoints show it.
+    assert plan["layer_split"] == stats["layer_split"] == {k: int(v) for k, v in counts.items()}, (plan, stats)
+    assert sum(plan["layer_split"].values()) == 19  # 18 blocks + the output layer
+    assert [d["name"] for d in plan["devices"]] == [k for k in counts if k != "CPU"]
+    assert all(d["free_bytes"] > 0 for d in plan["devices"]) and "layers per device" in plan["explanation"]
     print(f"\nrpc: {MAX_TOKENS} greedy tokens: one machine {local_s:.2f} s, split over 2 rpc-servers "
           f"{split_s:.2f} s; {layer_line.split('rpc: ')[-1]}")
 

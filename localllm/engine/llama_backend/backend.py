@@ -97,7 +97,7 @@ class LlamaBackend:
             # Read once per process, at the first graph llama.cpp runs: before any decode here.
             os.environ["GGML_CUDA_DISABLE_GRAPHS"] = "1"
             log.info("partial GPU offload: CUDA graphs off (they crashed llama.cpp at 64 streams, docs/gpu.md)")
-        self.layer_split = rpc.layer_split(rpc_devices, ll.llama_model_n_layer(self._model),
+        self.layer_split = rpc.layer_split(rpc.offload_devices(rpc_devices), ll.llama_model_n_layer(self._model),
                                            config.num_gpu_layers) if rpc_devices else {}
         """Layers per device (output layer included) when the model is split over RPC servers."""
         if self.layer_split:

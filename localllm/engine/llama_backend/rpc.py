@@ -4,7 +4,8 @@ llama-cpp-python has no parameter for RPC servers, so this registers them the wa
 llama.cpp's own `--rpc` does: ggml's backend registry finds the "RPC" backend, its proc
 address `ggml_backend_rpc_add_server` makes one backend per server, and
 `ggml_backend_register` adds its devices. llama.cpp then treats them as GPUs: with
-`n_gpu_layers` set, a model's layers are split over them in proportion to their free memory.
+`n_gpu_layers` set, a model's layers are split over them (RPC devices first, then local
+GPUs: llama.cpp `llama_model_load_from_file`) in proportion to their free memory.
 
 ggml aborts the whole process when an RPC server cannot be reached while it registers it,
 so every endpoint is probed with a plain TCP connection first and an unreachable one is a
@@ -44,6 +45,8 @@ class DeviceInfo:
     total_bytes: int
     endpoint: str = ""
     """The rpc-server it lives on; empty for local devices."""
+    kind: int = 1
+    """ggml_backend_dev_type: 0 CPU, 1 GPU (RPC devices too), 2 integrated GPU, 3 accelerator."""
 
     @property
     def label(self) -> str:
@@ -63,6 +66,7 @@ def _ggml() -> ctypes.CDLL:
         ("ggml_backend_dev_get", ctypes.c_void_p, [ctypes.c_size_t]),
         ("ggml_backend_dev_name", ctypes.c_char_p, [ctypes.c_void_p]),
         ("ggml_backend_dev_description", ctypes.c_char_p, [ctypes.c_void_p]),
+        ("ggml_backend_dev_type", ctypes.c_int, [ctypes.c_void_p]),
         ("ggml_backend_dev_memory", None, [ctypes.c_void_p, ctypes.POINTER(ctypes.c_size_t),
                                            ctypes.POINTER(ctypes.c_size_t)]),
     ):
@@ -136,14 +140,26 @@ def devices() -> list[DeviceInfo]:
         free, total = ctypes.c_size_t(0), ctypes.c_size_t(0)
         lib.ggml_backend_dev_memory(dev, ctypes.byref(free), ctypes.byref(total))
         found.append(DeviceInfo(lib.ggml_backend_dev_name(dev).decode(), lib.ggml_backend_dev_description(dev).decode(),
-                                free.value, total.value))
+                                free.value, total.value, kind=lib.ggml_backend_dev_type(dev)))
     return found
+
+
+GPU_KIND = 1
+
+
+def offload_devices(rpc_devices: Sequence[DeviceInfo]) -> list[DeviceInfo]:
+    """The devices llama.cpp spreads offloaded layers over, in its order: the RPC devices,
+    then this machine's GPUs."""
+    remote = {device.name for device in rpc_devices}
+    return [*rpc_devices, *(d for d in devices() if d.kind == GPU_KIND and d.name not in remote
+                            and not d.name.startswith("RPC"))]
 
 
 def layer_split(rpc_devices: Sequence[DeviceInfo], num_layers: int, num_gpu_layers: int) -> dict[str, int]:
     """Layers per device as llama.cpp assigns them with the default tensor_split (proportional to
-    the devices' free memory; llama-model.cpp `load_tensors`). The output layer counts as layer
-    `num_layers`, so the counts sum to num_layers + 1; what is not offloaded stays on the CPU."""
+    the devices' free memory; llama-model.cpp `load_tensors`), over `rpc_devices` in order (see
+    offload_devices). The output layer counts as layer `num_layers`, so the counts sum to
+    num_layers + 1; what is not offloaded stays on the CPU."""
     num_gpu = num_layers + 1 if num_gpu_layers < 0 else num_gpu_layers
     first = max(num_layers + 1 - num_gpu, 0)
     active = min(num_gpu, num_layers + 1) if rpc_devices else 0
