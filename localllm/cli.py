@@ -72,6 +72,9 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
                              "from the memory plan)")
     parser.add_argument("--max-waiting", dest="max_waiting", type=int,
                         help=f"requests that may queue for a slot before 429 (default {_ENGINE.max_waiting})")
+    parser.add_argument("--no-swa-full", dest="swa_full", action="store_false", default=None,
+                        help="window-sized KV cache for sliding-window layers: less memory, shorter prefix "
+                             "reuse (default: full-size)")
     parser.add_argument("--rpc", help="comma-separated HOST:PORT of llama.cpp rpc-servers to split the model "
                                       "over (default: none; docs/scaling.md)")
     parser.add_argument("--api-key", dest="api_key", help="require this bearer key on /v1 routes")

@@ -60,6 +60,10 @@ class EngineConfig:
     """Cap on the VRAM the memory plan may use (0: all that is free); for shared GPUs and tests."""
     max_waiting: int = 64
     """Requests that may wait for a slot; beyond that the server answers 429 at once."""
+    swa_full: bool = True
+    """Sliding-window layers (Gemma 3, ...) keep a full-context KV cache, so a cached prefix can be
+    reused at any length. False: a window-sized cache (Gemma 3 270M, 16k context: 120 MiB less
+    RSS), and a prefix is reused only while its last window is still cached."""
     rpc: str = ""
     """Comma-separated HOST:PORT of llama.cpp rpc-servers; the model's layers are split over them
     (needs llama-cpp-python built with -DGGML_RPC=ON; docs/scaling.md). Empty: local devices only."""

@@ -90,7 +90,8 @@ def server_specs(args: argparse.Namespace, model: str) -> dict[str, tuple[list[s
                           "-t", str(args.threads), "-tb", str(args.threads), "--port", "18081",
                           "--host", "127.0.0.1", "-ngl", "0"], "http://127.0.0.1:18081", "http://127.0.0.1:18081/health"),
         "localllm": ([sys.executable, "-m", "localllm.cli", "serve", "--model", model, "--port", "18082",
-                      "--parallel", str(args.parallel), "--ctx", str(args.ctx), "--threads", str(args.threads)],
+                      "--parallel", str(args.parallel), "--ctx", str(args.ctx), "--threads", str(args.threads),
+                      *args.localllm_flag],
                      "http://127.0.0.1:18082", "http://127.0.0.1:18082/ready"),
     }
 
@@ -205,6 +206,8 @@ def main() -> None:
     parser.add_argument("--scale", type=int, default=1, help="multiply the number of requests per case")
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--only", nargs="+", help="run only these cases (names as printed)")
+    parser.add_argument("--localllm-flag", action="append", default=[],
+                        help="extra `localllm serve` flag, e.g. --localllm-flag=--no-swa-full (repeatable)")
     parser.add_argument("--json", dest="json_path", help="write every run and the targets as JSON")
     parser.add_argument("--plot", dest="plot_path", help="PNG: the plain cases (1, 8, 32 streams) of both servers")
     args = parser.parse_args()

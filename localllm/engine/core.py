@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from localllm.engine.disk_prefix import DiskPrefixes, PrefixStateStore
-from localllm.engine.errors import NoKvRoom
+from localllm.engine.errors import NoKvRoom, PrefixWindowGone
 from localllm.engine.messages import AbortRequest, AddRequest, Command, Shutdown
 from localllm.engine.request import RequestState
 from localllm.engine.scheduler import BatchChunk, Scheduler, StepPlan
@@ -116,11 +116,12 @@ class EngineCore:
         if plan.admitted:
             try:
                 self.backend.apply_kv_ops(plan.kv_ops)
+            except PrefixWindowGone as exc:  # swa_full off: expected, the prompt runs cold
+                log.debug("prefix not reusable: %s", exc)
+                self._cold_start(plan)
             except Exception:  # the admitted requests' caches are unknown: start them cold
                 log.exception("prefix copy/trim failed")
-                for request in plan.admitted:
-                    self.backend.apply_kv_ops([KvTrim(request.slot_id, 0)])
-                    self.scheduler.extend_reuse(request, 0)
+                self._cold_start(plan)
             plan.kv_ops = []
             if self._disk is not None:
                 self._disk.restore(plan.admitted)
@@ -138,6 +139,11 @@ class EngineCore:
             self._num_admitted += 1
             self._num_prefix_hits += request.num_reused_tokens > 0
         return plan
+
+    def _cold_start(self, plan: StepPlan) -> None:
+        for request in plan.admitted:
+            self.backend.apply_kv_ops([KvTrim(request.slot_id, 0)])
+            self.scheduler.extend_reuse(request, 0)
 
     def _take_commands(self) -> bool:
         """Applies queued commands; blocks briefly only when idle. False on Shutdown."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 from typing import Protocol
 
+from localllm.engine.errors import PrefixWindowGone
 from localllm.engine.request import Request
 from localllm.engine.scheduler import Scheduler, StepPlan
 from localllm.engine.slots import KvTrim
@@ -53,6 +54,10 @@ class DiskPrefixes:
             try:
                 self._backend.restore_sequence(request.slot_id, data)
                 self._backend.apply_kv_ops([KvTrim(request.slot_id, usable)])
+            except PrefixWindowGone as exc:  # swa_full off: the saved window does not end where needed
+                log.debug("saved prefix not reusable: %s", exc)
+                self._backend.apply_kv_ops([KvTrim(request.slot_id, 0)])
+                usable = 0
             except Exception:
                 log.exception("restoring a saved prefix failed; evaluating the prompt instead")
                 self._backend.apply_kv_ops([KvTrim(request.slot_id, 0)])

@@ -64,6 +64,7 @@ def open_backend(config: Config, on_progress: Callable[[float], None] | None = N
         num_gpu_layers=gpu_layers_for(path, config),
         on_progress=on_progress,
         rpc_servers=engine_config.rpc_servers,
+        swa_full=engine_config.swa_full,
     ))
     name = spec.name if spec else path.stem
     return backend, name, path, spec

@@ -216,7 +216,7 @@ def _finish(b: _Budget, layers: int, slot_ctx: int, kv_type: str, notes: list[st
         notes.append("KV cache quantised to q8_0 to fit (needs flash attention in llama.cpp)")
     if b.facts.sliding_window:
         notes.append(f"sliding-window layers (window {b.facts.sliding_window}) are counted at full "
-                     "context: the engine uses swa_full")
+                     "context, as the engine's default swa_full keeps them (--no-swa-full uses less)")
     if not fits:
         notes.append("even the smallest setup does not fit the free memory")
     return Plan(layers, slot_ctx * b.slots, b.slots, kv_type, w_gpu, w_cpu, kv_gpu, kv_cpu, compute,

@@ -18,7 +18,7 @@ import numpy as np
 
 import llama_cpp.llama_cpp as ll
 
-from localllm.engine.errors import BackendError, NoKvRoom
+from localllm.engine.errors import BackendError, NoKvRoom, PrefixWindowGone
 from localllm.engine.llama_backend import rpc, sampling
 from localllm.engine.llama_backend.batch import NumpyBatch
 from localllm.engine.llama_backend.embedding import MAX_INPUT_TOKENS, EmbeddingContext
@@ -43,6 +43,8 @@ class BackendConfig:
     """Called with the load fraction (0..1) while llama.cpp reads the weights."""
     rpc_servers: tuple[str, ...] = ()
     """rpc-server endpoints whose devices take layers (rpc.py); empty: local devices only."""
+    swa_full: bool = True
+    """Full-context KV cache for sliding-window layers (any prefix length reusable); False: window-sized."""
 
 
 _backend_init = threading.Lock()
@@ -108,7 +110,10 @@ class LlamaBackend:
         ctx_params.n_seq_max = config.num_seq
         ctx_params.n_threads = ctx_params.n_threads_batch = config.num_threads
         ctx_params.kv_unified = True  # shared prefixes are shared cells, not copies
-        ctx_params.swa_full = True  # partial KV removal on sliding-window models needs it
+        # Full-size sliding-window cache: prefixes stay reusable at any length (partial removal
+        # keeps every cell). Off, llama.cpp drops cells older than the window and apply_kv_ops
+        # refuses a reuse whose last window is gone (PrefixWindowGone).
+        ctx_params.swa_full = config.swa_full
         ctx_params.no_perf = True
         self._ctx = ll.llama_init_from_model(self._model, ctx_params)
         if not self._ctx:
@@ -117,6 +122,8 @@ class LlamaBackend:
         self._memory = ll.llama_get_memory(self._ctx)
         self._vocab = ll.llama_model_get_vocab(self._model)
         self.num_vocab = ll.llama_vocab_n_tokens(self._vocab)
+        self._window = 0 if config.swa_full else ll.llama_model_n_swa(self._model)
+        """Sliding window when its cache is window-sized (reuse must check it), else 0."""
         self.num_ctx = ll.llama_n_ctx(self._ctx)
         self.num_ctx_train = ll.llama_model_n_ctx_train(self._model)
         self.max_embedding_tokens = MAX_INPUT_TOKENS
@@ -229,8 +236,21 @@ class LlamaBackend:
                     # Partial removal refused (some memory types): drop the whole sequence.
                     ll.llama_memory_seq_rm(self._memory, op.slot_id, -1, -1)
                     raise BackendError(f"could not trim sequence {op.slot_id} at {op.start}")
+                self._check_window(op.slot_id, op.start)
             elif isinstance(op, KvCopy):
                 ll.llama_memory_seq_cp(self._memory, op.src_slot_id, op.dst_slot_id, 0, op.num_tokens)
+                self._check_window(op.dst_slot_id, op.num_tokens)
+
+    def _check_window(self, seq_id: int, length: int) -> None:
+        """With a window-sized sliding-window cache, decoding at `length` needs the positions
+        from length - window on: llama.cpp would attend over the hole without a word."""
+        if not self._window or length == 0:
+            return
+        oldest = ll.llama_memory_seq_pos_min(self._memory, seq_id)
+        if oldest < 0 or oldest > max(0, length - self._window):
+            ll.llama_memory_seq_rm(self._memory, seq_id, -1, -1)
+            raise PrefixWindowGone(f"sequence {seq_id}: positions from {oldest} kept, "
+                                   f"{max(0, length - self._window)} needed to continue at {length}")
 
     def save_sequence(self, seq_id: int) -> bytes:
         """The KV state of one sequence, as llama.cpp serialises it (engine thread)."""
