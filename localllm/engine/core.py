@@ -116,11 +116,11 @@ class EngineCore:
         if plan.admitted:
             try:
                 self.backend.apply_kv_ops(plan.kv_ops)
-            except PrefixWindowGone as exc:  # swa_full off: expected, the prompt runs cold
-                log.debug("prefix not reusable: %s", exc)
-                self._cold_start(plan)
-            except Exception:  # the admitted requests' caches are unknown: start them cold
-                log.exception("prefix copy/trim failed")
+            except Exception as exc:  # the admitted requests' caches are unknown: start them cold
+                if isinstance(exc, PrefixWindowGone):  # swa_full off: expected
+                    log.debug("prefix not reusable: %s", exc)
+                else:
+                    log.exception("prefix copy/trim failed")
                 self._cold_start(plan)
             plan.kv_ops = []
             if self._disk is not None:

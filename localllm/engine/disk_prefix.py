@@ -54,12 +54,11 @@ class DiskPrefixes:
             try:
                 self._backend.restore_sequence(request.slot_id, data)
                 self._backend.apply_kv_ops([KvTrim(request.slot_id, usable)])
-            except PrefixWindowGone as exc:  # swa_full off: the saved window does not end where needed
-                log.debug("saved prefix not reusable: %s", exc)
-                self._backend.apply_kv_ops([KvTrim(request.slot_id, 0)])
-                usable = 0
-            except Exception:
-                log.exception("restoring a saved prefix failed; evaluating the prompt instead")
+            except Exception as exc:
+                if isinstance(exc, PrefixWindowGone):  # swa_full off: expected, the saved window ends too early
+                    log.debug("saved prefix not reusable: %s", exc)
+                else:
+                    log.exception("restoring a saved prefix failed; evaluating the prompt instead")
                 self._backend.apply_kv_ops([KvTrim(request.slot_id, 0)])
                 usable = 0
             self._scheduler.extend_reuse(request, usable)

@@ -33,14 +33,6 @@ async def engine(model_path: Path, data_dir: Path):
     await engine.stop()
 
 
-@pytest.fixture(scope="module")
-def scorer(model_path: Path):
-    """A second context on the same (memory-mapped) model: scores a sequence alone."""
-    backend = LlamaBackend(BackendConfig(model_path, 4096, 1, 512, 2))
-    yield backend
-    backend.close()
-
-
 async def collect(engine: AsyncEngine, prompt, params: SamplingParams = GREEDY) -> list[TokenDelta]:
     return [d async for d in engine.generate(prompt, params)]
 

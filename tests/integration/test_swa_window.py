@@ -32,13 +32,6 @@ async def engine(model_path: Path):
     await engine.stop()
 
 
-@pytest.fixture(scope="module")
-def scorer(model_path: Path):
-    backend = LlamaBackend(BackendConfig(model_path, 4096, 1, 512, 2))
-    yield backend
-    backend.close()
-
-
 async def generate(engine: AsyncEngine, prompt) -> tuple[list[int], int]:
     """(generated token ids, prompt tokens reused from the cache)."""
     deltas = [d async for d in engine.generate(prompt, GREEDY)]

@@ -150,9 +150,7 @@ GPU_KIND = 1
 def offload_devices(rpc_devices: Sequence[DeviceInfo]) -> list[DeviceInfo]:
     """The devices llama.cpp spreads offloaded layers over, in its order: the RPC devices,
     then this machine's GPUs."""
-    remote = {device.name for device in rpc_devices}
-    return [*rpc_devices, *(d for d in devices() if d.kind == GPU_KIND and d.name not in remote
-                            and not d.name.startswith("RPC"))]
+    return [*rpc_devices, *(d for d in devices() if d.kind == GPU_KIND and not d.name.startswith("RPC"))]
 
 
 def layer_split(rpc_devices: Sequence[DeviceInfo], num_layers: int, num_gpu_layers: int) -> dict[str, int]:

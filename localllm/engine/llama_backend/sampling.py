@@ -6,8 +6,8 @@ Three kinds, picked by the request's parameters:
 - `ChainSampler`: llama.cpp's sampler chain (top-k first, then penalties, top-p,
   min-p, temperature, seeded dist). llama_sampler_sample would copy the whole row
   into a candidate array and partially sort it; instead `top_candidates` finds a
-  small superset of the top k in numpy (~50 us over 128k tokens, scripts/bench_engine_overhead.py) and the chain runs
-  on that: the same candidates in the same order, so the same draws for a seed.
+  small superset of the top k in numpy (~60 us over 128k tokens) and the chain runs on
+  that: the same candidates in the same order, so the same draws for a seed.
 - `GrammarSampler`: for response_format. A grammar check over all 262k tokens
   costs most of a second per token, so the grammar first sees only the best
   `GRAMMAR_PREFILTER` candidates and the whole vocabulary only when none of
@@ -61,25 +61,23 @@ class ChainSampler(Sampler):
     """The chain over the best `top_k` candidates only (the chain's first real step is top-k).
 
     `biases` applies logit_bias / ignore_eos in place on the row first, so the chain itself
-    carries no logit-bias sampler. With `prefilter` off, or when the prefilter finds too few
-    candidates (NaN logits), llama_sampler_sample runs over the whole (biased) row."""
+    carries no logit-bias sampler. When the prefilter finds too few candidates (NaN logits),
+    llama_sampler_sample runs over the whole (biased) row."""
 
-    def __init__(self, chain: ll.llama_sampler_p, biases: GreedySampler, top_k: int, *, prefilter: bool = True) -> None:
+    def __init__(self, chain: ll.llama_sampler_p, biases: GreedySampler, top_k: int) -> None:
         self._chain = chain
         self._biases = biases
         self._top_k = top_k
-        self._prefilter = prefilter
 
     def sample(self, ctx: ll.llama_context_p, row: int, logits: np.ndarray) -> int:
         self._biases.sample(ctx, row, logits)
-        if self._prefilter:
-            token_ids = top_candidates(logits, self._top_k)
-            if token_ids.size >= min(self._top_k, logits.size):
-                candidates = _candidates(token_ids, logits[token_ids])
-                token = int(candidates["id"][_apply(self._chain, candidates)])
-                ll.llama_sampler_accept(self._chain, token)
-                return token
-        return ll.llama_sampler_sample(self._chain, ctx, row)
+        token_ids = top_candidates(logits, self._top_k)
+        if token_ids.size < min(self._top_k, logits.size):
+            return ll.llama_sampler_sample(self._chain, ctx, row)
+        candidates = _candidates(token_ids, logits[token_ids])
+        token = int(candidates["id"][_apply(self._chain, candidates)])
+        ll.llama_sampler_accept(self._chain, token)
+        return token
 
     def free(self) -> None:
         ll.llama_sampler_free(self._chain)
