@@ -1,0 +1,1 @@
+"""Hardening tests (issue 14): each item tried as an attacker would, against a real server."""
