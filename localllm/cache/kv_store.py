@@ -35,7 +35,7 @@ class KvStoreConfig:
 
 
 class KvPrefixStore:
-    """Implements the engine's PrefixStateStore protocol (see engine/core.py)."""
+    """Implements the engine's PrefixStateStore contract (engine/contracts.py)."""
 
     def __init__(self, config: KvStoreConfig) -> None:
         self.config = config

@@ -10,10 +10,9 @@ import itertools
 import logging
 import threading
 from collections.abc import Sequence
-from typing import Protocol
 
-from localllm.engine.core import Backend, EngineCore
-from localllm.engine.disk_prefix import PrefixStateStore
+from localllm.engine.contracts import ModelBackend, PrefixStateStore
+from localllm.engine.core import EngineCore
 from localllm.engine.messages import AbortRequest, AddRequest, Shutdown
 from localllm.engine.request import Request
 from localllm.engine.scheduler import Scheduler
@@ -22,26 +21,12 @@ from localllm.types import EngineStats, InvalidParam, PromptTooLong, QueueFull, 
 log = logging.getLogger(__name__)
 
 
-class TokenizingBackend(Backend, Protocol):
-    num_vocab: int
-    max_embedding_tokens: int
-
-    def embed(self, inputs: Sequence[Sequence[int]]) -> list: ...
-    def detokenize(self, token_ids: Sequence[int]) -> str: ...
-    def check_grammar(self, grammar: str) -> None: ...
-    def json_grammar(self, schema: dict | None) -> str: ...
-    def tokenize(self, text: str, *, add_special: bool = True, parse_special: bool = True) -> list[int]: ...
-    def token_piece(self, token_id: int) -> bytes: ...
-    def is_end_of_generation(self, token_id: int) -> bool: ...
-    def close(self) -> None: ...
-
-
 class AsyncEngine:
     """Owns the engine thread. Create, `await start()`, use, `await stop()`."""
 
     def __init__(
         self,
-        backend: TokenizingBackend,
+        backend: ModelBackend,
         *,
         model_name: str,
         num_slots: int,
@@ -75,7 +60,7 @@ class AsyncEngine:
             self._core.commands.put(Shutdown())
             await asyncio.to_thread(self._thread.join)
             self._thread = None
-        if self.prefix_store is not None and hasattr(self.prefix_store, "close"):
+        if self.prefix_store is not None:
             await asyncio.to_thread(self.prefix_store.close)  # waits for queued state writes
         self.backend.close()
 

@@ -6,15 +6,15 @@ import queue
 import time
 from collections import Counter, deque
 from collections.abc import Callable
-from typing import Protocol
 
-from localllm.engine.disk_prefix import DiskPrefixes, PrefixStateStore
+from localllm.engine.contracts import PrefixStateStore, StepBackend
+from localllm.engine.disk_prefix import DiskPrefixes
 from localllm.engine.errors import NoKvRoom, PrefixWindowGone
 from localllm.engine.messages import AbortRequest, AddRequest, Command, Shutdown
 from localllm.engine.request import RequestState
-from localllm.engine.scheduler import BatchChunk, Scheduler, StepPlan
-from localllm.engine.slots import KvOp, KvTrim
-from localllm.types import EngineStats, SlotStats, TokenDelta, TokenLogprob
+from localllm.engine.scheduler import Scheduler, StepPlan
+from localllm.engine.slots import KvTrim
+from localllm.types import EngineStats, SlotStats, TokenDelta
 
 log = logging.getLogger(__name__)
 
@@ -26,22 +26,12 @@ step cost ~5% of a single stream's step (py-spy, docs/performance.md). Admission
 and aborts refresh it at once."""
 
 
-class Backend(Protocol):
-    """What the core needs from llama.cpp; LlamaBackend or a test fake."""
-
-    def add_sampler(self, request_id: str, params) -> None: ...
-    def remove_sampler(self, request_id: str) -> None: ...
-    def apply_kv_ops(self, ops: list[KvOp]) -> None: ...
-    def decode(self, chunks: list[BatchChunk]) -> dict[str, int]: ...
-    def take_logprobs(self) -> dict[str, TokenLogprob]: ...
-
-
 class EngineCore:
     """Owns the scheduler and the backend; runs until a Shutdown command."""
 
     def __init__(
         self,
-        backend: Backend,
+        backend: StepBackend,
         scheduler: Scheduler,
         publish: Callable[[list[TokenDelta]], None],
         model_name: str,

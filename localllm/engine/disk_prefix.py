@@ -5,8 +5,7 @@ The store itself (on disk) is injected; the engine never imports it."""
 from __future__ import annotations
 
 import logging
-from typing import Protocol
-
+from localllm.engine.contracts import PrefixStateStore, SequenceStates
 from localllm.engine.errors import PrefixWindowGone
 from localllm.engine.request import Request
 from localllm.engine.scheduler import Scheduler, StepPlan
@@ -15,25 +14,10 @@ from localllm.engine.slots import KvTrim
 log = logging.getLogger(__name__)
 
 
-class PrefixStateStore(Protocol):
-    min_tokens: int
-
-    def longest(self, prompt_ids: list[int]) -> tuple[str, int] | None: ...
-    def load(self, key: str) -> bytes | None: ...
-    def covers(self, prompt_ids: list[int]) -> bool: ...
-    def save(self, token_ids: list[int], data: bytes) -> None: ...
-
-
-class StateBackend(Protocol):
-    def save_sequence(self, seq_id: int) -> bytes: ...
-    def restore_sequence(self, seq_id: int, data: bytes) -> int: ...
-    def apply_kv_ops(self, ops: list) -> None: ...
-
-
 class DiskPrefixes:
     """Engine thread only. Failures are logged and the request simply evaluates its prompt."""
 
-    def __init__(self, store: PrefixStateStore, backend: StateBackend, scheduler: Scheduler) -> None:
+    def __init__(self, store: PrefixStateStore, backend: SequenceStates, scheduler: Scheduler) -> None:
         self.store = store
         self._backend = backend
         self._scheduler = scheduler

@@ -79,7 +79,7 @@ async def stats(request: web.Request) -> web.Response:
     snapshot["keys"] = request.app[KEYRING_KEY].snapshot()
     snapshot["host"] = await asyncio.to_thread(host_snapshot)  # NVML calls can take milliseconds
     snapshot["response_cache"] = await asyncio.to_thread(request.app[CACHE_KEY].stats)
-    snapshot["layer_split"] = getattr(model.engine.backend, "layer_split", {})  # over RPC servers, if any
+    snapshot["layer_split"] = model.engine.backend.layer_split  # over RPC servers, if any
     store = model.engine.prefix_store
     snapshot["kv_prefix_store"] = store.stats() if store is not None else {"active": False}
     return web.json_response(snapshot)

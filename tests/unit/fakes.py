@@ -1,10 +1,18 @@
-"""A scripted stand-in for llama.cpp, for scheduler and core tests without a model."""
+"""A scripted stand-in for llama.cpp, for scheduler and core tests without a model.
+
+`FakeBackend` implements every member of `contracts.ModelBackend` (tests/unit/test_contracts.py)."""
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
+
+from localllm.engine.errors import BackendError, NoKvRoom
 from localllm.engine.scheduler import BatchChunk
 from localllm.engine.slots import KvCopy, KvOp, KvTrim
+from localllm.types import InvalidParam, SamplingParams, TokenLogprob
 
 EOS = 0
+BOS = 99
 
 
 def piece(token_id: int) -> bytes:
@@ -18,43 +26,91 @@ def is_eog(token_id: int) -> bool:
 
 
 class FakeBackend:
-    """Keeps per-sequence KV contents as token lists and returns scripted tokens."""
+    """Keeps per-sequence KV contents as token lists and returns scripted tokens.
 
-    def __init__(self, script: dict[str, list[int]] | None = None, default_token: int = 7) -> None:
+    `num_kv_cells` bounds the cells in use (copies counted as copies, unlike llama.cpp's
+    shared cells): a decode that would pass it raises NoKvRoom and changes nothing."""
+
+    num_vocab: int = 256
+    max_embedding_tokens: int = 64
+
+    def __init__(self, script: dict[str, list[int]] | None = None, default_token: int = 7,
+                 num_kv_cells: int = 1 << 20) -> None:
         self.script = {k: list(v) for k, v in (script or {}).items()}
         self.default_token = default_token
+        self.num_ctx = num_kv_cells
+        self.layer_split: dict[str, int] = {}
         self.kv: dict[int, list[int]] = {}
         self.samplers: set[str] = set()
         self.decoded_batches: list[list[BatchChunk]] = []
         self.fail_next_decode = False
+        self.num_no_room = 0
+        """NoKvRoom raised so far."""
         self.closed = False
 
+    # -- vocabulary ---------------------------------------------------------------
+
     def tokenize(self, text: str, *, add_special: bool = True, parse_special: bool = True) -> list[int]:
-        return ([99] if add_special else []) + [100 + ord(c) % 50 for c in text]
+        return ([BOS] if add_special else []) + [100 + ord(c) % 50 for c in text]
 
     def token_piece(self, token_id: int) -> bytes:
         return piece(token_id)
 
+    def detokenize(self, token_ids: Sequence[int]) -> str:
+        return b"".join(piece(t) for t in token_ids).decode("utf-8", "replace")
+
     def is_end_of_generation(self, token_id: int) -> bool:
         return is_eog(token_id)
 
-    def add_sampler(self, request_id: str, params) -> None:
+    def bos_text(self) -> str:
+        return "<bos>"
+
+    def eos_text(self) -> str:
+        return "<eos>"
+
+    # -- model ----------------------------------------------------------------------
+
+    def metadata(self, key: str) -> str | None:
+        return {"general.architecture": "fake"}.get(key)
+
+    def describe(self) -> str:
+        return "fake scripted model"
+
+    def check_grammar(self, grammar: str) -> None:
+        if "root" not in grammar:
+            raise InvalidParam("response_format", "the output grammar could not be parsed")
+
+    def json_grammar(self, schema: dict | None) -> str:
+        return 'root ::= "{}"'
+
+    def embed(self, inputs: Sequence[Sequence[int]]) -> list:
+        return [[float(len(token_ids)), 1.0] for token_ids in inputs]
+
+    def close(self) -> None:
+        self.closed = True
+
+    # -- samplers, KV cache, decode ----------------------------------------------------
+
+    def add_sampler(self, request_id: str, params: SamplingParams) -> None:
         self.samplers.add(request_id)
 
     def remove_sampler(self, request_id: str) -> None:
         self.samplers.discard(request_id)
 
-    def apply_kv_ops(self, ops: list[KvOp]) -> None:
+    def apply_kv_ops(self, ops: Sequence[KvOp]) -> None:
         for op in ops:
             if isinstance(op, KvTrim):
                 self.kv[op.slot_id] = self.kv.get(op.slot_id, [])[: op.start]
             elif isinstance(op, KvCopy):
                 self.kv[op.dst_slot_id] = self.kv.get(op.src_slot_id, [])[: op.num_tokens]
 
-    def decode(self, chunks: list[BatchChunk]) -> dict[str, int]:
+    def decode(self, chunks: Sequence[BatchChunk]) -> dict[str, int]:
         if self.fail_next_decode:
             self.fail_next_decode = False
             raise RuntimeError("scripted decode failure")
+        if sum(map(len, self.kv.values())) + sum(len(c.token_ids) for c in chunks) > self.num_ctx:
+            self.num_no_room += 1
+            raise NoKvRoom("no free KV cells for this batch")
         self.decoded_batches.append(list(chunks))
         out = {}
         for chunk in chunks:
@@ -66,8 +122,21 @@ class FakeBackend:
                 out[chunk.request.request_id] = queue.pop(0) if queue else self.default_token
         return out
 
-    def take_logprobs(self) -> dict:
+    def take_logprobs(self) -> dict[str, TokenLogprob]:
         return {}
 
-    def close(self) -> None:
-        self.closed = True
+    # -- sequence states ---------------------------------------------------------------
+
+    def save_sequence(self, seq_id: int) -> bytes:
+        return json.dumps(self.kv.get(seq_id, [])).encode()
+
+    def restore_sequence(self, seq_id: int, data: bytes) -> int:
+        try:
+            self.kv[seq_id] = [int(t) for t in json.loads(data)]
+        except (ValueError, TypeError) as exc:
+            self.kv[seq_id] = []
+            raise BackendError(f"could not restore a saved state into sequence {seq_id}") from exc
+        return len(self.kv[seq_id])
+
+    def state_format(self) -> str:
+        return "fake:json"

@@ -78,7 +78,13 @@ def cuda_graphs_off_for(num_gpu_layers: int, num_layers: int) -> bool:
 
 
 class LlamaBackend:
-    """One loaded model with one context of `num_seq` sequences."""
+    """One loaded model with one context of `num_seq` sequences: implements
+    `contracts.ModelBackend` (the methods' contracts are written there)."""
+
+    num_vocab: int
+    num_ctx: int
+    max_embedding_tokens: int
+    layer_split: dict[str, int]
 
     def __init__(self, config: BackendConfig) -> None:
         _init_llama_once()
