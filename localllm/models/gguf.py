@@ -2,10 +2,16 @@
 
 The file is memory-mapped, so skipping the tokenizer's 262k-string arrays costs a
 loop over offsets and nothing is materialised unless asked for.
+
+A GGUF file is untrusted input (anyone can publish one on the hub): every count and
+length is bounded before anything is allocated or looped over, arrays nest at most
+MAX_ARRAY_DEPTH deep, the metadata the plan reads must be integers in plausible ranges,
+and every way a header can be wrong is a GGUFError.
 """
 from __future__ import annotations
 
 import mmap
+import os
 import re
 import struct
 from dataclasses import dataclass
@@ -20,6 +26,33 @@ _LAYER_RE = re.compile(r"^blk\.(\d+)\.")
 _SCALARS: dict[int, str] = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i",
                             6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
 _STRING, _ARRAY = 8, 9
+
+# Plausibility bounds: generous for any real model, small enough that a crafted header
+# cannot make the reader allocate or loop without end.
+MAX_TENSORS = 1 << 18
+"""Real models have hundreds to a few thousand (per-expert MoE files tens of thousands)."""
+MAX_KV = 1 << 16
+"""Real models have tens of metadata keys."""
+MAX_KEY_BYTES = 1 << 16
+MAX_STRING_BYTES = 16 << 20
+"""Chat templates are kilobytes; a 16 MiB string is already absurd."""
+MAX_ARRAY_LEN = 1 << 24
+"""Vocabularies and merge lists are at most a few hundred thousand entries."""
+MAX_ARRAY_DEPTH = 2
+"""An array may hold arrays, which may not hold arrays (llama.cpp reads no nesting at all)."""
+MAX_TENSOR_NAME_BYTES = 1024
+MAX_DIMS = 8
+MAX_BLOCK_COUNT = 1 << 16
+MAX_ALIGNMENT = 1 << 20
+_INT_BOUNDS: dict[str, int] = {
+    "block_count": MAX_BLOCK_COUNT, "context_length": 1 << 31, "embedding_length": 1 << 20,
+    "attention.head_count": 1 << 16, "attention.head_count_kv": 1 << 16,
+    "attention.key_length": 1 << 16, "attention.value_length": 1 << 16,
+    "attention.sliding_window": 1 << 31, "vocab_size": MAX_ARRAY_LEN,
+}
+"""Upper bounds of the `{arch}.*` integers the plan and `show` read (absent keys are fine)."""
+_PER_LAYER_KEYS = ("attention.head_count", "attention.head_count_kv")
+"""May be one integer or one per layer."""
 
 # ggml type id -> (name, elements per block, bytes per block); from ggml's type traits.
 GGML_TYPES: dict[int, tuple[str, int, int]] = {
@@ -199,6 +232,9 @@ class _Cursor:
     def __init__(self, buf: mmap.mmap | bytes, path: Path) -> None:
         self.buf, self.pos, self.path = buf, 0, path
 
+    def fail(self, what: str) -> GGUFError:
+        return GGUFError(f"{self.path}: {what} (at offset {self.pos})")
+
     def need(self, n: int) -> None:
         if n < 0 or self.pos + n > len(self.buf):
             raise GGUFError(f"{self.path}: truncated GGUF header (needs {n} bytes at offset {self.pos})")
@@ -210,9 +246,17 @@ class _Cursor:
         self.pos += size
         return value
 
-    def string(self) -> str:
-        length = self.unpack("<Q")
-        self.need(length)
+    def count(self, what: str, limit: int, min_bytes: int) -> int:
+        """A u64 count of things of at least `min_bytes` each, checked against `limit`
+        and against the bytes left in the file."""
+        value = self.unpack("<Q")
+        if value > limit:
+            raise self.fail(f"{what} {value} is above the limit of {limit}")
+        self.need(value * min_bytes)
+        return value
+
+    def string(self, limit: int = MAX_STRING_BYTES) -> str:
+        length = self.count("string length", limit, 1)
         raw = bytes(self.buf[self.pos:self.pos + length])
         self.pos += length
         return raw.decode("utf-8", errors="replace")
@@ -221,46 +265,56 @@ class _Cursor:
         for _ in range(count):
             self.need(8)
             length = struct.unpack_from("<Q", self.buf, self.pos)[0]
-            self.pos += 8 + length
-        self.need(0)
+            if length > MAX_STRING_BYTES:
+                raise self.fail(f"string length {length} is above the limit of {MAX_STRING_BYTES}")
+            self.pos += 8
+            self.need(length)
+            self.pos += length
 
-    def value(self, vtype: int, max_array: int) -> Any:
+    def value(self, vtype: int, max_array: int, depth: int = 0) -> Any:
         if vtype in _SCALARS:
             return self.unpack(_SCALARS[vtype])
         if vtype == _STRING:
             return self.string()
         if vtype == _ARRAY:
-            return self.array(max_array)
-        raise GGUFError(f"{self.path}: unknown metadata value type {vtype} at offset {self.pos}")
+            if depth >= MAX_ARRAY_DEPTH:
+                raise self.fail(f"arrays nested more than {MAX_ARRAY_DEPTH} deep")
+            return self.array(max_array, depth + 1)
+        raise self.fail(f"unknown metadata value type {vtype}")
 
-    def array(self, max_array: int) -> list[Any] | ArrayInfo:
-        elem_type, count = self.unpack("<I"), self.unpack("<Q")
+    def array(self, max_array: int, depth: int) -> list[Any] | ArrayInfo:
+        elem_type = self.unpack("<I")
+        elem_size = struct.calcsize(_SCALARS[elem_type]) if elem_type in _SCALARS else 8
+        count = self.count("array length", MAX_ARRAY_LEN, elem_size)
         if count <= max_array:
-            return [self.value(elem_type, max_array) for _ in range(count)]
+            return [self.value(elem_type, max_array, depth) for _ in range(count)]
         if elem_type == _STRING:
             self.skip_strings(count)
         elif elem_type in _SCALARS:
-            size = count * struct.calcsize(_SCALARS[elem_type])
-            self.need(size)
-            self.pos += size
-        else:  # arrays of arrays: rare, walk them
+            self.pos += count * elem_size  # count() checked these bytes are there
+        else:  # arrays of arrays: rare, walk them (the depth bound stops the recursion)
             for _ in range(count):
-                self.value(elem_type, 0)
+                self.value(elem_type, 0, depth)
         return ArrayInfo(elem_type, count)
 
 
 def read_gguf(path: str | Path, max_array: int = 1024) -> GGUFInfo:
-    """Parses the header of `path`; arrays longer than `max_array` become ArrayInfo."""
+    """Parses the header of `path`; arrays longer than `max_array` become ArrayInfo.
+    Raises GGUFError for anything that is not a plausible GGUF file, never another error."""
     path = Path(path)
     try:
         with path.open("rb") as f:
-            size = path.stat().st_size
+            size = os.fstat(f.fileno()).st_size
             if size < 4 or f.read(4) != GGUF_MAGIC:
                 raise GGUFError(f"{path}: not a GGUF file (bad magic)")
             with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
                 return _parse(_Cursor(buf, path), size, max_array)
     except OSError as exc:
         raise GGUFError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    except (ValueError, TypeError, OverflowError, ArithmeticError, struct.error, RecursionError) as exc:
+        if isinstance(exc, GGUFError):
+            raise
+        raise GGUFError(f"{path}: malformed GGUF header ({type(exc).__name__}: {exc})") from None
 
 
 def _parse(cur: _Cursor, file_size: int, max_array: int) -> GGUFInfo:
@@ -268,26 +322,69 @@ def _parse(cur: _Cursor, file_size: int, max_array: int) -> GGUFInfo:
     version = cur.unpack("<I")
     if version not in (2, 3):
         raise GGUFError(f"{cur.path}: unsupported GGUF version {version}")
-    num_tensors, num_kv = cur.unpack("<Q"), cur.unpack("<Q")
+    num_tensors = cur.unpack("<Q")
+    if num_tensors > MAX_TENSORS:
+        raise cur.fail(f"tensor count {num_tensors} is above the limit of {MAX_TENSORS}")
+    num_kv = cur.count("metadata key count", MAX_KV, 12)
     metadata: dict[str, Any] = {}
     for _ in range(num_kv):
-        key = cur.string()
+        key = cur.string(MAX_KEY_BYTES)
+        if key in metadata:
+            raise cur.fail(f"duplicate metadata key {key!r}")
         metadata[key] = cur.value(cur.unpack("<I"), max_array)
+    _check_metadata(metadata, cur)
+    cur.need(num_tensors * 24)  # name length, dims, type and offset: at least 24 bytes each
     tensors = tuple(_tensor_info(cur) for _ in range(num_tensors))
-    alignment = int(metadata.get("general.alignment", DEFAULT_ALIGNMENT)) or DEFAULT_ALIGNMENT
+    alignment = metadata.get("general.alignment", DEFAULT_ALIGNMENT)
     data_offset = -(-cur.pos // alignment) * alignment
     info = GGUFInfo(cur.path, version, metadata, tensors, data_offset, file_size, alignment)
     _check_extent(info)
     return info
 
 
+def _check_metadata(metadata: dict[str, Any], cur: _Cursor) -> None:
+    """The keys that size things or feed the plan must be integers in plausible ranges."""
+    arch = metadata.get("general.architecture", "unknown")
+    if not isinstance(arch, str) or len(arch) > 64:
+        raise cur.fail("general.architecture is not a short string")
+    alignment = metadata.get("general.alignment", DEFAULT_ALIGNMENT)
+    if not _is_int(alignment) or not 0 < alignment <= MAX_ALIGNMENT or alignment & (alignment - 1):
+        raise cur.fail(f"general.alignment {alignment!r} is not a power of two up to {MAX_ALIGNMENT}")
+    if "general.file_type" in metadata and not _is_int(metadata["general.file_type"], 1 << 16):
+        raise cur.fail(f"general.file_type {metadata['general.file_type']!r} is not a small integer")
+    for suffix, limit in _INT_BOUNDS.items():
+        key = f"{arch}.{suffix}"
+        value = metadata.get(key)
+        if value is None or _is_int(value, limit):
+            continue
+        if suffix in _PER_LAYER_KEYS and isinstance(value, list) and all(_is_int(v, limit) for v in value):
+            continue
+        raise cur.fail(f"{key} {_short(value)} is not an integer from 0 to {limit}")
+
+
+def _is_int(value: Any, limit: int | None = None) -> bool:
+    ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    return ok and (limit is None or value <= limit)
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 def _tensor_info(cur: _Cursor) -> TensorInfo:
-    name = cur.string()
+    name = cur.string(MAX_TENSOR_NAME_BYTES)
     num_dims = cur.unpack("<I")
-    if num_dims > 8:
-        raise GGUFError(f"{cur.path}: tensor {name!r} claims {num_dims} dimensions")
+    if num_dims > MAX_DIMS:
+        raise cur.fail(f"tensor {name!r} claims {num_dims} dimensions")
     shape = tuple(cur.unpack("<Q") for _ in range(num_dims))
-    return TensorInfo(name, shape, cur.unpack("<I"), cur.unpack("<Q"))
+    ggml_type, offset = cur.unpack("<I"), cur.unpack("<Q")
+    if ggml_type not in GGML_TYPES:
+        raise cur.fail(f"tensor {name!r} has unknown ggml type {ggml_type}")
+    block = GGML_TYPES[ggml_type][1]
+    if shape and shape[0] % block:
+        raise cur.fail(f"tensor {name!r}: row of {shape[0]} is not a whole number of {block}-element blocks")
+    return TensorInfo(name, shape, ggml_type, offset)
 
 
 def _check_extent(info: GGUFInfo) -> None:

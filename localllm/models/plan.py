@@ -9,9 +9,10 @@ while most requests never use the full context.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from itertools import accumulate
 
-from localllm.models.gguf import GGUFInfo
+from localllm.models.gguf import GGUFError, GGUFInfo
 
 MIB = 1024 * 1024
 KV_BYTES_PER_ELEMENT = {"f16": 2.0, "q8_0": 34 / 32}
@@ -37,9 +38,15 @@ class ModelFacts:
 
     @classmethod
     def from_gguf(cls, info: GGUFInfo) -> ModelFacts:
-        return cls(info.block_count, info.layer_bytes, info.non_layer_bytes, info.head_count_kv,
-                   info.key_length, info.value_length, info.context_length, info.embedding_length,
-                   info.vocab_size, info.sliding_window)
+        """Raises GGUFError when the file's figures are unusable (read_gguf bounds them)."""
+        try:
+            return cls(info.block_count, info.layer_bytes, info.non_layer_bytes, info.head_count_kv,
+                       info.key_length, info.value_length, info.context_length, info.embedding_length,
+                       info.vocab_size, info.sliding_window)
+        except (TypeError, ValueError, ArithmeticError) as exc:
+            if isinstance(exc, GGUFError):
+                raise
+            raise GGUFError(f"{info.path}: unusable model figures ({exc})") from None
 
     def kv_bytes_per_token_layer(self, kv_type: str) -> float:
         # With swa_full=True (our engine), SWA layers hold the full context too.
@@ -129,14 +136,21 @@ class _Budget:
     num_batch: int
     vram: int
     ram: int
+    prefix_bytes: tuple[int, ...] = field(init=False)
+    """prefix_bytes[i] = bytes of the first i layers: split() is O(1), so the plan is linear."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "prefix_bytes", (0, *accumulate(self.facts.layer_bytes)))
 
     def split(self, layers: int, slot_ctx: int, kv_type: str) -> tuple[int, ...]:
         """(weights_gpu, weights_cpu, kv_gpu, kv_cpu, compute, gpu_total, cpu_total)."""
         f = self.facts
-        gpu_layers = f.layer_bytes[f.num_layers - layers:] if layers else ()
+        total = self.prefix_bytes[-1]
+        first_gpu = min(f.num_layers - layers, len(f.layer_bytes))  # the last `layers` layers go to the GPU
         all_on_gpu = layers == f.num_layers and layers > 0
-        weights_gpu = sum(gpu_layers) + (f.non_layer_bytes if all_on_gpu else 0)
-        weights_cpu = sum(f.layer_bytes) + f.non_layer_bytes - weights_gpu
+        weights_gpu = total - self.prefix_bytes[first_gpu] if layers else 0
+        weights_gpu += f.non_layer_bytes if all_on_gpu else 0
+        weights_cpu = total + f.non_layer_bytes - weights_gpu
         per_layer_kv = f.kv_bytes_per_token_layer(kv_type) * slot_ctx * self.slots
         kv_gpu, kv_cpu = int(per_layer_kv * layers), int(per_layer_kv * (f.num_layers - layers))
         compute = compute_bytes(f, slot_ctx, self.num_batch)

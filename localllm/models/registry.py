@@ -12,6 +12,10 @@ DEFAULT_QUANT = "Q4_K_M"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _REPO_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+_QUANT_RE = re.compile(r"^(?:I?Q[0-9]_[A-Z0-9_]{1,16}|TQ[0-9]_[0-9]|MXFP4(?:_MOE)?|F16|BF16|F32|F64)$", re.IGNORECASE)
+"""The GGUF quantisation vocabulary (Q4_K_M, Q8_0, IQ4_XS, F16, ...): a quant name becomes a file name."""
+MAX_FILE_CHARS = 512
+"""A hub file reference longer than this is refused (file systems cap a name at 255 bytes)."""
 
 
 class UnknownModel(KeyError):
@@ -101,6 +105,9 @@ def _problem(spec: ModelSpec) -> str | None:
     for file in (spec.file, *spec.files.values()):
         if not is_safe_filename(file):
             return f"unsafe file name {file!r}"
+    for quant in (spec.quant, *spec.files, *spec.sha256s):
+        if not is_valid_quant(quant):
+            return f"invalid quantisation name {quant!r} (want e.g. Q4_K_M, Q8_0, IQ4_XS, F16)"
     if spec.hf_repo is not None and not _REPO_RE.match(spec.hf_repo):
         return f"invalid hf_repo {spec.hf_repo!r} (want org/name)"
     for digest in [spec.sha256, *spec.sha256s.values()]:
@@ -119,7 +126,30 @@ def is_valid_repo(repo: str) -> bool:
     return bool(_REPO_RE.match(repo))
 
 
+def is_valid_quant(quant: str) -> bool:
+    """A quantisation name from the GGUF vocabulary: never a path."""
+    return bool(_QUANT_RE.match(quant))
+
+
 def is_safe_filename(file: str) -> bool:
-    """Relative, no `..`, no backslashes or empty segments: safe to join under a directory."""
+    """Relative, no `..`, no backslashes, control characters or empty segments, bounded
+    length: safe to join under a directory."""
     parts = file.split("/")
-    return bool(file) and "\\" not in file and all(p and p not in (".", "..") for p in parts)
+    return (0 < len(file) <= MAX_FILE_CHARS and "\\" not in file and file.isprintable()
+            and all(p and p not in (".", "..") and len(p.encode()) <= 255 for p in parts))
+
+
+def split_hub_ref(ref: str) -> tuple[str, str] | None:
+    """(repo, file) for a well-formed `ORG/REPO/FILE.gguf`; None for anything else
+    (a catalogue name, or a reference with an unsafe repo or file part)."""
+    if ref.count("/") < 2 or not ref.endswith(".gguf"):
+        return None
+    org, repo, file = ref.split("/", 2)
+    if not is_valid_repo(f"{org}/{repo}") or not is_safe_filename(file):
+        return None
+    return f"{org}/{repo}", file
+
+
+def looks_like_hub_ref(ref: str) -> bool:
+    """Shaped like `ORG/REPO/FILE.gguf` (whether or not its parts are safe)."""
+    return ref.count("/") >= 2 and ref.endswith(".gguf")

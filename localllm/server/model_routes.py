@@ -4,25 +4,42 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-from typing import Any
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from aiohttp import web
 
 from localllm.models.gguf import GGUFError, read_gguf
-from localllm.models.hub import is_offline, pull, target_for
+from localllm.models.hub import (
+    InsufficientSpace, PullCancelled, PullTarget, check_free_space, is_offline, pull, target_for,
+)
 from localllm.engine.errors import BackendError
 from localllm.models.manager import offload_plan, user_catalogue_path
 from localllm.models.plan import ModelFacts, make_plan
 from localllm.models.probe import free_ram_bytes, free_vram_bytes
-from localllm.models.registry import CatalogueError, UnknownModel, load_catalogue
+from localllm.models.registry import (
+    CatalogueError, UnknownModel, is_valid_quant, load_catalogue, looks_like_hub_ref,
+)
 from localllm.models.store import ModelFileError, ModelStore
 from localllm.server.errors import ApiError, bad_request
 from localllm.server.schemas import read_json
 from localllm.server.sse import SseWriter
 from localllm.server.state import CONFIG_KEY, MODEL_KEY, require_model
 
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+PULLS_KEY = web.AppKey("pulls", dict)
+"""(hf_repo, file) -> the cancel Event of the pull fetching it: one pull per file at a time."""
+MAX_PULLS = 4
+"""Pulls at once; each holds a thread of its own while it runs."""
+_DISCONNECT_POLL_S = 0.5
+
 
 def setup(app: web.Application) -> None:
+    app[PULLS_KEY] = {}
+    app.on_shutdown.append(_cancel_pulls)
     app.router.add_get("/v1/plan", plan)
     app.router.add_post("/admin/models/pull", pull_model)
     app.router.add_post("/admin/models/load", load_model_route)
@@ -89,45 +106,143 @@ async def plan(request: web.Request) -> web.Response:
 
 async def pull_model(request: web.Request) -> web.StreamResponse:
     """POST /admin/models/pull {"model": NAME | ORG/REPO/FILE.gguf, "quant"?}: SSE progress events
-    `{"status": "downloading", "downloaded_bytes", "total_bytes"}`, then `done` or `error`, then [DONE]."""
+    `{"status": "downloading", "downloaded_bytes", "total_bytes"}`, then `done` or `error`, then [DONE].
+
+    Before the stream: 400 for a bad quant, 404 for an unknown model, 409 while the same file
+    is being pulled, 429 past MAX_PULLS, 507 when the file would not fit the free disk.
+    A client that leaves cancels the pull: its partial file is deleted, nothing registered."""
     body = await read_json(request)
     ref, quant = body.get("model"), body.get("quant")
     if not isinstance(ref, str) or not ref or (quant is not None and not isinstance(quant, str)):
         raise bad_request("model must be a name or ORG/REPO/FILE.gguf; quant a string", "model")
+    if quant is not None and not is_valid_quant(quant):
+        raise bad_request("quant must be a GGUF quantisation name such as Q4_K_M, Q8_0, IQ4_XS or F16", "quant")
+    if quant is not None and looks_like_hub_ref(ref):
+        raise bad_request("a hub file has one quantisation: quant applies to catalogue names only", "quant")
     config = request.app[CONFIG_KEY]
     store = _store(request)
     try:
         target = target_for(ref, store.catalogue, quant)
     except (UnknownModel, CatalogueError) as exc:
         raise ApiError(404, str(exc), param="model", code="model_not_found") from None
-    sse = SseWriter(request)
-    await sse.start()
+    pulls = request.app[PULLS_KEY]
+    key = (target.hf_repo, target.file)
+    if key in pulls:
+        raise ApiError(409, f"{target.hf_repo}/{target.file} is being pulled already; wait for that pull "
+                       "to finish.", param="model", code="pull_in_progress")
+    if len(pulls) >= MAX_PULLS:
+        raise ApiError(429, f"{MAX_PULLS} pulls are running; try again when one has finished.",
+                       code="too_many_pulls", headers={"Retry-After": "10"})
+    cancel = pulls[key] = threading.Event()  # held from here: a second pull of the file gets 409
+    try:
+        await _on_thread(lambda: check_free_space(store, target, offline=is_offline(), endpoint=config.hf_endpoint))
+    except InsufficientSpace as exc:
+        pulls.pop(key, None)
+        raise ApiError(507, str(exc), type="server_error", param="model", code="insufficient_storage") from None
+    except BaseException:
+        pulls.pop(key, None)
+        raise
+    return await _stream_pull(request, store, target, key, cancel)
+
+
+async def _stream_pull(request: web.Request, store: ModelStore, target: PullTarget,
+                       key: tuple[str, str], cancel: threading.Event) -> web.StreamResponse:
+    """Runs the pull on its own thread, forwarding its events; the slot in PULLS_KEY is held
+    until the thread has ended (cancelled or not), so a new pull never races its cleanup."""
+    config = request.app[CONFIG_KEY]
+    pulls = request.app[PULLS_KEY]
     events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
     loop = asyncio.get_running_loop()
-    emit = lambda event: loop.call_soon_threadsafe(events.put_nowait, event)  # noqa: E731
+
+    def emit(event: dict[str, Any]) -> None:
+        try:
+            loop.call_soon_threadsafe(events.put_nowait, event)
+        except RuntimeError:  # the loop has closed (shutdown): the pull is being cancelled
+            pass
 
     def run() -> dict[str, Any]:
         try:
             record = pull(store, target, offline=is_offline(), endpoint=config.hf_endpoint,
-                          tqdm_class=_progress_class(emit))
+                          tqdm_class=_progress_class(emit), cancel=cancel, check_space=False)
             return {"status": "done", **dataclasses.asdict(record)}
+        except PullCancelled:
+            return {"status": "error", "code": "cancelled", "message": "the pull was cancelled"}
+        except InsufficientSpace as exc:
+            return {"status": "error", "code": "insufficient_storage", "message": str(exc)}
         except (ModelFileError, CatalogueError) as exc:
             return {"status": "error", "message": str(exc)}
+        except Exception:  # never a traceback to the client, never a half-registered file
+            log.exception("pull of %s failed", target.name)
+            return {"status": "error", "message": f"the pull of {target.name} failed; see the server log"}
 
-    task = asyncio.create_task(asyncio.to_thread(run))
+    task = _on_thread(run, name=f"pull {target.name}")
+    task.add_done_callback(lambda _: pulls.pop(key, None))
+    sse = SseWriter(request)
     try:
-        while not task.done() or not events.empty():
-            getter = asyncio.create_task(events.get())
-            await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
-            if getter.done():
-                await sse.send(getter.result())
-            else:
-                getter.cancel()
+        await sse.start()
+        await _forward(request, sse, events, task)
         await sse.send(task.result())
         await sse.finish()
-    except ConnectionError:
-        pass  # the client left; the download finishes in its thread and is registered anyway
+    except (ConnectionError, asyncio.CancelledError):
+        cancel.set()  # the thread stops at its next chunk; hf deletes the partial file
+        if not task.done():
+            log.info("client left: pull of %s cancelled", target.name)
+        current = asyncio.current_task()
+        if current is not None and current.cancelling():
+            raise
     return sse.response
+
+
+async def _forward(request: web.Request, sse: SseWriter, events: asyncio.Queue[dict[str, Any]],
+                   task: asyncio.Future[dict[str, Any]]) -> None:
+    """Sends the pull's progress events until it ends; raises ConnectionResetError once the
+    client has gone, even while no event flows (a stalled hub, a long sha256)."""
+    while not task.done() or not events.empty():
+        transport = request.transport
+        if transport is None or transport.is_closing():
+            raise ConnectionResetError("the client closed the connection")
+        getter = asyncio.ensure_future(events.get())
+        try:
+            await asyncio.wait({getter, task}, timeout=_DISCONNECT_POLL_S, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not getter.done():
+                getter.cancel()
+        if getter.done() and not getter.cancelled():
+            await sse.send(getter.result())
+
+
+def _on_thread(fn: Callable[[], T], name: str = "pull") -> asyncio.Future[T]:
+    """Runs `fn` on a daemon thread of its own (a pull may take an hour: it must not hold one
+    of the default executor's threads) and returns a future of its result."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def settle(result: Any, error: BaseException | None) -> None:
+        if future.done():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+
+    def main() -> None:
+        try:
+            result, error = fn(), None
+        except BaseException as exc:  # handed to the awaiting coroutine
+            result, error = None, exc
+        try:
+            loop.call_soon_threadsafe(settle, result, error)
+        except RuntimeError:  # the loop has closed: nobody waits any more
+            pass
+
+    threading.Thread(target=main, name=name, daemon=True).start()
+    return future
+
+
+async def _cancel_pulls(app: web.Application) -> None:
+    """On shutdown: every running pull stops at its next chunk and registers nothing."""
+    for cancel in app[PULLS_KEY].values():
+        cancel.set()
 
 
 def _progress_class(emit):

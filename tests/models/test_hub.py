@@ -116,18 +116,20 @@ def test_offline_fails_clearly_then_works_once_pulled(hub: HubServer, tmp_path: 
     assert len(hub.state.requests) == seen and store.resolve("tiny")[0] == Path(again.path)
 
 
-def test_bare_repo_file_pull_registers_under_its_stem(hub: HubServer, tmp_path: Path):
+def test_bare_repo_file_pull_registers_under_its_hub_name(hub: HubServer, tmp_path: Path):
     store = ModelStore(tmp_path, load_catalogue())
-    record = pull(store, target_for(f"{REPO}/{FILE}", store.catalogue), endpoint=hub.url)
-    assert (record.name, record.quant) == ("gemma-3-270m-q4_k_m", "Q4_K_M")  # quant read from the GGUF
-    by_name, spec = store.resolve("gemma-3-270m-q4_k_m")
-    assert by_name == Path(record.path) and isinstance(spec, ModelSpec) and spec.hf_repo == REPO
-    assert store.resolve(f"{REPO}/{FILE}")[0] == by_name
-    assert store.resolve("gemma-3-270m-q4_k_m:Q4_K_M")[0] == by_name
-    assert store.remove("gemma-3-270m-q4_k_m")
-    assert not Path(record.path).exists() and not list((tmp_path / "hub").rglob("blobs/*"))
-    with pytest.raises(KeyError):
+    ref = f"{REPO}/{FILE}"
+    record = pull(store, target_for(ref, store.catalogue), endpoint=hub.url)
+    assert (record.name, record.quant) == (ref, "Q4_K_M")  # quant read from the GGUF
+    path, spec = store.resolve(ref)
+    assert path == Path(record.path) and isinstance(spec, ModelSpec) and spec.hf_repo == REPO
+    assert ref in store.pulled_names()
+    with pytest.raises(KeyError):  # never under a catalogue-style name
         store.resolve("gemma-3-270m-q4_k_m")
+    assert store.remove(ref)
+    assert not Path(record.path).exists() and not list((tmp_path / "hub").rglob("blobs/*"))
+    with pytest.raises(ModelFileError, match="not downloaded"):
+        store.resolve(ref)
 
 
 def test_changed_file_after_pull_is_not_usable(hub: HubServer, tmp_path: Path):
