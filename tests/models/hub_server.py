@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import re
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -27,6 +28,12 @@ class HubState:
     cut_first_get_at: int | None = None
     """Drop the connection after this many body bytes of the first GET."""
     gets: int = 0
+    block_delay_s: float = 0.0
+    """Pause after each MiB of a GET body: a slow hub, to leave mid-download."""
+    advertised_sizes: dict[tuple[str, str], int] = field(default_factory=dict)
+    """X-Linked-Size to claim for a file instead of its real size (a hub that lies)."""
+    active_gets: int = 0
+    """GET bodies being sent now."""
 
     def add(self, repo: str, file: str, path: Path, sha256: str | None = None) -> None:
         digest = sha256 or hashlib.sha256(path.read_bytes()).hexdigest()
@@ -66,7 +73,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("X-Repo-Commit", COMMIT)
         self.send_header("ETag", f'"{served.sha256}"')
         self.send_header("X-Linked-Etag", f'"{served.sha256}"')
-        self.send_header("X-Linked-Size", str(size))
+        self.send_header("X-Linked-Size", str(self.state.advertised_sizes.get((match["repo"], match["file"]), size)))
         self.send_header("Accept-Ranges", "bytes")
         self.send_header("Content-Length", str(size - start))
         if start:
@@ -77,6 +84,15 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _send_body(self, path: Path, start: int) -> None:
         self.state.gets += 1
+        self.state.active_gets += 1
+        try:
+            self._send_blocks(path, start)
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True  # the downloader hung up
+        finally:
+            self.state.active_gets -= 1
+
+    def _send_blocks(self, path: Path, start: int) -> None:
         limit = self.state.cut_first_get_at if self.state.gets == 1 else None
         sent = 0
         with path.open("rb") as f:
@@ -89,6 +105,9 @@ class _Handler(BaseHTTPRequestHandler):
                     return
                 self.wfile.write(block)
                 sent += len(block)
+                if self.state.block_delay_s:
+                    self.wfile.flush()
+                    time.sleep(self.state.block_delay_s)
 
 
 def _range_start(header: str | None) -> int:

@@ -45,3 +45,21 @@ def test_catalogue_entry_without_a_local_file_says_how_to_get_it(tmp_path: Path)
     store = ModelStore(tmp_path, load_catalogue(tmp_path / "models.toml"))
     with pytest.raises(ModelFileError, match="localllm pull tiny"):
         store.resolve("tiny")
+
+
+def test_the_store_does_not_import_the_hub():
+    """models/hub.py builds on models/store.py, never the other way round (issue 18): not at
+    import time, and not lazily inside a function either."""
+    import ast
+    import subprocess
+    import sys
+
+    import localllm.models.store as store_module
+
+    tree = ast.parse(Path(store_module.__file__).read_text())
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    assert "localllm.models.hub" not in imported
+    probe = "import sys, localllm.models.store; print('localllm.models.hub' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          check=True).stdout.strip() == "False"
