@@ -39,7 +39,7 @@ MAX_STRING_BYTES = 16 << 20
 MAX_ARRAY_LEN = 1 << 24
 """Vocabularies and merge lists are at most a few hundred thousand entries."""
 MAX_ARRAY_DEPTH = 2
-"""An array may hold arrays, which may not hold arrays (llama.cpp reads no nesting at all)."""
+"""An array may hold arrays, which may not hold arrays (llama.cpp's own reader takes no nesting)."""
 MAX_TENSOR_NAME_BYTES = 1024
 MAX_DIMS = 8
 MAX_BLOCK_COUNT = 1 << 16

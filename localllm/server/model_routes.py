@@ -183,13 +183,13 @@ async def _stream_pull(request: web.Request, store: ModelStore, target: PullTarg
         await _forward(request, sse, events, task)
         await sse.send(task.result())
         await sse.finish()
-    except (ConnectionError, asyncio.CancelledError):
+    except ConnectionError:
         cancel.set()  # the thread stops at its next chunk; hf deletes the partial file
         if not task.done():
             log.info("client left: pull of %s cancelled", target.name)
-        current = asyncio.current_task()
-        if current is not None and current.cancelling():
-            raise
+    except asyncio.CancelledError:  # the handler itself was cancelled (shutdown, handler_cancellation)
+        cancel.set()
+        raise
     return sse.response
 
 

@@ -21,7 +21,7 @@ from aiohttp.test_utils import TestServer
 
 import localllm.models.store as store_module
 from localllm.config import Config
-from localllm.models.registry import load_catalogue
+from localllm.models.registry import CatalogueError, load_catalogue
 from localllm.models.store import ModelFileError, ModelStore, PulledFile
 from localllm.server.app import create_app
 from tests.models.hub_server import HubServer
@@ -273,3 +273,10 @@ async def test_a_file_that_fails_validation_is_an_error_event_and_is_removed(env
     assert env.hub.state.gets == 1 and env.hub_files() == []
     assert env.store().pulled("evil-org/evil/bad-alignment.gguf") == []
     assert (await env.http.get("/health")).status == 200
+
+
+def test_a_catalogue_quant_that_is_a_path_is_refused_at_load(tmp_path: Path):
+    (tmp_path / "models.toml").write_text('[models.x]\nhf_repo = "o/r"\nquant = "Q4_K_M"\n'
+                                          '[models.x.files]\nQ4_K_M = "x.gguf"\n"../../escaped" = "y.gguf"\n')
+    with pytest.raises(CatalogueError, match="invalid quantisation name"):
+        load_catalogue(tmp_path / "models.toml")
