@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 from aiohttp.test_utils import TestServer
 
 from localllm.config import Config
-from localllm.models.manager import load_model
+from localllm.compose import load_model
 from localllm.server.app import create_app
 
 

@@ -5,13 +5,15 @@ User errors exit 2, failed downloads or checks exit 1; messages, never traceback
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 from typing import Callable
 
 from localllm.config import Config, ConfigError
 from localllm.models.gguf import GGUFError, read_gguf
-from localllm.models.registry import CatalogueError, UnknownModel, load_catalogue
+from localllm.models.catalogue import open_store
+from localllm.models.registry import CatalogueError, UnknownModel
 from localllm.models.store import ModelFileError, ModelStore
 
 COMMANDS = ("pull", "list", "show", "rm", "plan")
@@ -48,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
         "pull": _pull, "list": _list, "show": _show, "rm": _rm, "plan": _plan}
     try:
         config = Config.load(args.config, {"data_dir": args.data_dir})
-        store = ModelStore(config.data_dir, load_catalogue(config.data_dir / "models.toml"))
+        store = open_store(config)
         return handlers[args.command](args, config, store)
     except (ConfigError, CatalogueError, UnknownModel, GGUFError, ValueError) as exc:
         return _fail(str(exc), 2)
@@ -166,15 +168,16 @@ def _rm(args: argparse.Namespace, config: Config, store: ModelStore) -> int:
 
 
 def _plan(args: argparse.Namespace, config: Config, store: ModelStore) -> int:
-    from localllm.models.plan import ModelFacts, make_plan
-    from localllm.models.probe import free_ram_bytes, free_vram_bytes
+    """The plan `serve` would use (compose.serving_plan), for the memory given or measured now."""
+    from localllm.compose import serving_plan
+    from localllm.engine.errors import BackendError
 
     path, _ = store.resolve(args.model)
-    facts = ModelFacts.from_gguf(read_gguf(path))
-    vram = args.vram_mib * MIB if args.vram_mib is not None else free_vram_bytes()
-    ram = args.ram_mib * MIB if args.ram_mib is not None else free_ram_bytes()
-    plan = make_plan(facts, free_vram_bytes=vram, free_ram_bytes=ram,
-                     slots=args.parallel or config.engine.parallel, ctx=args.ctx or config.engine.ctx,
-                     num_batch=config.engine.batch)
-    print(plan.to_json() if args.json else plan.explain())
+    config = config.with_engine(parallel=args.parallel or config.engine.parallel, ctx=args.ctx or config.engine.ctx)
+    try:
+        offload = serving_plan(config, path, free_vram_bytes=None if args.vram_mib is None else args.vram_mib * MIB,
+                               free_ram_bytes=None if args.ram_mib is None else args.ram_mib * MIB)
+    except BackendError as exc:  # an rpc-server that cannot be reached
+        raise ModelFileError(str(exc)) from None
+    print(json.dumps(offload.to_dict(), indent=2) if args.json else offload.explain())
     return 0

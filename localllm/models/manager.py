@@ -1,29 +1,30 @@
-"""Loading models into engines, and the ModelManager that serves several by name:
-one load per model however many requests ask, keep-alive unloads, explicit load/unload."""
+"""The served-model record the server sees (`LoadedModel`) and the ModelManager that serves
+several by name: one load per model however many requests ask, keep-alive unloads, explicit
+load/unload. Pure asyncio: the loader that builds a model (localllm/compose.py) is injected."""
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from localllm.cache.kv_store import KvPrefixStore, KvStoreConfig
 from localllm.config import Config
-from localllm.engine.async_engine import AsyncEngine
-from localllm.engine.llama_backend import BackendConfig, LlamaBackend, rpc
-from localllm.engine.llama_backend.rpc import DeviceInfo
-from localllm.models.plan import ModelFacts, Plan, make_plan
-from localllm.models.registry import ModelSpec, load_catalogue
-from localllm.models.store import ModelStore
+
+if TYPE_CHECKING:
+    from localllm.engine.async_engine import AsyncEngine
+    from localllm.models.registry import ModelSpec
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
 class LoadedModel:
+    """A model being served, as the server sees it: its engine and what the routes need to
+    render prompts and key caches. Built by localllm/compose.py (or a test's loader)."""
+
     name: str
     path: Path
     spec: ModelSpec | None
@@ -37,167 +38,8 @@ class LoadedModel:
     """What makes this model's answers this model's: the file's sha256 when known, else path+size+mtime."""
 
 
-def user_catalogue_path(config: Config) -> Path:
-    return config.data_dir / "models.toml"
-
-
-def local_model_names(config: Config) -> list[str]:
-    """Catalogue models usable without a download: bundled, placed in the store, or pulled."""
-    store = ModelStore(config.data_dir, load_catalogue(user_catalogue_path(config)))
-    names = {name for name, spec in store.catalogue.items()
-             if spec.bundled or (spec.file and (store.models_dir / name / spec.file).is_file())}
-    return sorted(names | set(store.pulled_names()))
-
-
-def open_backend(config: Config, on_progress: Callable[[float], None] | None = None,
-                 ) -> tuple[LlamaBackend, str, Path, ModelSpec | None]:
-    """Blocking: resolves the model file (assembling the bundled one if needed) and loads it."""
-    store = ModelStore(config.data_dir, load_catalogue(user_catalogue_path(config)))
-    path, spec = store.resolve(config.engine.model)
-    engine_config = config.engine
-    backend = LlamaBackend(BackendConfig(
-        model_path=path,
-        num_ctx=engine_config.ctx,
-        num_seq=engine_config.parallel,
-        num_batch=engine_config.batch,
-        num_threads=engine_config.num_threads,
-        num_gpu_layers=gpu_layers_for(path, config),
-        on_progress=on_progress,
-        rpc_servers=engine_config.rpc_servers,
-        swa_full=engine_config.swa_full,
-    ))
-    name = spec.name if spec else path.stem
-    return backend, name, path, spec
-
-
-def engine_for(backend: LlamaBackend, name: str, config: Config, identity: str | None = None) -> AsyncEngine:
-    """An engine over `backend`; with `identity` (the model's), long prompts' KV states persist on disk."""
-    store = None
-    if identity is not None and config.server.kv_cache_min_tokens > 0:
-        store = KvPrefixStore(KvStoreConfig(
-            config.cache_dir / "kv", namespace=f"{identity}|{backend.state_format()}",
-            min_tokens=config.server.kv_cache_min_tokens, size_limit_bytes=config.server.kv_cache_size_mib * 2**20))
-    return AsyncEngine(
-        backend,
-        model_name=name,
-        num_slots=config.engine.parallel,
-        slot_ctx=backend.num_ctx // config.engine.parallel,
-        num_batch_tokens=config.engine.batch,
-        num_kv_cells_total=backend.num_ctx,
-        max_waiting=config.engine.max_waiting,
-        prefix_store=store,
-    )
-
-
-@dataclass(frozen=True, slots=True)
-class OffloadPlan:
-    plan: Plan
-    num_layers: int
-    devices: list[DeviceInfo]
-    """rpc-servers' devices (then local GPUs) the layers spread over; empty without --rpc."""
-
-    @property
-    def n_gpu_layers(self) -> int:
-        """For llama.cpp: -1 when every block fits (llama.cpp offloads the output layer only past
-        the block count: measured on an H100, 204 tok/s against 105 with it on the CPU)."""
-        return -1 if self.plan.n_gpu_layers >= self.num_layers else self.plan.n_gpu_layers
-
-    @property
-    def layer_split(self) -> dict[str, int]:
-        """Layers per device label (output layer included; the rest on "CPU"); empty without --rpc."""
-        return rpc.layer_split(self.devices, self.num_layers, self.n_gpu_layers) if self.devices else {}
-
-    def to_dict(self) -> dict:
-        out = json.loads(self.plan.to_json())
-        if self.devices:
-            out["devices"] = [{"name": d.label, "free_bytes": d.free_bytes, "total_bytes": d.total_bytes}
-                              for d in self.devices]
-            out["layer_split"] = self.layer_split
-        return out
-
-    def explain(self) -> str:
-        text = self.plan.explain()
-        if self.devices:
-            text += "\nlayers per device (by free memory, as llama.cpp splits them): " + ", ".join(
-                f"{label} {count}" for label, count in self.layer_split.items())
-        return text
-
-
-def offload_plan(path: Path, config: Config) -> OffloadPlan:
-    """Blocking: the memory plan for `path` over free VRAM, or over local VRAM plus the free
-    memory of the configured rpc-servers (registered here; BackendError if one is unreachable)."""
-    from localllm.models.gguf import read_gguf
-    from localllm.models.probe import free_ram_bytes, free_vram_bytes
-
-    vram = free_vram_bytes()
-    if config.engine.vram_budget_mib:
-        vram = min(vram, config.engine.vram_budget_mib * 2**20)
-    devices: list[DeviceInfo] = []
-    if config.engine.rpc_servers:
-        devices = rpc.offload_devices(rpc.add_servers(config.engine.rpc_servers))
-        vram += sum(d.free_bytes for d in devices if d.endpoint)  # local GPUs are in `vram` already
-    facts = ModelFacts.from_gguf(read_gguf(path))
-    # allow_q8_kv=False: the engine allocates an f16 KV cache, so the plan must budget for f16.
-    plan = make_plan(facts, free_vram_bytes=vram, free_ram_bytes=free_ram_bytes(), slots=config.engine.parallel,
-                     ctx=config.engine.ctx, num_batch=config.engine.batch, allow_q8_kv=False)
-    return OffloadPlan(plan, facts.num_layers, devices)
-
-
-def gpu_layers_for(path: Path, config: Config) -> int:
-    """An explicit --n-gpu-layers wins; `auto` asks the memory plan what fits free VRAM now
-    (and the rpc-servers' free memory with --rpc)."""
-    if config.engine.n_gpu_layers is not None:
-        return config.engine.n_gpu_layers
-    if not config.engine.rpc_servers:
-        from localllm.models.probe import free_vram_bytes
-
-        if free_vram_bytes() == 0:
-            return 0  # no GPU: nothing to plan
-    offload = offload_plan(path, config)
-    log.info("memory plan for %s:\n%s", path.name, offload.explain())
-    return offload.n_gpu_layers
-
-
-async def load_model(config: Config, on_progress: Callable[[float], None] | None = None) -> LoadedModel:
-    """Loads in a worker thread, then starts the engine thread on this event loop."""
-    started = time.monotonic()
-    backend, name, path, spec = await asyncio.to_thread(open_backend, config, _logging_progress(config, on_progress))
-    identity = model_identity(path, spec)
-    engine = engine_for(backend, name, config, identity)
-    await engine.start()
-    template = (spec.chat_template if spec else None) or backend.metadata("tokenizer.chat_template")
-    load_s = time.monotonic() - started
-    log.info("loaded %s (%s) in %.1f s: %d slots, %d KV cells, %d threads",
-             name, backend.describe(), load_s, config.engine.parallel, backend.num_ctx, config.engine.num_threads)
-    return LoadedModel(name, path, spec, engine, template, backend.bos_text(), backend.eos_text(), load_s,
-                       identity)
-
-
-def _logging_progress(config: Config, forward: Callable[[float], None] | None) -> Callable[[float], None]:
-    """Logs the load at each quarter (the log and the terminal show progress) and forwards it."""
-    logged = [-1]
-
-    def report(fraction: float) -> None:
-        quarter = int(fraction * 4)
-        if quarter > logged[0]:
-            logged[0] = quarter
-            log.info("loading %s: %d%%", config.engine.model, quarter * 25)
-        if forward is not None:
-            forward(fraction)
-
-    return report
-
-
-def model_identity(path: Path, spec: ModelSpec | None) -> str:
-    digest = spec.sha256_for(spec.quant) if spec is not None else None
-    if digest:
-        return f"sha256:{digest}"
-    stat = path.stat()
-    return f"file:{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
-
-
 ModelLoader = Callable[..., Awaitable[LoadedModel]]
-"""load_model's signature: (config, on_progress) -> LoadedModel."""
+"""compose.load_model's signature: (config, on_progress) -> LoadedModel."""
 
 
 @dataclass(eq=False, slots=True)
@@ -229,7 +71,7 @@ class ModelManager:
     their first request (one load per model, however many requests wait for it) and
     unload after `keep_alive_s` idle seconds with no request in flight."""
 
-    def __init__(self, config: Config, loader: ModelLoader = load_model, keep_alive_s: float | None = 300.0) -> None:
+    def __init__(self, config: Config, loader: ModelLoader, keep_alive_s: float | None = 300.0) -> None:
         self.config = config
         self._loader = loader
         self.default_keep_alive_s = keep_alive_s

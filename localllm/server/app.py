@@ -9,7 +9,8 @@ from aiohttp import web
 
 from localllm.cache.prompt_cache import CacheConfig, ResponseCache
 from localllm.config import Config
-from localllm.models.manager import LoadedModel, ModelLoader, ModelManager, load_model
+from localllm.compose import load_model
+from localllm.models.manager import LoadedModel, ModelLoader, ModelManager
 from localllm.server import admin_routes, model_routes, openai_routes
 from localllm.server.auth import KEYRING_KEY, KeyRing, auth_middleware
 from localllm.server.errors import error_middleware

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import logging
 import threading
 from collections.abc import Callable
@@ -11,17 +10,14 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
-from localllm.models.gguf import GGUFError, read_gguf
+from localllm.compose import serving_plan
+from localllm.models.catalogue import open_store
+from localllm.models.gguf import GGUFError
 from localllm.models.hub import (
     InsufficientSpace, PullCancelled, PullTarget, check_free_space, is_offline, pull, target_for,
 )
 from localllm.engine.errors import BackendError
-from localllm.models.manager import offload_plan, user_catalogue_path
-from localllm.models.plan import ModelFacts, make_plan
-from localllm.models.probe import free_ram_bytes, free_vram_bytes
-from localllm.models.registry import (
-    CatalogueError, UnknownModel, is_valid_quant, load_catalogue, looks_like_hub_ref,
-)
+from localllm.models.registry import CatalogueError, UnknownModel, is_valid_quant, looks_like_hub_ref
 from localllm.models.store import ModelFileError, ModelStore
 from localllm.server.errors import ApiError, bad_request
 from localllm.server.schemas import read_json
@@ -74,24 +70,19 @@ async def unload_model_route(request: web.Request) -> web.Response:
 
 
 def _store(request: web.Request) -> ModelStore:
-    config = request.app[CONFIG_KEY]
-    return ModelStore(config.data_dir, load_catalogue(user_catalogue_path(config)))
+    return open_store(request.app[CONFIG_KEY])
 
 
 async def plan(request: web.Request) -> web.Response:
-    """GET /v1/plan?model=NAME: layers, context, slots and KV type that fit free memory now."""
+    """GET /v1/plan?model=NAME: the plan `serve` would load NAME with now (compose.serving_plan:
+    layers, context, slots and KV type that fit free memory, over the rpc-servers too)."""
     config = request.app[CONFIG_KEY]
     name = request.query.get("model", config.engine.model)
 
     def compute() -> dict:
         path, _ = _store(request).resolve(name)
-        if config.engine.rpc_servers:  # the plan the server loads with: over the rpc-servers too
-            offload = offload_plan(path, config)
-            return {**offload.to_dict(), "model": name, "explanation": offload.explain()}
-        facts = ModelFacts.from_gguf(read_gguf(path))
-        result = make_plan(facts, free_vram_bytes=free_vram_bytes(), free_ram_bytes=free_ram_bytes(),
-                           slots=config.engine.parallel, ctx=config.engine.ctx, num_batch=config.engine.batch)
-        return {**json.loads(result.to_json()), "model": name, "explanation": result.explain()}
+        offload = serving_plan(config, path)
+        return {**offload.to_dict(), "model": name, "explanation": offload.explain()}
 
     try:
         return web.json_response(await asyncio.to_thread(compute))

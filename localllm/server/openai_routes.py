@@ -10,7 +10,8 @@ from collections.abc import AsyncIterator, Callable
 from aiohttp import web
 
 from localllm.cache.prompt_cache import Recorded
-from localllm.models.manager import LoadedModel, local_model_names
+from localllm.models.catalogue import local_model_names
+from localllm.models.manager import LoadedModel
 from localllm.server.auth import RATE_HEADERS, USAGE_TOKENS
 from localllm.server.chat_template import compiled_template
 from localllm.server.errors import ApiError, bad_request

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Callable
 from aiohttp import web
 
 from localllm.config import Config
-from localllm.models.manager import user_catalogue_path
+from localllm.models.catalogue import user_catalogue_path
 from localllm.models.registry import CatalogueError, load_catalogue
 from localllm.server.app import create_app
 from localllm.server.auth import KEYRING_KEY

@@ -10,7 +10,7 @@ import pytest
 from localllm.config import Config
 from localllm.engine.async_engine import AsyncEngine
 from localllm.engine.llama_backend import BackendConfig, LlamaBackend
-from localllm.models.manager import engine_for
+from localllm.compose import engine_for
 from localllm.types import EngineStats, FinishReason, PromptTooLong, SamplingParams, TokenDelta
 
 pytestmark = pytest.mark.integration

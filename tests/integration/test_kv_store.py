@@ -7,7 +7,7 @@ import pytest
 
 from localllm.config import Config
 from localllm.engine.llama_backend import BackendConfig, LlamaBackend
-from localllm.models.manager import engine_for
+from localllm.compose import engine_for
 from localllm.types import SamplingParams
 
 pytestmark = pytest.mark.integration

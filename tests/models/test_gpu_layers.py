@@ -7,7 +7,7 @@ import pytest
 
 from localllm.config import Config
 from localllm.models import probe
-from localllm.models.manager import gpu_layers_for
+from localllm.compose import gpu_layers_for
 
 
 @pytest.fixture

@@ -61,11 +61,11 @@ def two_remote_devices(monkeypatch: pytest.MonkeyPatch):
 
 def plan_for(model_path, devices, found):
     from localllm.config import Config
-    from localllm.models.manager import offload_plan
+    from localllm.compose import serving_plan
 
     found[:] = devices
     config = Config.from_flat({"rpc": ",".join(d.endpoint for d in devices), "parallel": 1, "ctx": 1024})
-    return offload_plan(model_path, config)
+    return serving_plan(config, model_path)
 
 
 def test_the_plan_counts_remote_free_memory_and_splits_by_it(model_path, two_remote_devices):

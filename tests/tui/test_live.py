@@ -10,7 +10,7 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from localllm.config import Config
-from localllm.models.manager import load_model
+from localllm.compose import load_model
 from localllm.server.app import create_app
 from tests.tui.conftest import screen_text, wait_for
 from tui.app import LocalLLMApp

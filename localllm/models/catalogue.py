@@ -1,0 +1,28 @@
+"""The model store as configured: one place that opens it (shipped + user catalogue, data dir).
+Pure: no llama_cpp, no engine."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from localllm.config import Config
+from localllm.models.registry import load_catalogue
+from localllm.models.store import ModelStore
+
+
+def user_catalogue_path(config: Config) -> Path:
+    """The operator's catalogue, merged over the shipped models.toml."""
+    return config.data_dir / "models.toml"
+
+
+def open_store(config: Config) -> ModelStore:
+    """Blocking (reads the catalogues): the store every command, route and load uses.
+    Raises CatalogueError for a malformed catalogue."""
+    return ModelStore(config.data_dir, load_catalogue(user_catalogue_path(config)))
+
+
+def local_model_names(config: Config) -> list[str]:
+    """Catalogue models usable without a download: bundled, placed in the store, or pulled."""
+    store = open_store(config)
+    names = {name for name, spec in store.catalogue.items()
+             if spec.bundled or (spec.file and (store.models_dir / name / spec.file).is_file())}
+    return sorted(names | set(store.pulled_names()))
