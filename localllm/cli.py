@@ -78,6 +78,12 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rpc", help="comma-separated HOST:PORT of llama.cpp rpc-servers to split the model "
                                       "over (default: none; docs/scaling.md)")
     parser.add_argument("--api-key", dest="api_key", help="require this bearer key on /v1 routes")
+    parser.add_argument("--max-keep-alive", dest="max_keep_alive_s", type=float,
+                        help="longest keep_alive (seconds) a request may ask for; longer or negative ones are "
+                             f"clamped to it (default {_SERVER.max_keep_alive_s:g})")
+    parser.add_argument("--max-loaded-models", dest="max_loaded_models", type=int,
+                        help="models loaded at once, the default included; one more unloads the least recently "
+                             f"used idle one (default {_SERVER.max_loaded_models})")
     parser.add_argument("--drain-timeout", dest="drain_timeout_s", type=float,
                         help=f"seconds SIGTERM waits for in-flight requests (default {_SERVER.drain_timeout_s})")
     parser.add_argument("--data-dir", dest="data_dir", help="models and caches (default: XDG data dir)")

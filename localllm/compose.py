@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from localllm.cache.kv_store import KvPrefixStore, KvStoreConfig
 from localllm.config import Config
 from localllm.engine.async_engine import AsyncEngine, TokenizingBackend
-from localllm.models.catalogue import open_store
+from localllm.models.catalogue import is_model_ref, open_store
 from localllm.models.manager import LoadedModel
 from localllm.models.plan import ModelFacts, Plan, make_plan
 from localllm.models.registry import ModelSpec
@@ -119,7 +119,9 @@ def open_backend(config: Config, on_progress: Callable[[float], None] | None = N
     """Blocking: resolves the model file (assembling the bundled one if needed) and loads it."""
     from localllm.engine.llama_backend import BackendConfig, LlamaBackend
 
-    path, spec = open_store(config).resolve(config.engine.model)
+    ref = config.engine.model
+    # A model name (as requests give) never resolves to a file path, whatever files exist.
+    path, spec = open_store(config).resolve(ref, allow_paths=not is_model_ref(ref))
     engine_config = config.engine
     backend = LlamaBackend(BackendConfig(
         model_path=path,
@@ -166,8 +168,9 @@ async def start_served(backend: TokenizingBackend, config: Config, *, name: str,
     load_s = time.monotonic() - started_s
     log.info("loaded %s (%s) in %.1f s: %d slots, %d KV cells, %d threads",
              name, backend.describe(), load_s, config.engine.parallel, backend.num_ctx, config.engine.num_threads)
+    created = int(path.stat().st_mtime) if path.exists() else 0
     return LoadedModel(name, path, spec, engine, template, backend.bos_text(), backend.eos_text(), load_s,
-                       identity)
+                       identity, created)
 
 
 async def load_model(config: Config, on_progress: Callable[[float], None] | None = None) -> LoadedModel:

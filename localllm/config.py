@@ -4,6 +4,7 @@ Precedence: defaults < config file (TOML) < environment < command-line flags.
 """
 from __future__ import annotations
 
+import math
 import os
 import tomllib
 from dataclasses import dataclass, field, fields, replace
@@ -116,6 +117,12 @@ class ServerConfig:
     kv_cache_size_mib: int = 2048
     keep_alive_s: float = 300.0
     """Idle seconds before a model other than the default is unloaded (-1: never)."""
+    max_keep_alive_s: float = 3600.0
+    """Longest keep-alive a request's `keep_alive` may ask for; longer ones, and negative ones
+    (Ollama's "forever"), are clamped to it, so no request pins a model."""
+    max_loaded_models: int = 3
+    """Models loaded (or loading) at once, the default included; loading one more unloads the least
+    recently used idle one, or answers 429 while all of them serve requests."""
     drain_timeout_s: float = 30.0
     """On SIGTERM/SIGINT: stop accepting, then wait this long for in-flight requests."""
     log_level: str = "info"
@@ -129,6 +136,10 @@ class ServerConfig:
         _check(0 <= self.port <= 65535, "port", "must be between 0 and 65535")
         _check(self.rate_limit_rpm >= 0 and self.rate_limit_tpm >= 0, "rate_limit", "limits must be 0 or more")
         _check(self.drain_timeout_s >= 0, "drain_timeout_s", "must be 0 or more")
+        _check(math.isfinite(self.keep_alive_s), "keep_alive_s", "must be a number of seconds (-1: never unload)")
+        _check(math.isfinite(self.max_keep_alive_s) and self.max_keep_alive_s >= 0, "max_keep_alive_s",
+               "must be 0 or more seconds")
+        _check(self.max_loaded_models >= 1, "max_loaded_models", "must be at least 1")
         _check(self.api_key_file is None or Path(self.api_key_file).is_file(), "api_key_file",
                f"{self.api_key_file!r} is not a readable file")
 

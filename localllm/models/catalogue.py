@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from localllm.config import Config
-from localllm.models.registry import load_catalogue
+from localllm.models.registry import (
+    is_valid_name, is_valid_quant, load_catalogue, looks_like_hub_ref, split_hub_ref,
+)
 from localllm.models.store import ModelStore
 
 
@@ -26,3 +28,12 @@ def local_model_names(config: Config) -> list[str]:
     names = {name for name, spec in store.catalogue.items()
              if spec.bundled or (spec.file and (store.models_dir / name / spec.file).is_file())}
     return sorted(names | set(store.pulled_names()))
+
+
+def is_model_ref(ref: str) -> bool:
+    """True for what a network client may name a model by: NAME, NAME:QUANT or a pulled
+    ORG/REPO/FILE.gguf; never a file path (those are for the operator's own configuration)."""
+    if looks_like_hub_ref(ref):
+        return split_hub_ref(ref) is not None
+    name, sep, quant = ref.partition(":")
+    return is_valid_name(name) and (not sep or is_valid_quant(quant))

@@ -19,6 +19,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+MIN_REQUEST_KEEP_ALIVE_S = 30.0
+"""A request's keep_alive below this (Ollama's 0: unload now) is raised to it, so a stream of
+such requests cannot make the server load and unload a model for each one."""
+
 
 @dataclass(frozen=True, slots=True)
 class LoadedModel:
@@ -36,6 +40,8 @@ class LoadedModel:
     load_s: float
     identity: str = ""
     """What makes this model's answers this model's: the file's sha256 when known, else path+size+mtime."""
+    created: int = 0
+    """Unix time of the model file when it was loaded (/v1/models' `created`; the file may go later)."""
 
 
 ModelLoader = Callable[..., Awaitable[LoadedModel]]
@@ -67,9 +73,10 @@ class ServedModel:
 
 
 class ModelManager:
-    """Models served by name. The default model loads at start and stays; others load on
-    their first request (one load per model, however many requests wait for it) and
-    unload after `keep_alive_s` idle seconds with no request in flight."""
+    """Models served by name. The default model loads at start and stays (it cannot be
+    unloaded); others load on their first request (one load per model, however many requests
+    wait for it) and unload after `keep_alive_s` idle seconds with no request in flight, or
+    when a new model needs room past `max_loaded_models` (least recently used idle first)."""
 
     def __init__(self, config: Config, loader: ModelLoader, keep_alive_s: float | None = 300.0) -> None:
         self.config = config
@@ -98,31 +105,51 @@ class ModelManager:
         return next((m for m in self.models if m.answers_to(ref)), None)
 
     def start_load(self, ref: str) -> ServedModel:
-        """Begins loading `ref` unless it is known already; never two loads of one model."""
+        """Begins loading `ref` unless it is known already; never two loads of one model.
+        Raises NoRoomForModel when max_loaded_models are loaded and none of them is idle."""
         model = self.find(ref)
+        evicted = None
         if model is None:
+            evicted = self._make_room()
             model = ServedModel(ref, keep_alive_s=self.default_keep_alive_s)
             self.models.append(model)
         if model.loaded is None and (model.task is None or model.task.done()):
             model.error = None
-            model.task = asyncio.create_task(self._load(model))
+            model.task = asyncio.create_task(self._load(model, evicted))
         return model
+
+    def _make_room(self) -> LoadedModel | None:
+        """Changes state: below max_loaded_models, nothing; else takes the least recently used
+        idle model (never the default) out of the list and returns it for _load to stop."""
+        if len(self.models) < self.config.server.max_loaded_models:
+            return None
+        idle = [m for m in self.models if m is not self.default and m.loaded is not None and m.in_flight == 0]
+        if not idle:
+            raise NoRoomForModel(f"{len(self.models)} models are loaded or loading (max_loaded_models) "
+                                 "and every one of them is serving requests")
+        victim = min(idle, key=lambda m: m.last_used_s)
+        self.models.remove(victim)
+        loaded, victim.loaded = victim.loaded, None
+        return loaded
 
     async def get(self, ref: str | None) -> LoadedModel:
         """The loaded model for `ref`, loading it first if needed. Raises what the load raised."""
         model = self.start_load(ref) if ref is not None else self.default
         if model.loaded is None:
-            if model is self.default and model.task is None:
-                model = self.start_load(model.ref)
+            if model is self.default and (model.task is None or model.task.done()):
+                model = self.start_load(model.ref)  # first load, or a retry after a failed one
             await asyncio.shield(model.task)
         if model.loaded is None:
             raise ModelLoadFailed(model.error or "the model is not loaded")
         return model.loaded
 
-    async def _load(self, model: ServedModel) -> None:
+    async def _load(self, model: ServedModel, evicted: LoadedModel | None = None) -> None:
         loop = asyncio.get_running_loop()
         report = lambda f: loop.call_soon_threadsafe(setattr, model, "progress", f)  # noqa: E731
         try:
+            if evicted is not None:  # its memory is free before the new model takes it
+                log.info("unloading %s to make room for %s (max_loaded_models)", evicted.name, model.ref)
+                await evicted.engine.stop()
             model.loaded = await self._loader(self.config.with_engine(model=model.ref), report)
             model.progress = 1.0
         except Exception as exc:
@@ -133,18 +160,30 @@ class ModelManager:
             raise
 
     def lease(self, loaded: LoadedModel, keep_alive_s: float | None = None) -> _Lease:
-        return _Lease(next(m for m in self.models if m.loaded is loaded), keep_alive_s)
+        """Marks `loaded` busy for one request; afterwards it stays loaded for the request's
+        `keep_alive_s` (clamped to the operator's limits), else for the model's current one.
+        ModelLoadFailed if the model was unloaded since the request found it."""
+        model = next((m for m in self.models if m.loaded is loaded), None)
+        if model is None:
+            raise ModelLoadFailed(f"the model {loaded.name!r} was unloaded; try again")
+        return _Lease(model, None if keep_alive_s is None else self.clamp_keep_alive(keep_alive_s))
+
+    def clamp_keep_alive(self, keep_alive_s: float) -> float:
+        """A request's keep_alive within the operator's limits: negative ("forever") and
+        anything past max_keep_alive_s become max_keep_alive_s; below the floor, the floor."""
+        ceiling = self.config.server.max_keep_alive_s
+        wanted = ceiling if keep_alive_s < 0 else keep_alive_s
+        return max(min(wanted, ceiling), min(MIN_REQUEST_KEEP_ALIVE_S, ceiling))
 
     async def unload(self, ref: str) -> bool:
-        """Stops an idle model's engine. False if it is busy or not loaded."""
+        """Stops an idle model's engine. False if it is busy, not loaded, or the default
+        (which serves /ready and unnamed requests, so it stays)."""
         model = self.find(ref)
-        if model is None or model.loaded is None or model.in_flight:
+        if model is None or model.loaded is None or model.in_flight or model is self.default:
             return False
         loaded, model.loaded = model.loaded, None
-        if model is not self.default:
-            self.models.remove(model)
-        if model is not self.default or self.owns_default:
-            await loaded.engine.stop()
+        self.models.remove(model)
+        await loaded.engine.stop()
         log.info("unloaded %s", loaded.name)
         return True
 
@@ -169,6 +208,10 @@ class ModelLoadFailed(RuntimeError):
     pass
 
 
+class NoRoomForModel(RuntimeError):
+    """max_loaded_models are loaded and all serve requests: try again when one is idle."""
+
+
 class _Lease:
     """Marks a model busy for one request, so keep-alive never unloads it mid-request."""
 
@@ -184,4 +227,4 @@ class _Lease:
         self._model.in_flight -= 1
         self._model.last_used_s = time.monotonic()
         if self._keep_alive_s is not None:
-            self._model.keep_alive_s = None if self._keep_alive_s < 0 else self._keep_alive_s
+            self._model.keep_alive_s = self._keep_alive_s

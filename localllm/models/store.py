@@ -66,12 +66,13 @@ class ModelStore:
         self.hf_records_dir = self.models_dir / HF_NAMESPACE
         self.catalogue = catalogue
 
-    def resolve(self, name_or_path: str) -> tuple[Path, ModelSpec | None]:
-        """A local GGUF path for an existing .gguf path, `NAME`, `NAME:QUANT` or a pulled
+    def resolve(self, name_or_path: str, *, allow_paths: bool = True) -> tuple[Path, ModelSpec | None]:
+        """A local GGUF path for an existing .gguf path (only with `allow_paths`: the operator's
+        own configuration, never a network client's), `NAME`, `NAME:QUANT` or a pulled
         `ORG/REPO/FILE.gguf`. Assembles the bundled model if needed; never downloads.
         A catalogue model's file is checked against the catalogue's sha256 (hashed once per
         change of the file, see `_digest_matches`); a mismatch is a ModelFileError."""
-        if name_or_path.endswith(".gguf") and _is_file(Path(name_or_path).expanduser()):
+        if allow_paths and name_or_path.endswith(".gguf") and _is_file(Path(name_or_path).expanduser()):
             return Path(name_or_path).expanduser().resolve(), None
         if looks_like_hub_ref(name_or_path):
             record = self.find_pulled(name_or_path, None)

@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 
 from localllm.compose import serving_plan
-from localllm.models.catalogue import open_store
+from localllm.models.catalogue import is_model_ref, open_store
 from localllm.models.gguf import GGUFError
 from localllm.models.hub import (
     InsufficientSpace, PullCancelled, PullTarget, check_free_space, is_offline, pull, target_for,
@@ -22,7 +22,7 @@ from localllm.models.store import ModelFileError, ModelStore
 from localllm.server.errors import ApiError, bad_request
 from localllm.server.schemas import read_json
 from localllm.server.sse import SseWriter
-from localllm.server.state import CONFIG_KEY, MODEL_KEY, require_model
+from localllm.server.state import CONFIG_KEY, MODEL_KEY, model_not_found, require_model
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -51,18 +51,32 @@ async def _model_ref(request: web.Request) -> str:
 
 
 async def load_model_route(request: web.Request) -> web.Response:
-    """POST /admin/models/load {"model": NAME}: returns once it is loaded (or failed)."""
-    loaded = await require_model(request, await _model_ref(request))
+    """POST /admin/models/load {"model": NAME}: returns once it is loaded (or failed). For the
+    default model it waits for its load, or retries one that failed."""
+    ref = await _model_ref(request)
+    manager = request.app[MODEL_KEY]
+    if manager.find(ref) is manager.default and manager.default.loaded is None:
+        try:
+            loaded = await manager.get(None)
+        except Exception as exc:  # what the loader raised: the same for every loader
+            raise ApiError(503, f"The model {ref!r} failed to load: {exc}", type="server_error",
+                           code="model_load_failed") from None
+    else:
+        loaded = await require_model(request, ref)
     return web.json_response({"model": loaded.name, "status": "loaded", "load_s": round(loaded.load_s, 3)})
 
 
 async def unload_model_route(request: web.Request) -> web.Response:
-    """POST /admin/models/unload {"model": NAME}: 409 while requests use it."""
+    """POST /admin/models/unload {"model": NAME}: 409 while requests use it, and for the default
+    model (it serves /ready and requests that name no model; restart to change it)."""
     ref = await _model_ref(request)
     manager = request.app[MODEL_KEY]
     served = manager.find(ref)
     if served is None or served.loaded is None:
         raise ApiError(404, f"The model {ref!r} is not loaded.", param="model", code="model_not_found")
+    if served is manager.default:
+        raise ApiError(409, f"The model {ref!r} is the default model and stays loaded; restart the server "
+                       "with another --model to change it.", param="model", code="model_is_default")
     if not await manager.unload(ref):
         raise ApiError(409, f"The model {ref!r} is serving requests; try again when it is idle.",
                        param="model", code="model_busy")
@@ -75,20 +89,28 @@ def _store(request: web.Request) -> ModelStore:
 
 async def plan(request: web.Request) -> web.Response:
     """GET /v1/plan?model=NAME: the plan `serve` would load NAME with now (compose.serving_plan:
-    layers, context, slots and KV type that fit free memory, over the rpc-servers too)."""
+    layers, context, slots and KV type that fit free memory, over the rpc-servers too).
+    Registered models only (catalogue or pulled, by name; no model: the default one): a file
+    path is a 404 like any unknown name, whether or not the file exists."""
     config = request.app[CONFIG_KEY]
-    name = request.query.get("model", config.engine.model)
+    manager = request.app[MODEL_KEY]
+    name = request.query.get("model")
+    if name is None or manager.find(name) is manager.default:
+        name, ref = (manager.default.loaded.name if manager.default.loaded else config.engine.model), config.engine.model
+    elif not is_model_ref(name):
+        raise model_not_found(name)
+    else:
+        ref = name
 
     def compute() -> dict:
-        path, _ = _store(request).resolve(name)
+        path, _ = _store(request).resolve(ref, allow_paths=ref == config.engine.model)
         offload = serving_plan(config, path)
         return {**offload.to_dict(), "model": name, "explanation": offload.explain()}
 
     try:
         return web.json_response(await asyncio.to_thread(compute))
     except UnknownModel:
-        raise ApiError(404, f"The model {name!r} is not in the catalogue.", param="model",
-                       code="model_not_found") from None
+        raise model_not_found(name) from None
     except (ModelFileError, GGUFError, CatalogueError) as exc:
         raise bad_request(str(exc), "model") from None
     except BackendError as exc:  # an rpc-server that cannot be reached or registered

@@ -72,7 +72,7 @@ async def list_models(request: web.Request) -> web.Response:
         loaded = served.loaded
         name = loaded.name if loaded else served.ref
         names.add(name)
-        data.append({"id": name, "object": "model", "created": int(loaded.path.stat().st_mtime) if loaded else 0,
+        data.append({"id": name, "object": "model", "created": loaded.created if loaded else 0,
                      "owned_by": "localllm", "status": served.status, "load_progress": round(served.progress, 3)})
     for name in await asyncio.to_thread(local_model_names, request.app[CONFIG_KEY]):
         if name not in names:

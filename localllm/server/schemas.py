@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from collections.abc import Callable
 from typing import Any
@@ -202,15 +203,19 @@ _DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
 
 
 def keep_alive(body: dict[str, Any]) -> float | None:
-    """Ollama's `keep_alive`: seconds, or "30s"/"5m"/"1h"; negative keeps the model loaded."""
+    """Ollama's `keep_alive`: seconds, or "30s"/"5m"/"1h"; negative asks to keep the model loaded.
+    Finite values only; the ModelManager clamps them to the operator's limits (max_keep_alive_s)."""
     value = body.get("keep_alive")
     if value is None:
         return None
-    if isinstance(value, str) and value[-1:] in _DURATION_UNITS:
+    seconds = None
+    if isinstance(value, str) and value[-1:] in _DURATION_UNITS and len(value) <= 32:
         try:
-            return float(value[:-1]) * _DURATION_UNITS[value[-1]]
+            seconds = float(value[:-1]) * _DURATION_UNITS[value[-1]]
         except ValueError:
             pass
     elif isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    raise bad_request('keep_alive must be seconds or a duration such as "5m"', "keep_alive")
+        seconds = float(value) if abs(value) <= 1e308 else None  # a huge JSON integer overflows float()
+    if seconds is None or not math.isfinite(seconds):
+        raise bad_request('keep_alive must be a finite number of seconds or a duration such as "5m"', "keep_alive")
+    return seconds

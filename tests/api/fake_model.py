@@ -1,0 +1,129 @@
+"""The real aiohttp app over a scripted backend, assembled by the composition root
+(compose.start_served) instead of llama.cpp: the HTTP surface tested in seconds."""
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import aiohttp
+import numpy as np
+from aiohttp.test_utils import TestServer
+
+from localllm.compose import start_served
+from localllm.config import Config
+from localllm.engine.scheduler import BatchChunk
+from localllm.models.manager import LoadedModel
+from localllm.server.app import create_app
+from localllm.types import InvalidParam
+from tests.unit.fakes import EOS, FakeBackend
+
+CHAT_TEMPLATE = ("{% for m in messages %}<{{ m.role }}>{{ m.content }}\n{% endfor %}"
+                 "{% if add_generation_prompt %}<assistant>{% endif %}")
+REPLY = "Hello!"
+"""What every request gets: these characters, one token each, then end of generation."""
+NUM_VOCAB = 2000
+CHAR_BASE = 1000
+"""Token CHAR_BASE + ord(c) is the character c (ASCII); the tokenizer and detokenizer agree."""
+
+
+class ScriptedBackend(FakeBackend):
+    """FakeBackend with what the server needs on top: a reversible tokenizer, a chat template,
+    embeddings and grammar checks. Every request is answered with REPLY, then EOS."""
+
+    num_vocab = NUM_VOCAB
+    max_embedding_tokens = 64
+
+    def __init__(self, num_ctx: int, reply: str = REPLY) -> None:
+        super().__init__()
+        self.num_ctx = num_ctx
+        self.reply = [CHAR_BASE + ord(c) for c in reply] + [EOS]
+        self.num_generated: dict[str, int] = {}
+
+    def tokenize(self, text: str, *, add_special: bool = True, parse_special: bool = True) -> list[int]:
+        return ([99] if add_special else []) + [CHAR_BASE + min(ord(c), 999) for c in text]
+
+    def token_piece(self, token_id: int) -> bytes:
+        if token_id >= CHAR_BASE:
+            return chr(token_id - CHAR_BASE).encode()
+        return super().token_piece(token_id)
+
+    def detokenize(self, token_ids: Sequence[int]) -> str:
+        return b"".join(self.token_piece(t) for t in token_ids).decode("utf-8", "replace")
+
+    def decode(self, chunks: list[BatchChunk]) -> dict[str, int]:
+        for chunk in chunks:
+            if chunk.wants_logits:
+                done = self.num_generated.get(chunk.request.request_id, 0)
+                self.script[chunk.request.request_id] = [self.reply[min(done, len(self.reply) - 1)]]
+                self.num_generated[chunk.request.request_id] = done + 1
+        return super().decode(chunks)
+
+    def remove_sampler(self, request_id: str) -> None:
+        super().remove_sampler(request_id)
+        self.num_generated.pop(request_id, None)
+
+    def embed(self, inputs: Sequence[Sequence[int]]) -> list:
+        return [np.full(8, float(len(tokens)), dtype=np.float32) / np.sqrt(8 * len(tokens) ** 2) for tokens in inputs]
+
+    def check_grammar(self, grammar: str) -> None:
+        if "root" not in grammar:
+            raise InvalidParam("response_format", "the grammar has no root rule")
+
+    def json_grammar(self, schema: dict | None) -> str:
+        return 'root ::= "{}"'
+
+    def metadata(self, key: str) -> str | None:
+        return CHAT_TEMPLATE if key == "tokenizer.chat_template" else None
+
+    def bos_text(self) -> str:
+        return "<bos>"
+
+    def eos_text(self) -> str:
+        return "<eos>"
+
+    def describe(self) -> str:
+        return "scripted backend (no llama.cpp)"
+
+
+def scripted_loader(loads: list[str] | None = None):
+    """A model loader for create_app: every model ref loads instantly as a ScriptedBackend
+    through the composition root's own wiring (engine, served-model record)."""
+
+    async def load(config: Config, on_progress=None) -> LoadedModel:
+        ref = config.engine.model
+        if loads is not None:
+            loads.append(ref)
+        if ref.startswith("missing"):
+            from localllm.models.registry import UnknownModel
+
+            raise UnknownModel(ref)
+        return await start_served(ScriptedBackend(config.engine.ctx), config, name=ref, path=Path(f"/models/{ref}.gguf"),
+                                  spec=None, identity=f"scripted:{ref}", started_s=time.monotonic())
+
+    return load
+
+
+def api_config(tmp_path: Path, **flat: object) -> Config:
+    """A small server: 2 slots, no disk KV states (the scripted backend has no state to save)."""
+    return Config.from_flat({"data_dir": str(tmp_path), "model": "scripted", "parallel": 2, "ctx": 1024,
+                             "kv_cache_min_tokens": 0, "cache_enabled": False, **flat})
+
+
+@asynccontextmanager
+async def api_server(config: Config, loads: list[str] | None = None) -> AsyncIterator[TestServer]:
+    """The real app on loopback; the default model is loaded (ready) before it yields."""
+    server = TestServer(create_app(config, loader=scripted_loader(loads)), host="127.0.0.1")
+    await server.start_server()
+    try:
+        async with aiohttp.ClientSession() as http:
+            for _ in range(200):
+                if (await http.get(server.make_url("/ready"))).status == 200:
+                    break
+                await asyncio.sleep(0.01)
+        yield server
+    finally:
+        await server.close()
+
