@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING
 
 from localllm.cache.kv_store import KvPrefixStore, KvStoreConfig
 from localllm.config import Config
-from localllm.engine.async_engine import AsyncEngine, TokenizingBackend
+from localllm.engine.async_engine import AsyncEngine
+from localllm.engine.contracts import ModelBackend
 from localllm.models.catalogue import is_model_ref, open_store
 from localllm.models.manager import LoadedModel
 from localllm.models.plan import ModelFacts, Plan, make_plan
@@ -138,7 +139,7 @@ def open_backend(config: Config, on_progress: Callable[[float], None] | None = N
     return backend, name, path, spec
 
 
-def engine_for(backend: TokenizingBackend, name: str, config: Config, identity: str | None = None) -> AsyncEngine:
+def engine_for(backend: ModelBackend, name: str, config: Config, identity: str | None = None) -> AsyncEngine:
     """An engine over `backend`; with `identity` (the model's), long prompts' KV states persist on disk."""
     store = None
     if identity is not None and config.server.kv_cache_min_tokens > 0:
@@ -157,7 +158,7 @@ def engine_for(backend: TokenizingBackend, name: str, config: Config, identity: 
     )
 
 
-async def start_served(backend: TokenizingBackend, config: Config, *, name: str, path: Path,
+async def start_served(backend: ModelBackend, config: Config, *, name: str, path: Path,
                        spec: ModelSpec | None, identity: str, started_s: float | None = None) -> LoadedModel:
     """Wraps an opened backend into a running engine and the served-model record the server sees.
     Tests pass a scripted backend here to get the real wiring without llama.cpp."""

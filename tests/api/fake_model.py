@@ -17,8 +17,7 @@ from localllm.config import Config
 from localllm.engine.scheduler import BatchChunk
 from localllm.models.manager import LoadedModel
 from localllm.server.app import create_app
-from localllm.types import InvalidParam
-from tests.unit.fakes import EOS, FakeBackend
+from tests.unit.fakes import BOS, EOS, FakeBackend
 
 CHAT_TEMPLATE = ("{% for m in messages %}<{{ m.role }}>{{ m.content }}\n{% endfor %}"
                  "{% if add_generation_prompt %}<assistant>{% endif %}")
@@ -30,30 +29,26 @@ CHAR_BASE = 1000
 
 
 class ScriptedBackend(FakeBackend):
-    """FakeBackend with what the server needs on top: a reversible tokenizer, a chat template,
-    embeddings and grammar checks. Every request is answered with REPLY, then EOS."""
+    """FakeBackend with a reversible tokenizer, a chat template and numpy embeddings on top.
+    Every request is answered with REPLY, then EOS."""
 
     num_vocab = NUM_VOCAB
-    max_embedding_tokens = 64
 
     def __init__(self, num_ctx: int, reply: str = REPLY) -> None:
-        super().__init__()
-        self.num_ctx = num_ctx
+        super().__init__(num_kv_cells=num_ctx)
         self.reply = [CHAR_BASE + ord(c) for c in reply] + [EOS]
         self.num_generated: dict[str, int] = {}
 
     def tokenize(self, text: str, *, add_special: bool = True, parse_special: bool = True) -> list[int]:
-        return ([99] if add_special else []) + [CHAR_BASE + min(ord(c), 999) for c in text]
+        return ([BOS] if add_special else []) + [CHAR_BASE + min(ord(c), 999) for c in text]
 
     def token_piece(self, token_id: int) -> bytes:
-        if token_id >= CHAR_BASE:
-            return chr(token_id - CHAR_BASE).encode()
-        return super().token_piece(token_id)
+        return chr(token_id - CHAR_BASE).encode() if token_id >= CHAR_BASE else super().token_piece(token_id)
 
     def detokenize(self, token_ids: Sequence[int]) -> str:
         return b"".join(self.token_piece(t) for t in token_ids).decode("utf-8", "replace")
 
-    def decode(self, chunks: list[BatchChunk]) -> dict[str, int]:
+    def decode(self, chunks: Sequence[BatchChunk]) -> dict[str, int]:
         for chunk in chunks:
             if chunk.wants_logits:
                 done = self.num_generated.get(chunk.request.request_id, 0)
@@ -66,26 +61,10 @@ class ScriptedBackend(FakeBackend):
         self.num_generated.pop(request_id, None)
 
     def embed(self, inputs: Sequence[Sequence[int]]) -> list:
-        return [np.full(8, float(len(tokens)), dtype=np.float32) / np.sqrt(8 * len(tokens) ** 2) for tokens in inputs]
-
-    def check_grammar(self, grammar: str) -> None:
-        if "root" not in grammar:
-            raise InvalidParam("response_format", "the grammar has no root rule")
-
-    def json_grammar(self, schema: dict | None) -> str:
-        return 'root ::= "{}"'
+        return [np.full(8, 1 / np.sqrt(8), dtype=np.float32) for _ in inputs]
 
     def metadata(self, key: str) -> str | None:
-        return CHAT_TEMPLATE if key == "tokenizer.chat_template" else None
-
-    def bos_text(self) -> str:
-        return "<bos>"
-
-    def eos_text(self) -> str:
-        return "<eos>"
-
-    def describe(self) -> str:
-        return "scripted backend (no llama.cpp)"
+        return CHAT_TEMPLATE if key == "tokenizer.chat_template" else super().metadata(key)
 
 
 def scripted_loader(loads: list[str] | None = None):
