@@ -38,8 +38,10 @@ PATHS: dict[str, dict[str, dict]] = {
     "/metrics": {"get": _op("Prometheus metrics")},
     "/openapi.json": {"get": _op("This document")},
     "/v1/plan": {"get": _op("Memory plan for ?model=NAME: GPU layers, context, slots, KV type", errors=(401, 404))},
-    "/admin/models/load": {"post": _op("Load a local model (returns when loaded)", body=True, errors=(400, 401, 404, 503))},
-    "/admin/models/unload": {"post": _op("Unload an idle model", body=True, errors=(400, 401, 404, 409))},
+    "/admin/models/load": {"post": _op("Load a local model (returns when loaded)", body=True,
+                                          errors=(400, 401, 404, 429, 503))},
+    "/admin/models/unload": {"post": _op("Unload an idle model (not the default one)", body=True,
+                                            errors=(400, 401, 404, 409))},
     "/admin/models/pull": {"post": _op("Download a model; progress as server-sent events", body=True, stream=True,
                                        errors=(400, 401, 404))},
 }
