@@ -94,13 +94,12 @@ async def plan(request: web.Request) -> web.Response:
     path is a 404 like any unknown name, whether or not the file exists."""
     config = request.app[CONFIG_KEY]
     manager = request.app[MODEL_KEY]
-    name = request.query.get("model")
-    if name is None or manager.find(name) is manager.default:
-        name, ref = (manager.default.loaded.name if manager.default.loaded else config.engine.model), config.engine.model
+    name = ref = request.query.get("model")
+    if name is None or manager.find(name) is manager.default:  # the operator's model: a name or a path
+        ref = config.engine.model
+        name = manager.default.loaded.name if manager.default.loaded else ref
     elif not is_model_ref(name):
         raise model_not_found(name)
-    else:
-        ref = name
 
     def compute() -> dict:
         path, _ = _store(request).resolve(ref, allow_paths=ref == config.engine.model)
