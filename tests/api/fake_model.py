@@ -79,8 +79,9 @@ def scripted_loader(loads: list[str] | None = None):
             from localllm.models.registry import UnknownModel
 
             raise UnknownModel(ref)
-        return await start_served(ScriptedBackend(config.engine.ctx), config, name=ref, path=Path(f"/models/{ref}.gguf"),
-                                  spec=None, identity=f"scripted:{ref}", started_s=time.monotonic())
+        return await start_served(ScriptedBackend(config.engine.ctx), config, name=ref,
+                                  path=Path(f"/models/{ref}.gguf"), spec=None, identity=f"scripted:{ref}",
+                                  started_s=time.monotonic())
 
     return load
 
