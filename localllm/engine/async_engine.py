@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 from localllm.engine.contracts import ModelBackend, PrefixStateStore
 from localllm.engine.core import EngineCore
+from localllm.engine.disk_prefix import DiskPrefixes
 from localllm.engine.messages import AbortRequest, AddRequest, Shutdown
 from localllm.engine.request import Request
 from localllm.engine.scheduler import Scheduler
@@ -41,9 +42,11 @@ class AsyncEngine:
         self.slot_ctx = slot_ctx
         self.max_in_flight = num_slots + max_waiting
         """Requests running or waiting; beyond it, generate() raises QueueFull at once."""
-        scheduler = Scheduler(num_slots, num_batch_tokens, backend.token_piece, backend.is_end_of_generation)
         self.prefix_store = prefix_store
-        self._core = EngineCore(backend, scheduler, self._publish, model_name, num_kv_cells_total, prefix_store)
+        disk = DiskPrefixes(prefix_store, backend) if prefix_store is not None else None
+        scheduler = Scheduler(num_slots, num_batch_tokens, backend.token_piece, backend.is_end_of_generation,
+                              saved_prefix=disk.find if disk is not None else None)
+        self._core = EngineCore(backend, scheduler, self._publish, model_name, num_kv_cells_total, disk)
         self._streams: dict[str, asyncio.Queue[TokenDelta]] = {}
         self._ids = itertools.count()
         self._loop: asyncio.AbstractEventLoop | None = None

@@ -1,54 +1,54 @@
-"""Saved KV prefix states: restore one into a newly admitted request's slot when it covers
-more of the prompt than any live slot, and save long prompts once they are evaluated.
+"""Saved KV prefix states: the scheduler asks `find` for the best one when it admits a request
+(it is used when it covers more of the prompt than any live slot), the core `restore`s it into
+the slot, and long prompts are saved once they are evaluated.
 
 The store itself (on disk) is injected; the engine never imports it."""
 from __future__ import annotations
 
 import logging
+
 from localllm.engine.contracts import PrefixStateStore, SequenceStates
-from localllm.engine.errors import PrefixWindowGone
+from localllm.engine.errors import SavedPrefixGone
 from localllm.engine.request import Request
-from localllm.engine.scheduler import Scheduler, StepPlan
-from localllm.engine.slots import KvTrim
+from localllm.engine.scheduler import StepPlan
+from localllm.engine.slots import KvRestore, KvTrim
 
 log = logging.getLogger(__name__)
 
 
 class DiskPrefixes:
-    """Engine thread only. Failures are logged and the request simply evaluates its prompt."""
+    """Engine thread only."""
 
-    def __init__(self, store: PrefixStateStore, backend: SequenceStates, scheduler: Scheduler) -> None:
+    def __init__(self, store: PrefixStateStore, backend: SequenceStates) -> None:
         self.store = store
         self._backend = backend
-        self._scheduler = scheduler
 
-    def restore(self, admitted: list[Request]) -> None:
-        """Call after the admission's KV ops are applied and before the batch is filled."""
-        for request in admitted:
+    def find(self, request: Request) -> tuple[str, int] | None:
+        """(key, prompt tokens it can give) of the best saved prefix, leaving at least one prompt
+        token to evaluate; None if there is none. Changes nothing."""
+        try:
             found = self.store.longest(request.prompt_token_ids)
-            if found is None:
-                continue
-            key, shared = found
-            usable = min(shared, request.num_prompt_tokens - 1)  # always evaluate one prompt token
-            if usable <= request.num_reused_tokens:
-                continue  # a live slot already gave as much
-            data = self.store.load(key)
-            if data is None:
-                continue
-            try:
-                self._backend.restore_sequence(request.slot_id, data)
-                self._backend.apply_kv_ops([KvTrim(request.slot_id, usable)])
-            except Exception as exc:
-                if isinstance(exc, PrefixWindowGone):  # swa_full off: expected, the saved window ends too early
-                    log.debug("saved prefix not reusable: %s", exc)
-                else:
-                    log.exception("restoring a saved prefix failed; evaluating the prompt instead")
-                self._backend.apply_kv_ops([KvTrim(request.slot_id, 0)])
-                usable = 0
-            self._scheduler.extend_reuse(request, usable)
+        except Exception:  # the contract says misses, not errors; a store bug must not fail admission
+            log.exception("looking up saved prefix states failed")
+            return None
+        if found is None:
+            return None
+        key, shared = found
+        usable = min(shared, request.num_prompt_tokens - 1)
+        return (key, usable) if usable > 0 else None
+
+    def restore(self, op: KvRestore) -> None:
+        """Puts the saved state in the slot, trimmed to op.num_tokens. Raises SavedPrefixGone, or
+        BackendError / PrefixWindowGone if the state cannot be used (the slot is then empty)."""
+        data = self.store.load(op.key)
+        if data is None:
+            raise SavedPrefixGone(f"saved prefix state {op.key[:12]} is gone")
+        self._backend.restore_sequence(op.slot_id, data)
+        self._backend.apply_kv_ops([KvTrim(op.slot_id, op.num_tokens)])
 
     def save_evaluated_prompts(self, plan: StepPlan) -> None:
-        """Call after the step's update: slots whose prompt just finished hold exactly it."""
+        """Call after the step's update: slots whose prompt just finished hold exactly it.
+        Failures are logged, never raised."""
         for chunk in plan.chunks:
             if not (chunk.is_prompt and chunk.wants_logits):
                 continue

@@ -26,3 +26,9 @@ class NoKvRoom(BackendError):
     before the call, no sampler ran and no logprobs were kept. The caller may free cells
     (empty idle slots' cached prefixes) and decode the same chunks again; raised again, the
     batch does not fit even then and is handled like any failed decode."""
+
+
+class SavedPrefixGone(LookupError):
+    """The saved prefix state a plan named is no longer in the store (evicted, cleared by another
+    process, unreadable). Raised by `DiskPrefixes.restore` before the slot was touched: evaluate
+    the prompt instead."""

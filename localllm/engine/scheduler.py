@@ -11,8 +11,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from localllm.engine.request import Request, RequestState
-from localllm.engine.slots import KvOp, SlotTable
-from localllm.types import FinishReason, TokenDelta
+from localllm.engine.slots import KvOp, KvRestore, KvTrim, SlotTable
+from localllm.types import FinishReason, TokenDelta, TokenLogprob
+
+SavedPrefix = Callable[[Request], tuple[str, int] | None]
+"""(key, prompt tokens it covers) of a saved prefix state for the request (disk), or None."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,10 +33,11 @@ class BatchChunk:
 
 @dataclass(slots=True)
 class StepPlan:
-    kv_ops: list[KvOp] = field(default_factory=list)
-    """To apply, in order, before the decode."""
+    kv_ops: list[KvOp | KvRestore] = field(default_factory=list)
+    """Put the admitted requests' prefixes in place: to apply, in order, before the decode
+    (KvRestore through the prefix-state store, the rest through the backend)."""
     admitted: list[Request] = field(default_factory=list)
-    """Requests that got a slot this step (the core makes their samplers)."""
+    """Requests that got a slot this step."""
     chunks: list[BatchChunk] = field(default_factory=list)
     """Decode tokens first, then prompt chunks, within n_batch tokens in all."""
 
@@ -55,11 +59,13 @@ class Scheduler:
         num_batch_tokens: int,
         token_piece: Callable[[int], bytes],
         is_end_of_generation: Callable[[int], bool],
+        saved_prefix: SavedPrefix | None = None,
     ) -> None:
         self.slot_table = SlotTable(num_slots)
         self.num_batch_tokens = num_batch_tokens
         self._token_piece = token_piece
         self._is_eog = is_end_of_generation
+        self._saved_prefix = saved_prefix
         self.waiting: deque[Request] = deque()
         self.running: dict[str, Request] = {}
         """Requests holding a slot, in admission order (prefill goes first-come)."""
@@ -81,19 +87,31 @@ class Scheduler:
             self.waiting.remove(request)
         return self._finish(request, FinishReason.ABORT, TokenDelta(request_id))
 
+    def abort_all(self) -> list[TokenDelta]:
+        """Ends every waiting and running request (shutdown)."""
+        ids = [r.request_id for r in self.waiting] + list(self.running)
+        return [d for d in map(self.abort, ids) if d is not None]
+
     def schedule(self) -> StepPlan:
-        """Admits waiting requests and fills one batch (`admit` then `fill`)."""
+        """Admits waiting requests and fills one batch (`admit` then `fill`). Changes state as they do."""
         return self.fill(self.admit())
 
     def admit(self) -> StepPlan:
-        """Gives waiting requests free slots, each primed with its longest cached prefix.
+        """Gives waiting requests free slots, each primed with its longest cached prefix: a live
+        slot's (copied) or, when longer, a saved state's (restored).
 
-        Changes state: admitted requests get slots and PREFILL state. The plan's
-        kv_ops must be applied before the batch is decoded."""
+        Changes state: admitted requests get slots and PREFILL state, their slots the prefix.
+        The plan's kv_ops must be applied before the batch is decoded; a prefix that cannot
+        be put in place goes through `start_cold`."""
         plan = StepPlan()
         while self.waiting and self.slot_table.free_slots():
             request = self.waiting.popleft()
             slot, ops, num_reused = self.slot_table.assign(request)
+            saved = self._saved_prefix(request) if self._saved_prefix is not None else None
+            if saved is not None and saved[1] > num_reused:
+                key, num_reused = saved
+                ops = [KvRestore(slot.slot_id, key, num_reused)]
+                slot.cached_token_ids = request.prompt_token_ids[:num_reused]
             request.slot_id = slot.slot_id
             request.state = RequestState.PREFILL
             request.num_computed_tokens = request.num_reused_tokens = num_reused
@@ -102,13 +120,17 @@ class Scheduler:
             plan.admitted.append(request)
         return plan
 
-    def extend_reuse(self, request: Request, num_tokens: int) -> None:
-        """Records that the slot now holds `num_tokens` of the prompt (restored from disk).
-
-        Changes state; call between `admit` and `fill`, after the KV cells are in place."""
-        assert request.state is RequestState.PREFILL and num_tokens < request.num_prompt_tokens
-        self.slot_table.slots[request.slot_id].cached_token_ids = request.prompt_token_ids[:num_tokens]
-        request.num_computed_tokens = request.num_reused_tokens = num_tokens
+    def start_cold(self, plan: StepPlan, slot_ids: set[int]) -> list[KvTrim]:
+        """The admitted requests in these slots evaluate their whole prompt: their prefix could not
+        be put in place. Changes state (their reuse, the plan's chunks); returns the KV ops that
+        empty the slots."""
+        ops = [self.slot_table.forget(slot_id) for slot_id in sorted(slot_ids)]
+        for request in plan.admitted:
+            if request.slot_id in slot_ids:
+                request.num_computed_tokens = request.num_reused_tokens = 0
+        plan.chunks.clear()
+        self.fill(plan)
+        return ops
 
     def fill(self, plan: StepPlan) -> StepPlan:
         """One decode token per generating request, then prompt chunks, within n_batch."""
@@ -130,8 +152,10 @@ class Scheduler:
             budget -= len(chunk)
         return plan
 
-    def update(self, plan: StepPlan, sampled: Mapping[str, int]) -> list[TokenDelta]:
-        """Records a decoded step; `sampled` maps request id to the token drawn from its logits row.
+    def update(self, plan: StepPlan, sampled: Mapping[str, int],
+               logprobs: Mapping[str, TokenLogprob] | None = None) -> list[TokenDelta]:
+        """Records a decoded step; `sampled` maps request id to the token drawn from its logits row,
+        `logprobs` (if any) request id to that token's logprobs.
 
         Changes state: slot caches grow by what was decoded, requests advance or finish.
         """
@@ -144,25 +168,31 @@ class Scheduler:
             if not chunk.wants_logits:
                 continue
             request.state = RequestState.DECODE
-            deltas.append(self._accept_token(request, sampled[request.request_id]))
+            delta = self._accept_token(request, sampled[request.request_id])
+            if logprobs and request.request_id in logprobs:
+                delta.logprobs = [logprobs[request.request_id]]
+            deltas.append(delta)
         return deltas
 
-    def fail_request(self, request_id: str, message: str) -> TokenDelta:
-        """Ends one running request with an error; its slot forgets its (unknown) cache."""
-        request = self.running[request_id]
-        self.slot_table.forget(request.slot_id)
-        return self._finish(request, FinishReason.ERROR, TokenDelta(request_id, error=message))
+    def reject(self, request: Request, message: str) -> TokenDelta:
+        """Ends a request that was never queued (e.g. its sampler could not be built)."""
+        return self._finish(request, FinishReason.ERROR, TokenDelta(request.request_id, error=message))
 
-    def fail(self, plan: StepPlan, message: str) -> tuple[list[TokenDelta], list[KvOp]]:
-        """Ends every request of a step whose decode failed.
+    def fail(self, plan: StepPlan | None, message: str) -> tuple[list[TokenDelta], list[KvOp]]:
+        """Ends the requests of a failed step: those the plan admitted or batched, or with no plan
+        (the step failed before one existed) every running request.
 
-        Their slots' KV contents are unknown now, so the slots forget them; the
-        returned KV ops clear those cells.
-        """
-        deltas, ops = [], []
-        for request in {c.request for c in plan.chunks}:
-            ops.append(self.slot_table.forget(request.slot_id))
-            deltas.append(self._finish(request, FinishReason.ERROR, TokenDelta(request.request_id, error=message)))
+        Changes state: their slots forget their (now unknown) KV contents, and with no plan every
+        slot does. Returns the deltas and the KV ops that clear those cells."""
+        if plan is None:
+            requests = list(self.running.values())
+            slot_ids = [s.slot_id for s in self.slot_table.slots]
+        else:
+            requests = list({r.request_id: r for r in (*plan.admitted, *(c.request for c in plan.chunks))}.values())
+            slot_ids = [r.slot_id for r in requests if r.request_id in self.running]
+        ops: list[KvOp] = [self.slot_table.forget(slot_id) for slot_id in slot_ids]
+        deltas = [self._finish(r, FinishReason.ERROR, TokenDelta(r.request_id, error=message))
+                  for r in requests if r.request_id in self.running]
         return deltas, ops
 
     def _accept_token(self, request: Request, token_id: int) -> TokenDelta:

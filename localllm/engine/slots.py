@@ -43,6 +43,17 @@ class KvTrim:
 
 
 KvOp = KvCopy | KvTrim
+"""What the backend applies (`apply_kv_ops`)."""
+
+
+@dataclass(frozen=True, slots=True)
+class KvRestore:
+    """Replace the slot's cells with the saved prefix state `key` (on disk), keeping positions
+    [0, num_tokens). Applied through the prefix-state store, not the backend."""
+
+    slot_id: int
+    key: str
+    num_tokens: int
 
 
 class SlotTable:
@@ -99,6 +110,10 @@ class SlotTable:
         """Drops the slot's cached tokens; returns the KV op that frees its cells."""
         self.slots[slot_id].cached_token_ids = []
         return KvTrim(slot_id, 0)
+
+    def forget_idle(self) -> list[KvTrim]:
+        """Drops every free slot's cached prefix (to make KV room); returns the ops that free the cells."""
+        return [self.forget(s.slot_id) for s in self.slots if s.is_free and s.cached_token_ids]
 
     def num_kv_cells_used(self) -> int:
         return kv_cells_in_use([s.cached_token_ids for s in self.slots])

@@ -7,6 +7,7 @@ import json
 from collections.abc import Sequence
 
 from localllm.engine.errors import BackendError, NoKvRoom
+from localllm.engine.prefix import common_prefix_len
 from localllm.engine.scheduler import BatchChunk
 from localllm.engine.slots import KvCopy, KvOp, KvTrim
 from localllm.types import InvalidParam, SamplingParams, TokenLogprob
@@ -140,3 +141,44 @@ class FakeBackend:
 
     def state_format(self) -> str:
         return "fake:json"
+
+
+class FakePrefixStore:
+    """Saved prefix states in memory; implements `contracts.PrefixStateStore`."""
+
+    def __init__(self, min_tokens: int = 8) -> None:
+        self.min_tokens = min_tokens
+        self.index: dict[str, list[int]] = {}
+        self.data: dict[str, bytes] = {}
+        self.num_saved = self.num_restored = 0
+        self.closed = False
+
+    def longest(self, prompt_ids: list[int]) -> tuple[str, int] | None:
+        shared = {key: common_prefix_len(tokens, prompt_ids) for key, tokens in self.index.items()}
+        best = max(shared, key=shared.__getitem__, default=None)
+        return (best, shared[best]) if best is not None and shared[best] >= self.min_tokens else None
+
+    def load(self, key: str) -> bytes | None:
+        data = self.data.get(key)
+        self.num_restored += data is not None
+        return data
+
+    def covers(self, prompt_ids: list[int]) -> bool:
+        best = self.longest(prompt_ids)
+        return best is not None and best[1] >= 0.9 * len(prompt_ids)
+
+    def save(self, token_ids: list[int], data: bytes) -> None:
+        key = ",".join(map(str, token_ids))
+        self.index[key], self.data[key] = list(token_ids), data
+        self.num_saved += 1
+
+    def evict_data(self) -> None:
+        """The states go but the index still names them (another process cleared the store)."""
+        self.data.clear()
+
+    def stats(self) -> dict:
+        return {"active": True, "error": None, "entries": len(self.index), "saved": self.num_saved,
+                "restored": self.num_restored, "errors": 0}
+
+    def close(self) -> None:
+        self.closed = True

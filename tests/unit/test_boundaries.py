@@ -10,7 +10,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 PURE_ENGINE = ["localllm.engine.scheduler", "localllm.engine.slots", "localllm.engine.prefix",
-               "localllm.engine.request", "localllm.engine.text", "localllm.types"]
+               "localllm.engine.request", "localllm.engine.text", "localllm.types",
+               "localllm.engine.contracts", "localllm.engine.stats"]
 
 
 def imported_modules(module: str) -> set[str]:

@@ -9,7 +9,7 @@ import pytest
 
 from localllm.engine import contracts
 from localllm.engine.contracts import ModelBackend, PrefixStateStore, SequenceStates, StepBackend, Vocabulary
-from tests.unit.fakes import FakeBackend
+from tests.unit.fakes import FakeBackend, FakePrefixStore
 
 
 def members(protocol: type) -> tuple[set[str], set[str]]:
@@ -87,8 +87,8 @@ def test_the_checker_sees_a_missing_method_and_a_changed_signature():
 
 
 def test_every_contract_is_checked_here():
-    declared = {value for value in vars(contracts).values()
-                if isinstance(value, type) and getattr(value, "_is_protocol", False) and value.__module__ == contracts.__name__}
+    declared = {value for value in vars(contracts).values() if isinstance(value, type)
+                and getattr(value, "_is_protocol", False) and value.__module__ == contracts.__name__}
     assert declared == {Vocabulary, StepBackend, SequenceStates, ModelBackend, PrefixStateStore}
 
 
@@ -113,3 +113,7 @@ def test_kv_prefix_store_implements_the_store_contract(tmp_path):
         assert check(PrefixStateStore, KvPrefixStore, store) == []
     finally:
         store.close()
+
+
+def test_fake_prefix_store_implements_the_store_contract():
+    assert check(PrefixStateStore, FakePrefixStore, FakePrefixStore()) == []

@@ -4,11 +4,12 @@ from __future__ import annotations
 import threading
 
 from localllm.engine.core import EngineCore
+from localllm.engine.disk_prefix import DiskPrefixes
 from localllm.engine.messages import AddRequest, Shutdown
 from localllm.engine.request import Request
 from localllm.engine.scheduler import Scheduler
 from localllm.types import FinishReason, SamplingParams
-from tests.unit.fakes import FakeBackend, is_eog, piece
+from tests.unit.fakes import FakeBackend, FakePrefixStore, is_eog, piece
 
 
 class BrokenSamplerBackend(FakeBackend):
@@ -81,3 +82,94 @@ def test_stats_seen_with_a_delta_include_its_admission_and_finish():
     assert last.finish_reason is FinishReason.LENGTH
     assert last_stats.num_busy_slots == 0 and last_stats.num_generated_tokens_total == 8
     assert last_stats.finished_by_reason == {"length": 1}
+
+
+def make_core(backend: FakeBackend, store: FakePrefixStore | None = None, num_slots: int = 2):
+    """A core driven step by step on this thread; returns it and the deltas it publishes, by request."""
+    published: dict[str, list] = {}
+    disk = DiskPrefixes(store, backend) if store is not None else None
+    scheduler = Scheduler(num_slots, 16, piece, is_eog, saved_prefix=disk.find if disk else None)
+
+    def publish(deltas):
+        for d in deltas:
+            published.setdefault(d.request_id, []).append(d)
+
+    return EngineCore(backend, scheduler, publish, "fake", 64, disk), published
+
+
+def drive(core: EngineCore, *requests: Request) -> None:
+    for r in requests:
+        core.commands.put(AddRequest(r))
+    core._take_commands()
+    while core.scheduler.has_work:
+        core._step()
+        core.scheduler.slot_table.check_integrity()
+        for slot in core.scheduler.slot_table.slots:  # the scheduler's view of the KV cache is the truth
+            assert core.backend.kv.get(slot.slot_id, []) == slot.cached_token_ids
+
+
+def prompted(request_id: str, prompt: list[int], max_tokens: int = 2) -> Request:
+    return Request(request_id, prompt, SamplingParams(max_tokens=max_tokens), max_new_tokens=max_tokens)
+
+
+def test_no_kv_room_takes_back_idle_prefixes_then_a_batch_that_still_does_not_fit_fails_alone():
+    backend = FakeBackend(num_kv_cells=30)
+    core, published = make_core(backend)
+    drive(core, prompted("first", list(range(100, 120))))  # its slot keeps 21 cells cached
+    drive(core, prompted("second", list(range(200, 212))))  # 21 + 12 > 30: the idle prefix must go
+    assert backend.num_no_room == 1
+    assert published["second"][-1].finish_reason is FinishReason.LENGTH
+    assert sorted(len(s.cached_token_ids) for s in core.scheduler.slot_table.slots) == [0, 13]
+    drive(core, prompted("huge", list(range(300, 340))))  # 40 tokens never fit 30 cells
+    assert published["huge"][-1].finish_reason is FinishReason.ERROR
+    drive(core, prompted("after", [1, 2, 3]))
+    assert published["after"][-1].finish_reason is FinishReason.LENGTH
+
+
+def test_a_saved_prefix_is_restored_after_a_restart():
+    store, prompt = FakePrefixStore(min_tokens=8), list(range(100, 120))
+    core, _ = make_core(FakeBackend(), store)
+    drive(core, prompted("first", prompt))
+    assert store.index == {",".join(map(str, prompt)): prompt}
+    restarted = FakeBackend()  # empty KV cache: only the store remembers
+    core, published = make_core(restarted, store)
+    drive(core, prompted("second", prompt + [5, 6]))
+    assert published["second"][-1].num_cached_tokens == 20 and store.num_restored == 1
+    assert [(c.start_pos, c.token_ids) for c in restarted.decoded_batches[0]] == [(20, [5, 6])]
+    assert core.stats.num_prefix_hits_total == 1 and core.stats.num_reused_tokens_total == 20
+
+
+def test_a_saved_prefix_gone_before_its_restore_starts_cold_and_so_does_a_copy_of_it():
+    store, prompt = FakePrefixStore(min_tokens=8), list(range(100, 120))
+    core, _ = make_core(FakeBackend(), store)
+    drive(core, prompted("saver", prompt))
+    store.evict_data()  # the index still names the state; loading it finds nothing
+    backend = FakeBackend()
+    core, published = make_core(backend, store)
+    # "a" plans a restore; "b", admitted next, plans a copy of the prefix "a" is about to hold.
+    drive(core, prompted("a", prompt + [1]), prompted("b", prompt + [2]))
+    for request_id in ("a", "b"):
+        assert published[request_id][-1].finish_reason is FinishReason.LENGTH
+        assert published[request_id][-1].num_cached_tokens == 0
+    evaluated = {"a": 0, "b": 0}
+    for chunk in (c for batch in backend.decoded_batches for c in batch if c.is_prompt):
+        evaluated[chunk.request.request_id] += len(chunk.token_ids)
+    assert evaluated == {"a": 21, "b": 21}
+
+
+def test_a_step_that_fails_before_it_has_a_plan_fails_every_running_request_and_the_loop_goes_on():
+    backend = FakeBackend()
+    core, published = make_core(backend)
+    core.commands.put(AddRequest(prompted("running", [1, 2, 3], max_tokens=8)))
+    core._take_commands()
+    core._step()
+    fill = core.scheduler.fill
+    core.scheduler.fill = lambda plan: (_ for _ in ()).throw(RuntimeError("scheduler bug"))
+    core._step()
+    core.scheduler.fill = fill
+    assert published["running"][-1].finish_reason is FinishReason.ERROR
+    assert "scheduler bug" in published["running"][-1].error
+    assert all(not s.cached_token_ids for s in core.scheduler.slot_table.slots) and not any(backend.kv.values())
+    assert not backend.samplers
+    drive(core, prompted("next", [4, 5]))
+    assert published["next"][-1].finish_reason is FinishReason.LENGTH
