@@ -88,10 +88,6 @@ class EngineConfig:
     def num_threads(self) -> int:
         return self.threads or default_threads()
 
-    @property
-    def slot_ctx(self) -> int:
-        return self.ctx // self.parallel
-
 
 @dataclass(frozen=True, slots=True)
 class ServerConfig:

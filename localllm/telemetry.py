@@ -1,4 +1,6 @@
-"""Host telemetry for /v1/stats: CPU and RAM (psutil), GPUs (pynvml), this process's RSS."""
+"""Host telemetry: CPU and RAM (psutil), GPUs (pynvml), this process's RSS, for /v1/stats; and
+the free memory the memory plan starts from (`free_vram_bytes`, `free_ram_bytes`, which
+models/probe.py re-exports). One NVML probe serves both."""
 from __future__ import annotations
 
 import logging
@@ -10,7 +12,7 @@ log = logging.getLogger(__name__)
 
 
 class GpuProbe:
-    """NVML handles, opened once; when there is no NVIDIA driver it says so instead of failing."""
+    """NVML handles, opened once and kept; when there is no NVIDIA driver it says so instead of failing."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -29,6 +31,20 @@ class GpuProbe:
                 self._handles = []
                 self.status = f"no NVIDIA GPU available ({type(exc).__name__})"
         return self._handles
+
+    def free_bytes(self, device: int = 0) -> int:
+        """Free memory of one NVIDIA GPU; 0 with no GPU, no driver or no pynvml. Never raises."""
+        with self._lock:
+            handles = self._open()
+            if not 0 <= device < len(handles):
+                return 0
+            import pynvml
+
+            try:
+                return int(_memory_info(pynvml, handles[device]).free)
+            except Exception as exc:  # a GPU that fell off the bus
+                log.debug("cannot read GPU memory: %s", exc)
+                return 0
 
     def snapshot(self) -> list[dict]:
         with self._lock:
@@ -63,6 +79,16 @@ def _memory_info(pynvml, handle):
 
 
 _GPUS = GpuProbe()
+
+
+def free_vram_bytes(device: int = 0) -> int:
+    """Free memory of one NVIDIA GPU; 0 with no GPU, no driver or no pynvml."""
+    return _GPUS.free_bytes(device)
+
+
+def free_ram_bytes() -> int:
+    """Memory available to a new process without swapping (psutil's `available`)."""
+    return int(psutil.virtual_memory().available)
 
 
 def host_snapshot() -> dict:

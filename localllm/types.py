@@ -82,8 +82,9 @@ class PromptTooLong(InvalidParam):
     """The prompt plus max_tokens does not fit one slot's context."""
 
 
-class QueueFull(RuntimeError):
-    """Every slot is busy and the wait queue is at its bound."""
+class QueueFull(Exception):
+    """Every slot is busy and the wait queue is at its bound: the API answers 429 with Retry-After.
+    Not a RuntimeError, which the API answers as 503 (the model is not ready)."""
 
 
 @dataclass(slots=True)

@@ -201,6 +201,10 @@ class RequestStream:
         await self.aclose()
 
     async def aclose(self) -> None:
+        self.cancel()
+
+    def cancel(self) -> None:
+        """`aclose()` for code that cannot await: aborts the request if unfinished, forgets the stream."""
         self._close(abort=not self.finished)
 
     def _close(self, *, abort: bool) -> None:

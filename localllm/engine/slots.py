@@ -65,9 +65,6 @@ class SlotTable:
     def free_slots(self) -> list[Slot]:
         return [s for s in self.slots if s.is_free]
 
-    def busy_slots(self) -> list[Slot]:
-        return [s for s in self.slots if not s.is_free]
-
     def assign(self, request: Request) -> tuple[Slot, list[KvOp], int]:
         """Gives `request` a free slot primed with the longest cached prefix of its prompt.
 

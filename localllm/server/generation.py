@@ -10,7 +10,7 @@ from localllm.engine.async_engine import AsyncEngine, RequestStream
 from localllm.server.errors import ApiError, bad_request
 from localllm.server.metrics import ServerMetrics
 from localllm.server.schemas import GenerationRequest
-from localllm.types import FinishReason, InvalidParam, TokenDelta, TokenLogprob
+from localllm.types import FinishReason, InvalidParam, QueueFull, TokenDelta, TokenLogprob
 
 
 @dataclass(slots=True)
@@ -59,23 +59,30 @@ def usage(choices: list[Choice], n: int) -> dict:
 
 
 def start_choices(engine: AsyncEngine, gen: GenerationRequest, add_special: bool) -> list[RequestStream]:
-    """Queues every choice, or none: a choice that fails validation aborts the rest."""
-    num_choices = len(gen.prompts) * gen.n
-    if not engine.has_room_for(num_choices):
-        raise ApiError(429, "The server is at capacity: every slot is busy and the wait queue is full. "
-                       "Retry shortly.", type="rate_limit_error", code="queue_full", headers={"Retry-After": "1"})
+    """Queues every choice, or none: a choice that cannot be queued cancels the ones before it."""
+    if not engine.has_room_for(len(gen.prompts) * gen.n):
+        raise _queue_full()
     streams: list[RequestStream] = []
     try:
         for prompt in gen.prompts:
             for _ in range(gen.n):
                 streams.append(engine.generate(prompt, gen.params, add_special=add_special))
-    except InvalidParam as exc:
-        for stream in streams:
-            engine.abort(stream.request_id)
-        raise bad_request(str(exc), exc.param) from None
-    except RuntimeError as exc:
-        raise ApiError(503, f"The model is not ready: {exc}", type="server_error", code="model_not_ready") from None
+    except Exception as exc:
+        for stream in streams:  # aborted and forgotten: nobody will read them
+            stream.cancel()
+        if isinstance(exc, InvalidParam):
+            raise bad_request(str(exc), exc.param) from None
+        if isinstance(exc, QueueFull):
+            raise _queue_full() from None
+        if isinstance(exc, RuntimeError):
+            raise ApiError(503, f"The model is not ready: {exc}", type="server_error", code="model_not_ready") from None
+        raise
     return streams
+
+
+def _queue_full() -> ApiError:
+    return ApiError(429, "The server is at capacity: every slot is busy and the wait queue is full. "
+                    "Retry shortly.", type="rate_limit_error", code="queue_full", headers={"Retry-After": "1"})
 
 
 async def merged(streams: list[RequestStream]) -> AsyncIterator[tuple[int, TokenDelta]]:

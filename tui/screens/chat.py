@@ -50,6 +50,8 @@ class ChatScreen(Screen):
     def __init__(self) -> None:
         super().__init__()
         self.history: list[dict[str, str]] = []
+        self.models: list[str] = []
+        """Model ids the server listed, once the connection is up."""
         self.streaming = False
         self.outcome = ""
         """How the last reply ended: "done (stop)", "stopped", "failed: ..."."""
@@ -68,11 +70,8 @@ class ChatScreen(Screen):
         self.query_one("#prompt", Input).focus()
 
     def _connection_changed(self, connection: Connection) -> None:
-        if connection.is_up and not self._model_options():
+        if connection.is_up and not self.models:
             self.load_models()
-
-    def _model_options(self) -> list[str]:
-        return list(getattr(self, "_models", []))
 
     @work(exclusive=True, group="models")
     async def load_models(self) -> None:
@@ -81,7 +80,7 @@ class ChatScreen(Screen):
         except (ServerError, ServerUnreachable) as exc:
             self.query_one("#reply-stats", Static).update(f"cannot list models: {exc}")
             return
-        self._models = models
+        self.models = models
         select = self.query_one("#model-select", Select)
         select.set_options([(m, m) for m in models])
         if models and select.is_blank():

@@ -280,9 +280,6 @@ class LlamaBackend:
         """What a saved sequence state depends on besides the model file."""
         return f"ctx{self.num_ctx}:seq{self.config.num_seq}:f16:swa_full:unified"
 
-    def clear_all(self) -> None:
-        ll.llama_memory_clear(self._memory, True)
-
     def decode(self, chunks: Sequence[BatchChunk]) -> dict[str, int]:
         """Runs one llama_decode over the chunks; samples one token per logits row.
 

@@ -12,6 +12,8 @@ Three kinds, picked by the request's parameters:
   costs most of a second per token, so the grammar first sees only the best
   `GRAMMAR_PREFILTER` candidates and the whole vocabulary only when none of
   those is allowed; the rest of the chain then runs on what the grammar kept.
+
+Each first adds the request's `LogitBias` (logit_bias, ignore_eos) to the row in place.
 """
 from __future__ import annotations
 
@@ -46,31 +48,41 @@ class Sampler:
         pass
 
 
+class LogitBias:
+    """(token id, bias) pairs added to a logits row in place, before any sampler reads it, so no
+    sampler chain carries a logit-bias sampler. The row is ours until the next decode."""
+
+    def __init__(self, biases: Sequence[tuple[int, float]]) -> None:
+        self._token_ids = np.array([t for t, _ in biases], dtype=np.int64)
+        self._values = np.array([b for _, b in biases], dtype=np.float32)
+
+    def apply(self, logits: np.ndarray) -> None:
+        if self._token_ids.size:
+            logits[self._token_ids] += self._values
+
+
 class GreedySampler(Sampler):
-    def __init__(self, bias_ids: np.ndarray, biases: np.ndarray) -> None:
-        self._bias_ids = bias_ids
-        self._biases = biases
+    def __init__(self, bias: LogitBias) -> None:
+        self._bias = bias
 
     def sample(self, ctx: ll.llama_context_p, row: int, logits: np.ndarray) -> int:
-        if self._bias_ids.size:
-            logits[self._bias_ids] += self._biases  # the row is ours until the next decode
+        self._bias.apply(logits)
         return int(logits.argmax())
 
 
 class ChainSampler(Sampler):
     """The chain over the best `top_k` candidates only (the chain's first real step is top-k).
 
-    `biases` applies logit_bias / ignore_eos in place on the row first, so the chain itself
-    carries no logit-bias sampler. When the prefilter finds too few candidates (NaN logits),
-    llama_sampler_sample runs over the whole (biased) row."""
+    When the prefilter finds too few candidates (NaN logits), llama_sampler_sample runs over
+    the whole (biased) row."""
 
-    def __init__(self, chain: ll.llama_sampler_p, biases: GreedySampler, top_k: int) -> None:
+    def __init__(self, chain: ll.llama_sampler_p, bias: LogitBias, top_k: int) -> None:
         self._chain = chain
-        self._biases = biases
+        self._bias = bias
         self._top_k = top_k
 
     def sample(self, ctx: ll.llama_context_p, row: int, logits: np.ndarray) -> int:
-        self._biases.sample(ctx, row, logits)
+        self._bias.apply(logits)
         token_ids = top_candidates(logits, self._top_k)
         if token_ids.size < min(self._top_k, logits.size):
             return ll.llama_sampler_sample(self._chain, ctx, row)
@@ -111,16 +123,16 @@ def top_candidates(logits: np.ndarray, k: int) -> np.ndarray:
 class GrammarSampler(Sampler):
     """Grammar on a prefiltered candidate list, then the chain, both by llama_sampler_apply."""
 
-    def __init__(self, grammar: ll.llama_sampler_p, chain: ll.llama_sampler_p, greedy: GreedySampler,
+    def __init__(self, grammar: ll.llama_sampler_p, chain: ll.llama_sampler_p, bias: LogitBias,
                  eog_token_ids: Sequence[int]) -> None:
         self._grammar = grammar
         self._chain = chain
-        self._biases = greedy  # applies logit_bias / ignore_eos in place before anything else
+        self._bias = bias
         # Once the grammar is complete only end-of-generation is allowed: always offer it.
         self._eog_ids = np.array(eog_token_ids, dtype=np.int64)
 
     def sample(self, ctx: ll.llama_context_p, row: int, logits: np.ndarray) -> int:
-        self._biases.sample(ctx, row, logits)
+        self._bias.apply(logits)
         best = np.union1d(top_candidates(logits, GRAMMAR_PREFILTER), self._eog_ids)
         token = self._pick(best, logits)
         if token is None:  # nothing the model likes is allowed: ask the grammar about every token
@@ -164,20 +176,19 @@ def build_sampler(params: SamplingParams, vocab: ll.llama_vocab_p, num_vocab: in
     biases = list(params.logit_bias)
     if params.ignore_eos:  # as llama.cpp does: end-of-generation tokens can never be drawn
         biases += [(t, float("-inf")) for t in eog_token_ids]
-    greedy = GreedySampler(np.array([t for t, _ in biases], dtype=np.int64),
-                           np.array([b for _, b in biases], dtype=np.float32))
+    bias = LogitBias(biases)
     has_penalties = params.repeat_penalty != 1.0 or params.frequency_penalty != 0.0 or params.presence_penalty != 0.0
     if params.is_greedy and not has_penalties and params.grammar is None:
-        return greedy
+        return GreedySampler(bias)
     if params.grammar is not None:
-        return GrammarSampler(grammar_sampler(vocab, params.grammar), _chain(params, num_vocab), greedy,
+        return GrammarSampler(grammar_sampler(vocab, params.grammar), _chain(params, num_vocab), bias,
                               eog_token_ids)
-    return ChainSampler(_chain(params, num_vocab), greedy, params.top_k or DEFAULT_TOP_K)
+    return ChainSampler(_chain(params, num_vocab), bias, params.top_k or DEFAULT_TOP_K)
 
 
 def _chain(params: SamplingParams, num_vocab: int) -> ll.llama_sampler_p:
     """top-k, penalties, then greedy or top-p / min-p / temperature / dist; logit biases are
-    applied to the row before the chain runs (GreedySampler)."""
+    applied to the row before the chain runs (LogitBias)."""
     chain = ll.llama_sampler_chain_init(ll.llama_sampler_chain_default_params())
     add = lambda s: ll.llama_sampler_chain_add(chain, s)  # noqa: E731
     add(ll.llama_sampler_init_top_k(params.top_k or DEFAULT_TOP_K))
