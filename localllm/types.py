@@ -7,6 +7,10 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from localllm.constraints import Grammar
 
 
 class FinishReason(str, enum.Enum):
@@ -40,8 +44,8 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     """Strings that end generation; never emitted, matched across token boundaries."""
     ignore_eos: bool = False
-    grammar: str | None = None
-    """GBNF the output must match (response_format); None means unconstrained."""
+    grammar: Grammar | None = None
+    """Bounded GBNF the output must match (response_format), with its digest; None: unconstrained."""
     logprobs: int | None = None
     """Report the chosen token's log-probability and this many top alternatives (0-20)."""
 

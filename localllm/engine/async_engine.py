@@ -11,6 +11,7 @@ import logging
 import threading
 from collections.abc import Sequence
 
+from localllm.constraints import Grammar
 from localllm.engine.contracts import ModelBackend, PrefixStateStore
 from localllm.engine.core import EngineCore
 from localllm.engine.disk_prefix import DiskPrefixes
@@ -93,9 +94,13 @@ class AsyncEngine:
     def token_bytes(self, token_id: int) -> bytes:
         return self.backend.token_piece(token_id)
 
-    def json_grammar(self, schema: dict | None) -> str:
-        """GBNF for response_format: any JSON object, or one matching `schema`."""
-        return self.backend.json_grammar(schema)
+    def json_grammar(self, schema: dict | None) -> Grammar:
+        """The constraint for response_format (any JSON object, or one matching `schema`), built
+        once: bounded, converted to GBNF and compiled by llama.cpp, which keeps it for the
+        engine thread to clone. Raises InvalidParam. Blocking: call it from a worker thread."""
+        grammar = self.backend.json_grammar(schema)
+        self.backend.compile_grammar(grammar)
+        return grammar
 
     def generate(
         self,
@@ -138,8 +143,8 @@ class AsyncEngine:
         num_vocab = self.backend.num_vocab
         if any(not 0 <= token_id < num_vocab for token_id, _ in params.logit_bias):
             raise InvalidParam("logit_bias", f"token ids must be between 0 and {num_vocab - 1}")
-        if params.grammar is not None:
-            self.backend.check_grammar(params.grammar)
+        if params.grammar is not None and not isinstance(params.grammar, Grammar):
+            raise InvalidParam("response_format", "the grammar was not built by json_grammar()")
         num_prompt = len(prompt_ids)
         room = self.slot_ctx - num_prompt
         if room < 1 or (params.max_tokens is not None and params.max_tokens > room):

@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
+    from localllm.constraints import Grammar
     from localllm.engine.scheduler import BatchChunk
     from localllm.engine.slots import KvOp
     from localllm.types import SamplingParams, TokenLogprob
@@ -132,13 +133,17 @@ class ModelBackend(Vocabulary, StepBackend, SequenceStates, Protocol):
         """A one-line description of the model (architecture, size, quantisation). Any thread."""
         ...
 
-    def check_grammar(self, grammar: str) -> None:
-        """Raises InvalidParam if llama.cpp cannot parse the GBNF grammar. Any thread; changes nothing."""
+    def compile_grammar(self, grammar: Grammar) -> None:
+        """Parses the grammar once (by digest) and keeps the compiled form that add_sampler
+        clones for each request. Raises InvalidParam if llama.cpp refuses it. Any thread (a
+        worker: the engine thread then never parses); keeps a bounded number of grammars."""
         ...
 
-    def json_grammar(self, schema: dict | None) -> str:
-        """GBNF for any JSON object (`schema` None) or one matching `schema`.
-        Raises InvalidParam for a schema it cannot translate. Pure."""
+    def json_grammar(self, schema: dict | None) -> Grammar:
+        """Bounded GBNF for any JSON object (`schema` None) or one matching `schema`
+        (localllm.constraints checks the schema before any grammar exists). Raises
+        InvalidParam (param response_format) for a schema past the bounds or one it cannot
+        translate. Pure, but blocking: call it from a worker thread."""
         ...
 
     def embed(self, inputs: Sequence[Sequence[int]]) -> list:

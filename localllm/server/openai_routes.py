@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -91,7 +92,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     if body.get("tools") or body.get("functions"):
         raise bad_request("tool and function calling are not supported yet", "tools")
     template = compiled_template(model.chat_template, model.bos_token, model.eos_token)
-    gen = generation_request(body, [template.render(messages)], chat=True, json_grammar=model.engine.json_grammar)
+    gen = await _generation_request(body, [template.render(messages)], model, chat=True)
     fmt = _ChatFormat(model.engine.token_bytes if gen.params.logprobs is not None else None)
     return await _respond(request, model, body, gen, fmt, add_special=False)
 
@@ -101,7 +102,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
     model = await require_model(request, body.get("model"))
     if body.get("suffix"):
         raise bad_request("suffix (fill-in-the-middle) is not supported by this server", "suffix")
-    gen = generation_request(body, completion_prompts(body), chat=False, json_grammar=model.engine.json_grammar)
+    gen = await _generation_request(body, completion_prompts(body), model, chat=False)
     echo = gen.echo
     engine = model.engine
 
@@ -112,6 +113,14 @@ async def completions(request: web.Request) -> web.StreamResponse:
     token_bytes = engine.token_bytes if gen.params.logprobs is not None else None
     return await _respond(request, model, body, gen, _CompletionFormat(prompt_text if echo else None, token_bytes),
                           add_special=True)
+
+
+async def _generation_request(body: dict, prompts: list[str | list[int]], model: LoadedModel, *,
+                              chat: bool) -> GenerationRequest:
+    """The validated request. A response_format is bounded, turned into a grammar and compiled
+    once, in a worker thread: never on the event loop, never again on the engine thread."""
+    build = functools.partial(generation_request, body, prompts, chat=chat, json_grammar=model.engine.json_grammar)
+    return await asyncio.to_thread(build) if body.get("response_format") is not None else build()
 
 
 async def _respond(request: web.Request, model: LoadedModel, body: dict, gen: GenerationRequest, fmt: _Format,

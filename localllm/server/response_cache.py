@@ -32,7 +32,11 @@ def wants_cache(request: web.Request, body: dict, gen: GenerationRequest) -> boo
 
 
 def key_for(model: LoadedModel, kind: str, gen: GenerationRequest, add_special: bool) -> str:
-    params = dataclasses.asdict(gen.params)
+    """The grammar counts by its sha256 digest: hashing its text (up to 1 MiB) again per request
+    would cost time, and dumping it into the key material was the old way to burn memory."""
+    grammar = gen.params.grammar
+    params = dataclasses.asdict(dataclasses.replace(gen.params, grammar=None))
+    params["grammar"] = grammar.digest if grammar is not None else None
     return request_key(model.identity, kind, gen.prompts, gen.n, params,
                        {"echo": gen.echo, "add_special": add_special, "template": model.chat_template})
 

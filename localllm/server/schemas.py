@@ -9,13 +9,15 @@ from typing import Any
 
 from aiohttp import web
 
+from localllm.constraints import Grammar
 from localllm.server.errors import ApiError, bad_request
 from localllm.types import InvalidParam, SamplingParams
 
 MAX_CHOICES = 8
 
-JsonGrammar = Callable[[dict | None], str]
-"""Turns a JSON schema (or None: any object) into GBNF; the engine provides it."""
+JsonGrammar = Callable[[dict | None], Grammar]
+"""Turns a JSON schema (or None: any object) into a bounded, compiled grammar; the engine
+provides it. Blocking: requests with a response_format are validated in a worker thread."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,25 +180,25 @@ def _chat_logprobs(body: dict[str, Any]) -> int | None:
     return (top or 0) if wanted else None
 
 
-def _grammar(response_format: object, json_grammar: JsonGrammar) -> str | None:
-    """response_format -> GBNF: text (none), json_object, or json_schema."""
+def _grammar(response_format: object, json_grammar: JsonGrammar) -> Grammar | None:
+    """response_format -> grammar: text (none), json_object, or json_schema; every bad one a 400."""
     if response_format is None:
         return None
     kind = response_format.get("type") if isinstance(response_format, dict) else None
     if kind == "text":
         return None
-    if kind == "json_object":
-        return json_grammar(None)
+    if kind not in ("json_object", "json_schema"):
+        raise bad_request("response_format.type must be text, json_object or json_schema", "response_format")
+    schema = None
     if kind == "json_schema":
         spec = response_format.get("json_schema")
         schema = spec.get("schema") if isinstance(spec, dict) else None
         if not isinstance(schema, dict):
             raise bad_request("response_format.json_schema.schema must be a JSON schema object", "response_format")
-        try:
-            return json_grammar(schema)
-        except InvalidParam as exc:
-            raise bad_request(str(exc), "response_format") from None
-    raise bad_request("response_format.type must be text, json_object or json_schema", "response_format")
+    try:
+        return json_grammar(schema)
+    except InvalidParam as exc:
+        raise bad_request(str(exc), "response_format") from None
 
 
 _DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}

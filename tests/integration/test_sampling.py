@@ -54,7 +54,7 @@ def reference_draws(params: SamplingParams, rows: np.ndarray) -> list[int]:
     SamplingParams(temperature=1.0, top_k=2, seed=5, logit_bias=((236764, 5.0), (1, -100.0))),
 ])
 def test_prefiltered_chain_draws_what_the_full_row_draws(rows: np.ndarray, params: SamplingParams):
-    sampler = sampling.build_sampler(params, None, rows.shape[1], eog_token_ids=())
+    sampler = sampling.build_sampler(params, rows.shape[1], (), grammars=None)
     assert isinstance(sampler, sampling.ChainSampler)
     ours = [sampler.sample(None, 0, row.copy()) for row in rows]
     sampler.free()

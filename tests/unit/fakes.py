@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 
+from localllm.constraints import Grammar, check_schema
 from localllm.engine.errors import BackendError, NoKvRoom
 from localllm.engine.prefix import common_prefix_len
 from localllm.engine.scheduler import BatchChunk
@@ -77,12 +78,14 @@ class FakeBackend:
     def describe(self) -> str:
         return "fake scripted model"
 
-    def check_grammar(self, grammar: str) -> None:
-        if "root" not in grammar:
+    def compile_grammar(self, grammar: Grammar) -> None:
+        if "root" not in grammar.text:
             raise InvalidParam("response_format", "the output grammar could not be parsed")
 
-    def json_grammar(self, schema: dict | None) -> str:
-        return 'root ::= "{}"'
+    def json_grammar(self, schema: dict | None) -> Grammar:
+        if schema is not None:
+            check_schema(schema)  # the same bounds as the real backend
+        return Grammar('root ::= "{}"')
 
     def embed(self, inputs: Sequence[Sequence[int]]) -> list:
         return [[float(len(token_ids)), 1.0] for token_ids in inputs]

@@ -18,8 +18,9 @@ import numpy as np
 
 import llama_cpp.llama_cpp as ll
 
+from localllm.constraints import Grammar
 from localllm.engine.errors import BackendError, NoKvRoom, PrefixWindowGone
-from localllm.engine.llama_backend import rpc, sampling
+from localllm.engine.llama_backend import grammar, rpc, sampling
 from localllm.engine.llama_backend.batch import NumpyBatch
 from localllm.engine.llama_backend.embedding import MAX_INPUT_TOKENS, EmbeddingContext
 from localllm.engine.scheduler import BatchChunk
@@ -139,7 +140,10 @@ class LlamaBackend:
         self._logits_row_type = ctypes.c_float * self.num_vocab
         self._logits_views: dict[int, np.ndarray] = {}
         self._samplers: dict[str, sampling.Sampler] = {}
-        self._eog_token_ids: tuple[int, ...] | None = None
+        # Scanned here, on the loading thread: the first grammar or ignore_eos request used to
+        # pay for 262k ctypes calls on the engine thread.
+        self._eog_token_ids = tuple(t for t in range(self.num_vocab) if ll.llama_vocab_is_eog(self._vocab, t))
+        self._grammars = grammar.CompiledGrammars(self._vocab)
         self._logprobs_wanted: dict[str, int] = {}
         self._logprobs: dict[str, TokenLogprob] = {}
         self._embedding: EmbeddingContext | None = None
@@ -209,8 +213,8 @@ class LlamaBackend:
     # -- samplers (engine thread) ---------------------------------------------------
 
     def add_sampler(self, request_id: str, params: SamplingParams) -> None:
-        eog = self._end_of_generation_ids() if params.ignore_eos or params.grammar else ()
-        self._samplers[request_id] = sampling.build_sampler(params, self._vocab, self.num_vocab, eog)
+        eog = self._eog_token_ids if params.ignore_eos or params.grammar else ()
+        self._samplers[request_id] = sampling.build_sampler(params, self.num_vocab, eog, self._grammars)
         if params.logprobs is not None:
             self._logprobs_wanted[request_id] = params.logprobs
 
@@ -220,13 +224,15 @@ class LlamaBackend:
         if sampler is not None:
             sampler.free()
 
-    def check_grammar(self, grammar: str) -> None:
-        """Raises InvalidParam if llama.cpp cannot parse the grammar. Any thread."""
-        ll.llama_sampler_free(sampling.grammar_sampler(self._vocab, grammar))
+    def compile_grammar(self, constraint: Grammar) -> None:
+        """Parses the grammar once and keeps it for add_sampler to clone; raises InvalidParam if
+        llama.cpp refuses it. Any thread (a worker: the engine thread then only clones)."""
+        self._grammars.compile(constraint)
 
     @staticmethod
-    def json_grammar(schema: dict | None) -> str:
-        return sampling.json_grammar(schema)
+    def json_grammar(schema: dict | None) -> Grammar:
+        """Bounded GBNF for response_format (see localllm.constraints). Blocking: a worker thread."""
+        return grammar.json_grammar(schema)
 
     def take_logprobs(self) -> dict[str, TokenLogprob]:
         """Logprobs computed by the last decode for requests that asked; hands them over."""
@@ -313,11 +319,6 @@ class LlamaBackend:
             self._logits_views[address] = view
         return view
 
-    def _end_of_generation_ids(self) -> tuple[int, ...]:
-        if self._eog_token_ids is None:
-            self._eog_token_ids = tuple(t for t in range(self.num_vocab) if ll.llama_vocab_is_eog(self._vocab, t))
-        return self._eog_token_ids
-
     def logits_for(self, token_ids: Sequence[int], seq_id: int = 0) -> np.ndarray:
         """Logits after every token of `token_ids`, evaluated alone on `seq_id` (for tests
         and scoring; copies n x vocab floats, so not for the serving path)."""
@@ -348,6 +349,7 @@ class LlamaBackend:
             self._embedding = None
         for request_id in list(self._samplers):
             self.remove_sampler(request_id)
+        self._grammars.close()
         self._logits_views.clear()
         if self._ctx:
             ll.llama_free(self._ctx)

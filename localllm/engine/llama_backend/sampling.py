@@ -18,16 +18,15 @@ Each first adds the request's `LogitBias` (logit_bias, ignore_eos) to the row in
 from __future__ import annotations
 
 import ctypes
-import json
 from collections.abc import Sequence
 
 import numpy as np
 
 import llama_cpp.llama_cpp as ll
-from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
 
 from localllm.engine.errors import BackendError
-from localllm.types import InvalidParam, SamplingParams, TokenLogprob
+from localllm.engine.llama_backend.grammar import CompiledGrammars
+from localllm.types import SamplingParams, TokenLogprob
 
 # Used when the request sets no top_k: penalties and the final pick then touch a
 # few dozen candidates instead of the whole vocabulary (llama.cpp's default too).
@@ -170,9 +169,10 @@ def _apply(sampler: ll.llama_sampler_p, candidates: np.ndarray) -> int:
     return array.selected
 
 
-def build_sampler(params: SamplingParams, vocab: ll.llama_vocab_p, num_vocab: int,
-                  eog_token_ids: Sequence[int]) -> Sampler:
-    """The cheapest sampler that honours every parameter of the request."""
+def build_sampler(params: SamplingParams, num_vocab: int, eog_token_ids: Sequence[int],
+                  grammars: CompiledGrammars) -> Sampler:
+    """The cheapest sampler that honours every parameter of the request; a grammar is
+    cloned from its compiled form in `grammars` (parsed once per distinct grammar)."""
     biases = list(params.logit_bias)
     if params.ignore_eos:  # as llama.cpp does: end-of-generation tokens can never be drawn
         biases += [(t, float("-inf")) for t in eog_token_ids]
@@ -181,7 +181,7 @@ def build_sampler(params: SamplingParams, vocab: ll.llama_vocab_p, num_vocab: in
     if params.is_greedy and not has_penalties and params.grammar is None:
         return GreedySampler(bias)
     if params.grammar is not None:
-        return GrammarSampler(grammar_sampler(vocab, params.grammar), _chain(params, num_vocab), bias,
+        return GrammarSampler(grammars.sampler(params.grammar), _chain(params, num_vocab), bias,
                               eog_token_ids)
     return ChainSampler(_chain(params, num_vocab), bias, params.top_k or DEFAULT_TOP_K)
 
@@ -206,23 +206,6 @@ def _chain(params: SamplingParams, num_vocab: int) -> ll.llama_sampler_p:
     seed = ll.LLAMA_DEFAULT_SEED if params.seed is None else params.seed & 0xFFFFFFFF
     add(ll.llama_sampler_init_dist(seed))
     return chain
-
-
-def grammar_sampler(vocab: ll.llama_vocab_p, grammar: str) -> ll.llama_sampler_p:
-    sampler = ll.llama_sampler_init_grammar(vocab, grammar.encode(), b"root")
-    if not sampler:
-        raise InvalidParam("response_format", "the output grammar could not be parsed")
-    return sampler
-
-
-def json_grammar(schema: dict | None) -> str:
-    """GBNF for any JSON object (schema None) or for a JSON schema."""
-    if schema is None:
-        return JSON_GBNF
-    try:
-        return json_schema_to_gbnf(json.dumps(schema))
-    except (ValueError, TypeError, KeyError, RecursionError, NotImplementedError) as exc:
-        raise InvalidParam("response_format", f"unsupported JSON schema: {exc}") from None
 
 
 def logprob_of(logits: np.ndarray, token_id: int, num_top: int) -> TokenLogprob:
