@@ -20,7 +20,7 @@ import llama_cpp.llama_cpp as ll
 
 from localllm.constraints import Grammar
 from localllm.engine.errors import BackendError, NoKvRoom, PrefixWindowGone
-from localllm.engine.llama_backend import grammar, rpc, sampling
+from localllm.engine.llama_backend import grammar as gbnf, rpc, sampling
 from localllm.engine.llama_backend.batch import NumpyBatch
 from localllm.engine.llama_backend.embedding import MAX_INPUT_TOKENS, EmbeddingContext
 from localllm.engine.scheduler import BatchChunk
@@ -143,7 +143,7 @@ class LlamaBackend:
         # Scanned here, on the loading thread: the first grammar or ignore_eos request used to
         # pay for 262k ctypes calls on the engine thread.
         self._eog_token_ids = tuple(t for t in range(self.num_vocab) if ll.llama_vocab_is_eog(self._vocab, t))
-        self._grammars = grammar.CompiledGrammars(self._vocab)
+        self._grammars = gbnf.CompiledGrammars(self._vocab)
         self._logprobs_wanted: dict[str, int] = {}
         self._logprobs: dict[str, TokenLogprob] = {}
         self._embedding: EmbeddingContext | None = None
@@ -224,15 +224,15 @@ class LlamaBackend:
         if sampler is not None:
             sampler.free()
 
-    def compile_grammar(self, constraint: Grammar) -> None:
+    def compile_grammar(self, grammar: Grammar) -> None:
         """Parses the grammar once and keeps it for add_sampler to clone; raises InvalidParam if
         llama.cpp refuses it. Any thread (a worker: the engine thread then only clones)."""
-        self._grammars.compile(constraint)
+        self._grammars.compile(grammar)
 
     @staticmethod
     def json_grammar(schema: dict | None) -> Grammar:
         """Bounded GBNF for response_format (see localllm.constraints). Blocking: a worker thread."""
-        return grammar.json_grammar(schema)
+        return gbnf.json_grammar(schema)
 
     def take_logprobs(self) -> dict[str, TokenLogprob]:
         """Logprobs computed by the last decode for requests that asked; hands them over."""
