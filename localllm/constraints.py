@@ -292,7 +292,7 @@ def _check_pattern(pattern: object, name_len: int) -> int:
     if not isinstance(pattern, str) or len(pattern) > MAX_PATTERN_CHARS:
         raise schema_error(f"pattern must be a string of at most {MAX_PATTERN_CHARS} characters")
     try:
-        re.compile(pattern)
+        _check_repeats(_sre.parse(pattern))
     except (re.error, RecursionError, OverflowError) as exc:
         raise schema_error(f"pattern is not a valid regular expression: {exc}") from None
     if not (pattern.startswith("^") and pattern.endswith("$")):
@@ -302,7 +302,6 @@ def _check_pattern(pattern: object, name_len: int) -> int:
     for escape in _PATTERN_ESCAPE.findall(pattern):
         if escape not in _PATTERN_ESCAPES_OK:
             raise schema_error(f"pattern: the escape \\{escape} is not supported; write a character class")
-    _check_repeats(_sre.parse(pattern))
     cost = 0
     for low_text, comma, high_text in _QUANTIFIER.findall(pattern):
         low = int(low_text) if low_text else 0
