@@ -13,7 +13,7 @@ from typing import Any
 
 ENV_PREFIX = "LOCALLLM_"
 LOG_LEVELS = ("debug", "info", "warning", "error")
-SECRET_KEYS = frozenset({"api_key"})
+SECRET_KEYS = frozenset({"api_key", "admin_api_key"})
 """Keys whose values are masked wherever the configuration is shown."""
 
 
@@ -94,9 +94,20 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 8080
     api_key: str | None = None
-    """When set, every /v1 request needs `Authorization: Bearer <key>`."""
+    """When set, every /v1 request needs `Authorization: Bearer <key>` (inference scope)."""
+    admin_api_key: str | None = None
+    """A key with admin scope: /admin/* routes and every key's usage in /v1/stats (and inference)."""
     api_key_file: str | None = None
-    """More keys, one per line (`name:secret` or `secret`); re-read on SIGHUP."""
+    """More keys, one per line (`name:secret`, `name:secret:admin` or `secret`); re-read on SIGHUP.
+    A configured key source that yields no key is an error: auth never turns itself off."""
+    allowed_hosts: str = ""
+    """Comma-separated Host names accepted besides localhost, 127.0.0.1 and [::1] while bound to a
+    loopback address (DNS-rebinding guard); '*' accepts any."""
+    share_cache_across_keys: bool = False
+    """With several keys, each key's response cache and prefix reuse are its own (no cross-tenant
+    oracle); true shares them on purpose. Without keys everything is shared anyway."""
+    metrics_require_key: bool = False
+    """/metrics needs a valid key too (keys must be configured)."""
     rate_limit_rpm: int = 0
     """Requests per minute per key (0: no limit)."""
     rate_limit_tpm: int = 0
@@ -136,6 +147,13 @@ class ServerConfig:
         _check(math.isfinite(self.max_keep_alive_s) and self.max_keep_alive_s >= 0, "max_keep_alive_s",
                "must be 0 or more seconds")
         _check(self.max_loaded_models >= 1, "max_loaded_models", "must be at least 1")
+        for name in ("api_key", "admin_api_key"):
+            value = getattr(self, name)
+            _check(value is None or value != "", name, "is empty: remove it, or set a key (auth never turns off)")
+            _check(value is None or value == value.strip(), name, "has surrounding whitespace, which no "
+                   "client sends: remove it")
+        _check(not self.metrics_require_key or bool(self.api_key or self.admin_api_key or self.api_key_file),
+               "metrics_require_key", "needs api_key, admin_api_key or api_key_file")
         _check(self.api_key_file is None or Path(self.api_key_file).is_file(), "api_key_file",
                f"{self.api_key_file!r} is not a readable file")
 

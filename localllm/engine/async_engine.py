@@ -109,8 +109,11 @@ class AsyncEngine:
         *,
         request_id: str | None = None,
         add_special: bool = True,
+        cache_namespace: str = "",
     ) -> RequestStream:
         """Validates and queues a request; returns its stream of deltas.
+
+        Cached prefixes are reused only between requests of the same `cache_namespace`.
 
         Raises InvalidParam / PromptTooLong at once, before any work is queued.
         Closing the stream before its last delta (client gone) aborts the request.
@@ -121,6 +124,7 @@ class AsyncEngine:
             raise QueueFull(f"all slots are busy and {self.max_in_flight} requests are in flight")
         prompt_ids = self.tokenize(prompt, add_special=add_special) if isinstance(prompt, str) else list(prompt)
         request = self._make_request(request_id or f"req-{next(self._ids)}", prompt_ids, params)
+        request.cache_namespace = cache_namespace
         queue: asyncio.Queue[TokenDelta] = asyncio.Queue()
         self._streams[request.request_id] = queue
         self._core.commands.put(AddRequest(request))

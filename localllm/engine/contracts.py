@@ -169,21 +169,23 @@ class PrefixStateStore(Protocol):
     min_tokens: int
     """Prompts shorter than this are neither saved nor restored."""
 
-    def longest(self, prompt_ids: list[int]) -> tuple[str, int] | None:
+    def longest(self, prompt_ids: list[int], namespace: str = "") -> tuple[str, int] | None:
         """(entry key, tokens shared with the prompt) of the best stored prefix of at least
-        min_tokens, or None. Changes nothing but the in-memory index's freshness."""
+        min_tokens saved under `namespace` (a tenant: Request.cache_namespace), or None.
+        Changes nothing but the in-memory index's freshness."""
         ...
 
     def load(self, key: str) -> bytes | None:
         """The state stored under `key`, or None (evicted, unreadable). Counts a restore."""
         ...
 
-    def covers(self, prompt_ids: list[int]) -> bool:
-        """True if a stored prefix already covers most of the prompt (saving it adds little)."""
+    def covers(self, prompt_ids: list[int], namespace: str = "") -> bool:
+        """True if a stored prefix of `namespace` already covers most of the prompt (saving it adds little)."""
         ...
 
-    def save(self, token_ids: list[int], data: bytes) -> None:
-        """Queues storing `data` as the state after `token_ids`; returns at once."""
+    def save(self, token_ids: list[int], data: bytes, namespace: str = "") -> None:
+        """Queues storing `data` as the state after `token_ids`, for requests of `namespace` only;
+        returns at once."""
         ...
 
     def stats(self) -> dict:

@@ -27,7 +27,7 @@ class DiskPrefixes:
         """(key, prompt tokens it can give) of the best saved prefix, leaving at least one prompt
         token to evaluate; None if there is none. Changes nothing."""
         try:
-            found = self.store.longest(request.prompt_token_ids)
+            found = self.store.longest(request.prompt_token_ids, request.cache_namespace)
         except Exception:  # the contract says misses, not errors; a store bug must not fail admission
             log.exception("looking up saved prefix states failed")
             return None
@@ -52,10 +52,10 @@ class DiskPrefixes:
         for chunk in plan.chunks:
             if not (chunk.is_prompt and chunk.wants_logits):
                 continue
-            prompt = chunk.request.prompt_token_ids
-            if len(prompt) < self.store.min_tokens or self.store.covers(prompt):
+            prompt, namespace = chunk.request.prompt_token_ids, chunk.request.cache_namespace
+            if len(prompt) < self.store.min_tokens or self.store.covers(prompt, namespace):
                 continue
             try:
-                self.store.save(prompt, self._backend.save_sequence(chunk.slot_id))
+                self.store.save(prompt, self._backend.save_sequence(chunk.slot_id), namespace)
             except Exception:
                 log.exception("saving a prefix state failed")

@@ -25,6 +25,8 @@ class Request:
     params: SamplingParams
     max_new_tokens: int
     """max_tokens resolved against the slot's context."""
+    cache_namespace: str = ""
+    """Cached prefixes (in memory and on disk) are reused only within one namespace (tenant)."""
     arrival_s: float = field(default_factory=time.monotonic)
     state: RequestState = RequestState.WAITING
     slot_id: int | None = None

@@ -19,6 +19,8 @@ class Slot:
     """Exactly the tokens in this sequence's KV cells, positions 0..n-1."""
     request: Request | None = None
     last_used_s: float = 0.0
+    cache_namespace: str = ""
+    """Whose tokens these are: reused only by requests of the same namespace."""
 
     @property
     def is_free(self) -> bool:
@@ -77,7 +79,8 @@ class SlotTable:
         limit = len(prompt) - 1
         free = self.free_slots()
         assert free, "assign() needs a free slot"
-        own = {s.slot_id: min(common_prefix_len(s.cached_token_ids, prompt), limit) for s in free}
+        namespace = request.cache_namespace
+        own = {s.slot_id: self._shared(s, prompt, namespace, limit) for s in free}
         # Prefer the free slot that already holds the most; among equals, the least recently used.
         target = max(free, key=lambda s: (own[s.slot_id], -s.last_used_s))
         reuse = own[target.slot_id]
@@ -85,7 +88,7 @@ class SlotTable:
         for slot in self.slots:
             if slot is target:
                 continue
-            shared = min(common_prefix_len(slot.cached_token_ids, prompt), limit)
+            shared = self._shared(slot, prompt, namespace, limit)
             if shared > reuse:
                 source, reuse = slot, shared
         if source is None:
@@ -93,9 +96,17 @@ class SlotTable:
         else:
             ops = [KvTrim(target.slot_id, 0), KvCopy(source.slot_id, target.slot_id, reuse)]
         target.cached_token_ids = prompt[:reuse]
+        target.cache_namespace = namespace
         target.request = request
         target.last_used_s = time.monotonic()
         return target, ops, reuse
+
+    @staticmethod
+    def _shared(slot: Slot, prompt: list[int], namespace: str, limit: int) -> int:
+        """Prompt tokens `slot` could give, at most `limit`; none across namespaces."""
+        if slot.cache_namespace != namespace:
+            return 0
+        return min(common_prefix_len(slot.cached_token_ids, prompt), limit)
 
     def release(self, slot_id: int) -> None:
         """Frees the slot; its cached tokens stay for prefix reuse. Changes state."""
@@ -121,6 +132,7 @@ class SlotTable:
             req = slot.request
             if req is not None:
                 assert req.slot_id == slot.slot_id, (req.slot_id, slot.slot_id)
+                assert req.cache_namespace == slot.cache_namespace
                 assert not req.is_finished
                 prompt_part = req.prompt_token_ids[: req.num_computed_tokens]
                 assert slot.cached_token_ids[: len(prompt_part)] == prompt_part

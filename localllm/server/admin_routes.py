@@ -7,7 +7,7 @@ import time
 
 from aiohttp import web
 
-from localllm.server.auth import KEYRING_KEY
+from localllm.server.auth import IS_ADMIN, KEY_ID, KEYRING_KEY
 from localllm.telemetry import host_snapshot
 from localllm.server.metrics import METRICS_KEY
 from localllm.server.openapi import openapi_json
@@ -27,8 +27,18 @@ def setup(app: web.Application) -> None:
     app.router.add_get("/openapi.json", openapi_json)
 
 
+def _key_usage(request: web.Request) -> dict[str, dict[str, int]]:
+    """Every key's usage for admin keys (and without keys configured); otherwise only the caller's."""
+    usage = request.app[KEYRING_KEY].snapshot()
+    if request.get(IS_ADMIN, False):
+        return usage
+    own = request.get(KEY_ID)
+    return {own: usage[own]} if own in usage else {}
+
+
 async def metrics(request: web.Request) -> web.Response:
-    """Prometheus exposition; public like /health (it carries no prompts or keys)."""
+    """Prometheus exposition; public like /health unless metrics_require_key. Keys appear by
+    name only (never by anything derived from a secret); no prompts."""
     return request.app[METRICS_KEY].render()
 
 
@@ -76,7 +86,7 @@ async def stats(request: web.Request) -> web.Response:
     snapshot["heartbeat_age_s"] = time.monotonic() - snapshot.pop("loop_heartbeat_s")
     snapshot["model_path"] = str(model.path)
     snapshot["slot_ctx"] = model.engine.slot_ctx
-    snapshot["keys"] = request.app[KEYRING_KEY].snapshot()
+    snapshot["keys"] = _key_usage(request)
     snapshot["host"] = await asyncio.to_thread(host_snapshot)  # NVML calls can take milliseconds
     snapshot["response_cache"] = await asyncio.to_thread(request.app[CACHE_KEY].stats)
     snapshot["layer_split"] = model.engine.backend.layer_split  # over RPC servers, if any

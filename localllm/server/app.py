@@ -13,6 +13,7 @@ from localllm.compose import load_model
 from localllm.models.manager import LoadedModel, ModelLoader, ModelManager
 from localllm.server import admin_routes, model_routes, openai_routes
 from localllm.server.auth import KEYRING_KEY, KeyRing, auth_middleware
+from localllm.server.browser_guard import browser_guard
 from localllm.server.errors import error_middleware
 from localllm.server.metrics import METRICS_KEY, ServerMetrics
 from localllm.server.response_cache import CACHE_KEY
@@ -26,7 +27,8 @@ def create_app(config: Config, *, loaded: LoadedModel | None = None, loader: Mod
     """Builds the server. With `loaded`, serves that already running engine as the default
     model and leaves it running on shutdown (tests share one model load); otherwise the
     default model loads in the background while /health already answers."""
-    middlewares = [error_middleware, auth_middleware]
+    keyring = KeyRing(config.server)  # first: a key source without keys is a ConfigError (fail closed)
+    middlewares = [error_middleware, browser_guard(config.server), auth_middleware]  # guard: Host, Origin
     if config.server.cors_origins:
         middlewares.insert(0, cors_middleware(config.server.cors_origins))
     middlewares.insert(0, request_log_middleware)  # outermost: logs the final status
@@ -36,7 +38,7 @@ def create_app(config: Config, *, loaded: LoadedModel | None = None, loader: Mod
     manager = app[MODEL_KEY] = ModelManager(config, loader, keep_alive)
     if loaded is not None:
         manager.adopt(loaded)
-    keyring = app[KEYRING_KEY] = KeyRing(config.server)
+    app[KEYRING_KEY] = keyring
     cache = app[CACHE_KEY] = ResponseCache(CacheConfig(
         config.cache_dir / "responses", config.server.cache_size_mib * 2**20, config.server.cache_ttl_s,
         config.server.cache_enabled))

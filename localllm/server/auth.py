@@ -1,137 +1,130 @@
-"""API keys, per-key rate limits (requests and tokens per minute) and per-key usage."""
+"""API keys with scopes (inference, admin), per-key limits (rate_limits.py) and per-key usage.
+
+Auth fails closed: once a key source is configured (api_key, admin_api_key, api_key_file)
+the server needs a key on /v1 and /admin, and a source that yields no key is an error,
+never "no auth". Without any key source (single user on loopback), admin routes answer
+only to loopback peers.
+"""
 from __future__ import annotations
 
-import hashlib
 import hmac
-import math
-import threading
-import time
-from collections import deque
-from dataclasses import dataclass, field
+import ipaddress
+from dataclasses import dataclass
 from pathlib import Path
 
 from aiohttp import web
 
-from localllm.config import ServerConfig
+from localllm.config import ConfigError, ServerConfig
 from localllm.server.errors import ApiError
+from localllm.server.rate_limits import RateLimiter, Ticket, completion_budget
 
-WINDOW_S = 60.0
 KEY_ID = web.RequestKey("key_id", str)
-"""Which key made the request (for limits, usage and logs)."""
+"""Which key made the request (its name: for limits, usage, logs and cache namespaces)."""
+IS_ADMIN = web.RequestKey("is_admin", bool)
+"""The request may see admin data (an admin key, or no keys configured)."""
 RATE_HEADERS = web.RequestKey("rate_headers", dict)
 """x-ratelimit-* headers, for responses that send their headers early (SSE)."""
 USAGE_TOKENS = web.RequestKey("usage_tokens", int)
 """Tokens the request used, set by the generation and embedding handlers."""
+TICKET = web.RequestKey("rate_ticket", Ticket)
+"""The request's hold on its key's token budget (POSTs only)."""
+
+SCOPES = ("inference", "admin")
+ANONYMOUS = "anonymous"
 
 
-@dataclass(slots=True)
-class KeyUsage:
-    num_requests: int = 0
-    num_tokens: int = 0
-    num_rate_limited: int = 0
-    recent: deque[tuple[float, int]] = field(default_factory=deque)
-    """(time, tokens) of the requests in the last minute; tokens filled in when they finish."""
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    name: str
+    """Shown in logs, metrics and /v1/stats; never derived from the secret."""
+    secret: str
+    is_admin: bool = False
 
 
 class KeyRing:
-    """The accepted keys (flag, environment, key file) and what each has used."""
+    """The accepted keys (flag, environment, key file) and the per-key limits."""
 
     def __init__(self, config: ServerConfig) -> None:
         self._config = config
-        self._lock = threading.Lock()
-        self.usage: dict[str, KeyUsage] = {}
-        self._keys: dict[str, str] = {}
+        self.limits = RateLimiter(config.rate_limit_rpm, config.rate_limit_tpm)
+        self._keys: list[ApiKey] = []
         self.reload()
 
     @property
     def enabled(self) -> bool:
-        return bool(self._keys)
+        """True once any key source is configured: requests then need a valid key."""
+        config = self._config
+        return bool(config.api_key or config.admin_api_key or config.api_key_file)
+
+    @property
+    def metrics_require_key(self) -> bool:
+        return self._config.metrics_require_key
 
     def reload(self) -> None:
-        """Re-reads the key file (SIGHUP); keys removed from it stop working at once."""
-        keys = {}
+        """Re-reads the key file (SIGHUP); keys removed from it stop working at once.
+
+        Raises ConfigError (a ValueError) and keeps the old keys when the sources yield no
+        key or a line is invalid: a half-written key file must not turn auth off."""
+        keys = []
         if self._config.api_key:
-            keys[self._config.api_key] = "default"
+            keys.append(ApiKey("default", self._config.api_key))
+        if self._config.admin_api_key:
+            keys.append(ApiKey("admin", self._config.admin_api_key, is_admin=True))
         if self._config.api_key_file:
-            keys.update(read_key_file(Path(self._config.api_key_file)))
+            keys.extend(read_key_file(Path(self._config.api_key_file)))
+        if self.enabled and not keys:
+            raise ConfigError(f"api_key_file {self._config.api_key_file} holds no key (empty or only comments); "
+                              "refusing to serve without auth")
         self._keys = keys
 
-    def identify(self, authorization: str) -> str | None:
-        """The key id for an `Authorization: Bearer ...` header, or None. Constant-time compare."""
+    def identify(self, authorization: str) -> ApiKey | None:
+        """The key for an `Authorization: Bearer ...` header, or None. Constant-time compare."""
         scheme, _, token = authorization.partition(" ")
-        if scheme.lower() != "bearer":
-            return None
         given = token.strip().encode()
+        if scheme.lower() != "bearer" or not given:
+            return None
         found = None
-        for secret, key_id in self._keys.items():
-            if hmac.compare_digest(given, secret.encode()):
-                found = key_id
+        for key in self._keys:
+            if hmac.compare_digest(given, key.secret.encode()):
+                found = key
         return found
 
-    def admit(self, key_id: str) -> dict[str, str]:
-        """Counts a request against the key's limits; raises a 429 ApiError when over.
-
-        Returns the x-ratelimit-* headers for the response."""
-        rpm, tpm = self._config.rate_limit_rpm, self._config.rate_limit_tpm
-        now = time.monotonic()
-        with self._lock:
-            usage = self.usage.setdefault(key_id, KeyUsage())
-            while usage.recent and now - usage.recent[0][0] > WINDOW_S:
-                usage.recent.popleft()
-            requests = len(usage.recent)
-            tokens = sum(t for _, t in usage.recent)
-            reset_s = WINDOW_S - (now - usage.recent[0][0]) if usage.recent else 0.0
-            headers = _headers(rpm, tpm, requests, tokens, reset_s)
-            if (rpm and requests >= rpm) or (tpm and tokens >= tpm):
-                usage.num_rate_limited += 1
-                retry = str(max(1, math.ceil(reset_s)))
-                raise ApiError(429, f"Rate limit reached for key {key_id!r}: {rpm or 'unlimited'} requests and "
-                               f"{tpm or 'unlimited'} tokens per minute. Retry in {retry} s.",
-                               type="rate_limit_error", code="rate_limit_exceeded",
-                               headers={**headers, "Retry-After": retry})
-            usage.recent.append((now, 0))
-            usage.num_requests += 1
-            return _headers(rpm, tpm, requests + 1, tokens, reset_s or WINDOW_S)
-
-    def record_tokens(self, key_id: str, num_tokens: int) -> None:
-        with self._lock:
-            usage = self.usage.setdefault(key_id, KeyUsage())
-            usage.num_tokens += num_tokens
-            if usage.recent:
-                at, tokens = usage.recent[-1]
-                usage.recent[-1] = (at, tokens + num_tokens)
-
     def snapshot(self) -> dict[str, dict[str, int]]:
-        with self._lock:
-            return {k: {"requests": u.num_requests, "tokens": u.num_tokens, "rate_limited": u.num_rate_limited}
-                    for k, u in self.usage.items()}
+        return self.limits.snapshot()
 
 
-def read_key_file(path: Path) -> dict[str, str]:
-    """One key per line, `name:secret` or just `secret`; blank lines and # comments skipped."""
-    keys = {}
-    for line in path.read_text().splitlines():
-        line = line.strip()
+def read_key_file(path: Path) -> list[ApiKey]:
+    """One key per line: `name:secret`, `name:secret:admin` (or `:inference`), or a bare `secret`
+    (named key-N by its position, never by anything derived from the secret). Blank lines and
+    # comments are skipped. Raises ConfigError naming the line for an empty secret or name."""
+    keys = []
+    for line_no, raw in enumerate(path.read_text().splitlines(), start=1):
+        line = raw.strip()
         if not line or line.startswith("#"):
             continue
         name, sep, secret = line.partition(":")
+        scope = "inference"
         if not sep:
-            name, secret = "key-" + hashlib.sha256(line.encode()).hexdigest()[:8], line
-        keys[secret.strip()] = name.strip()
+            name, secret = f"key-{len(keys) + 1}", line
+        else:
+            head, colon, last = secret.rpartition(":")
+            if colon and last.strip() in SCOPES:
+                secret, scope = head, last.strip()
+        name, secret = name.strip(), secret.strip()
+        if not name or not secret:
+            raise ConfigError(f"{path}:{line_no}: empty key {'name' if not name else 'secret'} "
+                              "(expected name:secret[:admin])")
+        keys.append(ApiKey(name, secret, is_admin=scope == "admin"))
     return keys
 
 
-def _headers(rpm: int, tpm: int, requests: int, tokens: int, reset_s: float) -> dict[str, str]:
-    headers = {}
-    if rpm:
-        headers |= {"x-ratelimit-limit-requests": str(rpm),
-                    "x-ratelimit-remaining-requests": str(max(0, rpm - requests)),
-                    "x-ratelimit-reset-requests": f"{reset_s:.0f}s"}
-    if tpm:
-        headers |= {"x-ratelimit-limit-tokens": str(tpm),
-                    "x-ratelimit-remaining-tokens": str(max(0, tpm - tokens)),
-                    "x-ratelimit-reset-tokens": f"{reset_s:.0f}s"}
-    return headers
+def is_loopback_peer(request: web.Request) -> bool:
+    try:
+        address = ipaddress.ip_address(request.remote or "")
+    except ValueError:
+        return False
+    mapped = getattr(address, "ipv4_mapped", None)
+    return (mapped or address).is_loopback
 
 
 KEYRING_KEY = web.AppKey("keyring", KeyRing)
@@ -140,22 +133,54 @@ _LIMITED_METHODS = {"POST"}  # generation and embeddings; reads like /v1/models 
 
 @web.middleware
 async def auth_middleware(request: web.Request, handler) -> web.StreamResponse:
-    """Bearer keys on /v1/ and /admin/ (when any key is configured), then per-key limits on POSTs."""
+    """Bearer keys on /v1/ and /admin/ (and /metrics if asked), scopes, then per-key limits on POSTs."""
     keyring = request.app[KEYRING_KEY]
-    if not request.path.startswith(("/v1/", "/admin/")):
+    path = request.path
+    if not (path.startswith(("/v1/", "/admin/")) or (path == "/metrics" and keyring.metrics_require_key)):
         return await handler(request)
-    key_id = "anonymous"
-    if keyring.enabled:
-        key_id = keyring.identify(request.headers.get("Authorization", ""))
-        if key_id is None:
-            raise ApiError(401, "Incorrect or missing API key. Send 'Authorization: Bearer <key>'.",
-                           type="authentication_error", code="invalid_api_key")
-    request[KEY_ID] = key_id
-    headers = request[RATE_HEADERS] = keyring.admit(key_id) if request.method in _LIMITED_METHODS else {}
+    key = _authenticate(request, keyring)
+    request[KEY_ID] = key.name if key else ANONYMOUS
+    request[IS_ADMIN] = key.is_admin if key else True
+    if request.method not in _LIMITED_METHODS:
+        request[RATE_HEADERS] = {}
+        return await handler(request)
+    ticket, headers = keyring.limits.admit(request[KEY_ID])
+    request[TICKET], request[RATE_HEADERS] = ticket, headers
     try:
         response = await handler(request)
     finally:
-        keyring.record_tokens(key_id, request.get(USAGE_TOKENS, 0))
+        keyring.limits.settle(ticket, request.get(USAGE_TOKENS, 0))
     if not response.prepared:  # streamed responses sent their headers already
-        response.headers.update(headers)
+        response.headers.update(request[RATE_HEADERS])
     return response
+
+
+def _authenticate(request: web.Request, keyring: KeyRing) -> ApiKey | None:
+    """The request's key (None without keys configured); 401 / 403 when it may not pass."""
+    admin_route = request.path.startswith("/admin/")
+    if not keyring.enabled:
+        if admin_route and not is_loopback_peer(request):
+            raise ApiError(403, "Admin routes answer only on loopback while no API keys are configured.",
+                           type="permission_error", code="admin_loopback_only")
+        return None
+    key = keyring.identify(request.headers.get("Authorization", ""))
+    if key is None:
+        raise ApiError(401, "Incorrect or missing API key. Send 'Authorization: Bearer <key>'.",
+                       type="authentication_error", code="invalid_api_key")
+    if admin_route and not key.is_admin:
+        raise ApiError(403, f"The key {key.name!r} has no admin scope; admin routes need admin_api_key or "
+                       "a `name:secret:admin` line in the key file.", type="permission_error",
+                       code="insufficient_scope")
+    return key
+
+
+def reserve_tokens(request: web.Request, prompt_lens: list[int], n: int, max_tokens: int | None,
+                   slot_ctx: int) -> None:
+    """Reserves prompt + completion budget for every choice on the request's key (429 when it does
+    not fit); the middleware settles the real count when the request ends."""
+    ticket = request.get(TICKET)
+    limits = request.app[KEYRING_KEY].limits
+    if ticket is None or not limits.tpm:
+        return
+    num_tokens = sum(p + n * completion_budget(p, max_tokens, slot_ctx) for p in prompt_lens)
+    request[RATE_HEADERS] = {**request.get(RATE_HEADERS, {}), **limits.reserve(ticket, num_tokens)}

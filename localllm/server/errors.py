@@ -10,6 +10,14 @@ from localllm.server.metrics import METRICS_KEY
 
 log = logging.getLogger(__name__)
 
+CLIENT_CLOSED = web.RequestKey("client_closed", bool)
+"""Set when the client hung up before the answer was complete: logged as 499, not an error."""
+
+
+def client_gone(request: web.Request) -> bool:
+    transport = request.transport
+    return transport is None or transport.is_closing()
+
 
 class ApiError(Exception):
     """An error the client should see: HTTP status plus OpenAI's error body."""
@@ -67,8 +75,11 @@ async def error_middleware(request: web.Request, handler) -> web.StreamResponse:
         kind, code = _STATUS_TYPES.get(exc.status, ("invalid_request_error", None))
         message = exc.reason if exc.status != 413 else "Request body too large."
         error = ApiError(exc.status, message, type=kind, code=code)
-    except Exception:
-        log.exception("unhandled error in %s %s", request.method, request.path)
+    except Exception as exc:
+        if isinstance(exc, ConnectionError) and client_gone(request):
+            request[CLIENT_CLOSED] = True
+            raise  # nobody to answer; the request log records 499, without a traceback
+        log.exception("unhandled error in %s %r", request.method, request.path)  # %r: no forged lines
         error = ApiError(500, "Internal server error.", type="server_error")
     metrics = request.app.get(METRICS_KEY)
     if metrics is not None:

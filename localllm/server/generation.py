@@ -58,15 +58,18 @@ def usage(choices: list[Choice], n: int) -> dict:
     }
 
 
-def start_choices(engine: AsyncEngine, gen: GenerationRequest, add_special: bool) -> list[RequestStream]:
-    """Queues every choice, or none: a choice that cannot be queued cancels the ones before it."""
+def start_choices(engine: AsyncEngine, gen: GenerationRequest, add_special: bool,
+                  cache_namespace: str = "") -> list[RequestStream]:
+    """Queues every choice, or none: a choice that cannot be queued cancels the ones before it.
+    Prefix reuse stays within `cache_namespace` (server/tenants.py)."""
     if not engine.has_room_for(len(gen.prompts) * gen.n):
         raise _queue_full()
     streams: list[RequestStream] = []
     try:
         for prompt in gen.prompts:
             for _ in range(gen.n):
-                streams.append(engine.generate(prompt, gen.params, add_special=add_special))
+                streams.append(engine.generate(prompt, gen.params, add_special=add_special,
+                                              cache_namespace=cache_namespace))
     except Exception as exc:
         for stream in streams:  # aborted and forgotten: nobody will read them
             stream.cancel()

@@ -30,6 +30,9 @@ class ServerMetrics:
                                 ["endpoint", "status"], registry=self.registry)
         self.errors = Counter("localllm_errors", "Error responses by OpenAI error type and HTTP status",
                               ["type", "status"], registry=self.registry)
+        self.client_disconnects = Counter(
+            "localllm_client_disconnects", "Requests whose client hung up before the answer was complete "
+            "(logged as status 499; not server errors)", registry=self.registry)
         self.registry.register(_EngineCollector(engine_stats))
         self.registry.register(_KeyUsageCollector(key_usage))
         self.registry.register(_CacheCollector(cache_stats))

@@ -13,9 +13,9 @@ from aiohttp import web
 from localllm.cache.prompt_cache import Recorded
 from localllm.models.catalogue import local_model_names
 from localllm.models.manager import LoadedModel
-from localllm.server.auth import RATE_HEADERS, USAGE_TOKENS
+from localllm.server.auth import KEYRING_KEY, RATE_HEADERS, USAGE_TOKENS, reserve_tokens
 from localllm.server.chat_template import compiled_template
-from localllm.server.errors import ApiError, bad_request
+from localllm.server.errors import CLIENT_CLOSED, ApiError, bad_request, client_gone
 from localllm.server.generation import Choice, close_all, merged, observe, start_choices, usage
 from localllm.server.metrics import METRICS_KEY
 from localllm.server.schemas import (
@@ -27,6 +27,7 @@ from localllm.server.response_cache import (
 )
 from localllm.server.sse import SseWriter
 from localllm.server.state import CONFIG_KEY, MODEL_KEY, require_model
+from localllm.server.tenants import cache_namespace
 from localllm.types import FinishReason, InvalidParam, TokenDelta, TokenLogprob
 
 
@@ -133,12 +134,15 @@ async def _generate(request: web.Request, model: LoadedModel, body: dict, gen: G
                     add_special: bool) -> web.StreamResponse:
     started_s = time.monotonic()
     cache = request.app[CACHE_KEY]
-    key = key_for(model, fmt.object_name, gen, add_special) if cache.is_active and wants_cache(request, body, gen) \
-        else None
+    namespace = cache_namespace(request, body)
+    key = key_for(model, fmt.object_name, gen, add_special, namespace) \
+        if cache.is_active and wants_cache(request, body, gen) else None
     recorded = await asyncio.to_thread(cache.get, key) if key else None
     num_choices = len(gen.prompts) * gen.n
     sink: Recorded = []
-    streams = [] if recorded is not None else start_choices(model.engine, gen, add_special)
+    if recorded is None:
+        _reserve_tokens(request, model, gen, add_special)
+    streams = [] if recorded is not None else start_choices(model.engine, gen, add_special, namespace)
     source = replay(recorded) if recorded is not None else recording(merged(streams), sink)
     headers = {**request.get(RATE_HEADERS, {}),
                CACHE_HEADER: "bypass" if key is None else "hit" if recorded is not None else "miss"}
@@ -149,7 +153,8 @@ async def _generate(request: web.Request, model: LoadedModel, body: dict, gen: G
             return await _stream(request, gen, fmt, meta, source, choices, headers)
         async for index, delta in source:
             choices[index].absorb(delta)
-            if request.transport is None or request.transport.is_closing():
+            if client_gone(request):
+                request[CLIENT_CLOSED] = True
                 break  # client gone: the finally below aborts what is left
         failed = [c for c in choices if c.finish_reason in (FinishReason.ERROR, FinishReason.ABORT) or c.error]
         if failed:
@@ -192,9 +197,26 @@ async def _stream(request: web.Request, gen: GenerationRequest, fmt: _Format, me
         if gen.include_usage:
             await sse.send({**chunk_meta, "choices": [], "usage": usage(choices, gen.n)})
         await sse.finish()
-    except (ConnectionResetError, ConnectionError):
-        pass  # client went away; the caller's finally aborts the rest
+    except ConnectionError:  # client went away; the caller's finally aborts the rest
+        request[CLIENT_CLOSED] = True
     return sse.response
+
+
+def _reserve_tokens(request: web.Request, model: LoadedModel, gen: GenerationRequest, add_special: bool) -> None:
+    """Per-minute token limits: the prompts are counted (tokenised) only when such a limit is set."""
+    if not request.app[KEYRING_KEY].limits.tpm:
+        return
+    engine = model.engine
+
+    def count(prompt: str | list[int]) -> int:
+        if not isinstance(prompt, str):
+            return len(prompt)
+        try:
+            return len(engine.tokenize(prompt, add_special=add_special))
+        except (ValueError, UnicodeError):  # start_choices reports the bad prompt
+            return len(prompt)
+
+    reserve_tokens(request, [count(p) for p in gen.prompts], gen.n, gen.params.max_tokens, engine.slot_ctx)
 
 
 def _note_for_log(request: web.Request, model: LoadedModel, choices: list[Choice], n: int) -> None:

@@ -18,6 +18,8 @@ import time
 from aiohttp import web
 
 from localllm.server.auth import KEY_ID, USAGE_TOKENS
+from localllm.server.errors import CLIENT_CLOSED
+from localllm.server.metrics import METRICS_KEY
 from localllm.server.state import CONFIG_KEY
 
 log = logging.getLogger("localllm.requests")
@@ -36,6 +38,9 @@ QUIET_PATHS = frozenset({"/health", "/ready", "/metrics"})
 """Probes and scrapes: logged at debug level only."""
 _CLIENT_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 CLIENT_GONE = 499
+"""nginx's status for a client that closed the connection before the answer was complete."""
+_UNSAFE_TEXT_RE = re.compile(r"[\x00-\x1f\x7f-\xa0\\\u2028\u2029\u200b-\u200f\u202a-\u202e\u2066-\u2069\ufeff]")
+_UNSAFE_RE = re.compile(r"[\x00-\x20\x7f-\xa0\\\u2028\u2029\u200b-\u200f\u202a-\u202e\u2066-\u2069\ufeff]")
 
 
 def request_id_for(request: web.Request) -> str:
@@ -51,18 +56,24 @@ async def request_log_middleware(request: web.Request, handler) -> web.StreamRes
     status = 500
     try:
         response = await handler(request)
-        status = response.status
+        status = CLIENT_GONE if request.get(CLIENT_CLOSED) else response.status
         if not response.prepared:
             response.headers.setdefault("X-Request-Id", request[REQUEST_ID])
         return response
     except web.HTTPException as exc:
         status = exc.status
         raise
+    except ConnectionError:  # the client hung up (errors.py re-raises only then): nobody to answer
+        status = CLIENT_GONE
+        return web.Response(status=CLIENT_GONE, reason="Client Closed Request")
     except asyncio.CancelledError:
         status = CLIENT_GONE
         raise
     finally:
         _log_request(request, status, time.monotonic() - started)
+        metrics = request.app.get(METRICS_KEY)
+        if status == CLIENT_GONE and metrics is not None:
+            metrics.client_disconnects.inc()
 
 
 def format_line(request: web.Request, status: int, duration_s: float) -> str:
@@ -81,7 +92,18 @@ def format_line(request: web.Request, status: int, duration_s: float) -> str:
         "ttft_ms": None if ttft_s is None else f"{ttft_s * 1000:.0f}",
         "duration_ms": f"{duration_s * 1000:.0f}",
     }
-    return " ".join(f"{k}={'-' if v is None else v}" for k, v in fields.items())
+    return " ".join(f"{k}={'-' if v is None else escape(str(v))}" for k, v in fields.items())
+
+
+def escape(text: str, *, keep_spaces: bool = False) -> str:
+    """Control characters, whitespace and backslashes as escapes, so a field (a decoded path with
+    %0A or %1B, a header) can neither forge a log line nor a `key=value` field."""
+    return (_UNSAFE_TEXT_RE if keep_spaces else _UNSAFE_RE).sub(_escape_char, text)
+
+
+def _escape_char(match: re.Match[str]) -> str:
+    char = match.group()
+    return "\\\\" if char == "\\" else f"\\x{ord(char):02x}" if ord(char) < 0x100 else f"\\u{ord(char):04x}"
 
 
 def _log_request(request: web.Request, status: int, duration_s: float) -> None:
@@ -93,4 +115,4 @@ def _log_request(request: web.Request, status: int, duration_s: float) -> None:
     if config is not None and config.server.log_prompts and log.isEnabledFor(logging.DEBUG):
         body = getattr(request, "_read_bytes", None)  # what the handler read; never read it here
         if body:
-            log.debug("request %s body: %s", request.get(REQUEST_ID), body[:4096].decode("utf-8", "replace"))
+            log.debug("request %s body: %s", request.get(REQUEST_ID), escape(body[:4096].decode("utf-8", "replace"), keep_spaces=True))

@@ -31,14 +31,17 @@ def wants_cache(request: web.Request, body: dict, gen: GenerationRequest) -> boo
     return gen.params.is_greedy or gen.params.seed is not None
 
 
-def key_for(model: LoadedModel, kind: str, gen: GenerationRequest, add_special: bool) -> str:
+def key_for(model: LoadedModel, kind: str, gen: GenerationRequest, add_special: bool, namespace: str = "") -> str:
     """The grammar counts by its sha256 digest: hashing its text (up to 1 MiB) again per request
-    would cost time, and dumping it into the key material was the old way to burn memory."""
+    would cost time, and dumping it into the key material was the old way to burn memory.
+    `namespace` (server/tenants.py) keeps one key's answers from another key."""
     grammar = gen.params.grammar
     params = dataclasses.asdict(dataclasses.replace(gen.params, grammar=None))
     params["grammar"] = grammar.digest if grammar is not None else None
-    return request_key(model.identity, kind, gen.prompts, gen.n, params,
-                       {"echo": gen.echo, "add_special": add_special, "template": model.chat_template})
+    extra = {"echo": gen.echo, "add_special": add_special, "template": model.chat_template}
+    if namespace:
+        extra["namespace"] = namespace
+    return request_key(model.identity, kind, gen.prompts, gen.n, params, extra)
 
 
 async def replay(recorded: Recorded) -> AsyncIterator[tuple[int, TokenDelta]]:

@@ -35,6 +35,12 @@ class GenerationRequest:
 
 
 async def read_json(request: web.Request) -> dict[str, Any]:
+    """The JSON object body. 415 unless sent as application/json: a web page can send a
+    text/plain or form body cross-site without a CORS preflight, but not application/json."""
+    mime = request.content_type.lower()
+    if mime != "application/json" and not (mime.startswith("application/") and mime.endswith("+json")):
+        raise ApiError(415, f"Send the request body as JSON with 'Content-Type: application/json' (got "
+                       f"{request.headers.get('Content-Type', 'none')[:100]!r}).", code="unsupported_media_type")
     try:
         raw = await request.read()
     except web.HTTPRequestEntityTooLarge:

@@ -1,0 +1,86 @@
+"""What a web page the operator visits may not do to a server on the same machine.
+
+- DNS rebinding: a page on evil.example re-resolves its own name to 127.0.0.1 and then
+  reads our answers as same-origin. While we listen on a loopback address, the Host
+  header must name a loopback host (localhost, 127.0.0.1, [::1], any port) or one of
+  `allowed_hosts`; anything else is 403. (Ollama's allowedHostsMiddleware does the same
+  for loopback listeners; it also admits private IPs and .local/.internal names, which
+  we leave to `allowed_hosts`.)
+- Cross-site requests: a browser sends `Origin` on cross-site fetches and form posts;
+  unless the origin is listed in `cors_origins` or is the server's own (same host and
+  port as the Host header), the request is refused with 403 before any handler runs.
+- Simple (preflight-free) form posts also lack `application/json`; JSON routes refuse
+  them with 415 (schemas.read_json).
+"""
+from __future__ import annotations
+
+import ipaddress
+from urllib.parse import urlsplit
+
+from aiohttp import web
+
+from localllm.config import ServerConfig
+from localllm.server.errors import ApiError
+
+LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+def is_loopback_address(host: str) -> bool:
+    """True for a listen address only this machine can reach."""
+    if host.strip("[]").lower() in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def host_name(authority: str) -> str:
+    """`Host`-style `name[:port]` or `[v6]:port` -> lower-case name without port or brackets."""
+    authority = authority.strip().lower()
+    if authority.startswith("["):
+        return authority[1:authority.find("]")] if "]" in authority else authority
+    name, _, _ = authority.partition(":") if authority.count(":") == 1 else (authority, "", "")
+    return name
+
+
+def browser_guard(config: ServerConfig):
+    """The middleware for `config`: Host check only on loopback binds, Origin check always."""
+    check_host = is_loopback_address(config.host)
+    allowed_hosts = {host_name(h) for h in config.allowed_hosts.split(",") if h.strip()}
+    origins = {o.strip().rstrip("/") for o in config.cors_origins.split(",") if o.strip()}
+
+    @web.middleware
+    async def middleware(request: web.Request, handler) -> web.StreamResponse:
+        host = request.headers.get("Host")
+        if check_host and host is not None and not _host_allowed(host, allowed_hosts):
+            raise ApiError(403, "This server accepts only loopback Host names (localhost, 127.0.0.1, [::1]); "
+                           "add others to allowed_hosts.", type="permission_error", code="host_not_allowed")
+        origin = request.headers.get("Origin")
+        if origin is not None and not _origin_allowed(origin, host, origins):
+            raise ApiError(403, "Cross-origin requests are allowed only from the origins listed in cors_origins.",
+                           type="permission_error", code="origin_not_allowed")
+        return await handler(request)
+
+    return middleware
+
+
+def _host_allowed(host: str, allowed_hosts: set[str]) -> bool:
+    name = host_name(host)
+    if "*" in allowed_hosts or name in allowed_hosts or name in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def _origin_allowed(origin: str, host: str | None, origins: set[str]) -> bool:
+    """Listed in cors_origins ('*': any), or same-origin: the page was served by this host:port."""
+    origin = origin.strip().rstrip("/")
+    if "*" in origins or origin in origins:
+        return True
+    if host is None or origin == "null":  # "null": sandboxed frames and file:// pages
+        return False
+    parts = urlsplit(origin)
+    return parts.scheme in ("http", "https") and parts.netloc.lower() == host.strip().lower()
