@@ -8,6 +8,7 @@ from aiohttp.test_utils import TestServer
 
 from localllm.config import Config
 from localllm.compose import load_model
+from localllm.models.manager import LoadedModel
 from localllm.server.app import create_app
 
 
@@ -22,3 +23,15 @@ async def served(config: Config) -> AsyncIterator[TestServer]:
     finally:
         await server.close()
         await loaded.engine.stop()
+
+
+@asynccontextmanager
+async def serving(config: Config, loaded: LoadedModel, host: str = "127.0.0.1") -> AsyncIterator[TestServer]:
+    """Serves an already loaded model under `config` on `host`; several apps (configs) can share
+    one load in a module. The caller stops the engine."""
+    server = TestServer(create_app(config, loaded=loaded), host=host)
+    await server.start_server()
+    try:
+        yield server
+    finally:
+        await server.close()

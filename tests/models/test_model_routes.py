@@ -31,7 +31,7 @@ async def never_load(config, on_progress=None):  # these routes need no loaded m
 
 async def test_pull_streams_progress_then_done_and_plan_explains_itself(hub: HubServer, tmp_path: Path,
                                                                        model_path: Path):
-    config = Config.from_flat({"data_dir": str(tmp_path), "hf_endpoint": hub.url, "api_key": "k"})
+    config = Config.from_flat({"data_dir": str(tmp_path), "hf_endpoint": hub.url, "admin_api_key": "k"})
     server = TestServer(create_app(config, loader=never_load), host="127.0.0.1")
     await server.start_server()
     try:

@@ -33,7 +33,7 @@ async def never_load(*args, **kwargs):  # the pull route needs no loaded model
 
 
 async def test_pull_shows_progress_then_the_plan(hub: HubServer, tmp_path: Path, model_path: Path):
-    config = Config.from_flat({"data_dir": str(tmp_path), "hf_endpoint": hub.url, "api_key": "k"})
+    config = Config.from_flat({"data_dir": str(tmp_path), "hf_endpoint": hub.url, "admin_api_key": "k"})
     server = TestServer(create_app(config, loader=never_load), host="127.0.0.1")
     await server.start_server()
     try:
