@@ -71,10 +71,11 @@ class KeyRing:
         if self._config.admin_api_key:
             keys.append(ApiKey("admin", self._config.admin_api_key, is_admin=True))
         if self._config.api_key_file:
-            keys.extend(read_key_file(Path(self._config.api_key_file)))
-        if self.enabled and not keys:
-            raise ConfigError(f"api_key_file {self._config.api_key_file} holds no key (empty or only comments); "
-                              "refusing to serve without auth")
+            from_file = read_key_file(Path(self._config.api_key_file))
+            if not from_file:  # each configured source must yield keys, even beside api_key
+                raise ConfigError(f"api_key_file {self._config.api_key_file} holds no key (empty or only "
+                                  "comments); refusing to start with it")
+            keys.extend(from_file)
         self._keys = keys
 
     def identify(self, authorization: str) -> ApiKey | None:

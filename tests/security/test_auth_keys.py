@@ -52,6 +52,8 @@ def test_an_empty_or_comment_only_key_file_refuses_to_start(tmp_path: Path, data
     key_file.write_text(content)
     with pytest.raises(ConfigError, match="no key"):
         create_app(key_config(data_dir, key_file))
+    with pytest.raises(ConfigError, match="no key"):  # also beside a working api_key
+        create_app(key_config(data_dir, key_file, api_key="flag-secret"))
 
 
 def test_an_empty_secret_is_rejected_with_its_line(tmp_path: Path, data_dir: Path):
