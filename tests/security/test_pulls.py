@@ -109,7 +109,7 @@ async def env(hub: HubServer, tmp_path: Path) -> AsyncIterator[Env]:
         f'[models.tiny]\nhf_repo = "test-org/tiny"\nfile = "tiny.gguf"\nquant = "Q4_K_M"\n'
         f'sha256 = "{hashlib.sha256(tiny.read_bytes()).hexdigest()}"\n'
         f'[models.big]\nhf_repo = "{BIG_REPO}"\nfile = "{BIG_FILE}"\nsha256 = "{gemma_sha}"\n')
-    config = Config.from_flat({"data_dir": str(data_dir), "hf_endpoint": hub.url, "api_key": "k"})
+    config = Config.from_flat({"data_dir": str(data_dir), "hf_endpoint": hub.url, "admin_api_key": "k"})
     server = TestServer(create_app(config, loader=never_load), host="127.0.0.1")
     await server.start_server()
     try:
