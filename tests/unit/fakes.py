@@ -152,12 +152,14 @@ class FakePrefixStore:
     def __init__(self, min_tokens: int = 8) -> None:
         self.min_tokens = min_tokens
         self.index: dict[str, list[int]] = {}
+        self.namespaces: dict[str, str] = {}
         self.data: dict[str, bytes] = {}
         self.num_saved = self.num_restored = 0
         self.closed = False
 
-    def longest(self, prompt_ids: list[int]) -> tuple[str, int] | None:
-        shared = {key: common_prefix_len(tokens, prompt_ids) for key, tokens in self.index.items()}
+    def longest(self, prompt_ids: list[int], namespace: str = "") -> tuple[str, int] | None:
+        shared = {key: common_prefix_len(tokens, prompt_ids) for key, tokens in self.index.items()
+                  if self.namespaces[key] == namespace}
         best = max(shared, key=shared.__getitem__, default=None)
         return (best, shared[best]) if best is not None and shared[best] >= self.min_tokens else None
 
@@ -166,13 +168,13 @@ class FakePrefixStore:
         self.num_restored += data is not None
         return data
 
-    def covers(self, prompt_ids: list[int]) -> bool:
-        best = self.longest(prompt_ids)
+    def covers(self, prompt_ids: list[int], namespace: str = "") -> bool:
+        best = self.longest(prompt_ids, namespace)
         return best is not None and best[1] >= 0.9 * len(prompt_ids)
 
-    def save(self, token_ids: list[int], data: bytes) -> None:
-        key = ",".join(map(str, token_ids))
-        self.index[key], self.data[key] = list(token_ids), data
+    def save(self, token_ids: list[int], data: bytes, namespace: str = "") -> None:
+        key = (namespace + "|" if namespace else "") + ",".join(map(str, token_ids))
+        self.index[key], self.data[key], self.namespaces[key] = list(token_ids), data, namespace
         self.num_saved += 1
 
     def evict_data(self) -> None:

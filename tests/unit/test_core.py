@@ -139,6 +139,26 @@ def test_a_saved_prefix_is_restored_after_a_restart():
     assert core.stats.num_prefix_hits_total == 1 and core.stats.num_reused_tokens_total == 20
 
 
+def test_saved_and_live_prefixes_serve_only_their_own_cache_namespace():
+    store, prompt = FakePrefixStore(min_tokens=8), list(range(100, 120))
+    core, _ = make_core(FakeBackend(), store)
+    alice = prompted("alice", prompt)
+    alice.cache_namespace = "alice"
+    drive(core, alice)
+    bob = prompted("bob", prompt + [5, 6])
+    bob.cache_namespace = "bob"
+    drive(core, bob)  # alice's slot still holds her prompt: not for bob
+    assert store.num_restored == 0 and bob.num_reused_tokens == 0
+    store.index = {k: v for k, v in store.index.items() if store.namespaces[k] == "alice"}  # bob's own save
+    core, published = make_core(FakeBackend(), store)  # restarted: only the store remembers
+    for name in ("bob", "alice"):
+        request = prompted(f"{name}-2", prompt + [7])
+        request.cache_namespace = name
+        drive(core, request)
+    assert published["bob-2"][-1].num_cached_tokens == 0
+    assert published["alice-2"][-1].num_cached_tokens == 20 and store.num_restored == 1
+
+
 def test_a_saved_prefix_gone_before_its_restore_starts_cold_and_so_does_a_copy_of_it():
     store, prompt = FakePrefixStore(min_tokens=8), list(range(100, 120))
     core, _ = make_core(FakeBackend(), store)
