@@ -40,7 +40,7 @@ class RefusingEngine:
     def has_room_for(self, num_requests: int) -> bool:
         return True  # the check passed; the queue filled before the last choice
 
-    def generate(self, prompt, params, *, add_special: bool = True):
+    def generate(self, prompt, params, *, add_special: bool = True, cache_namespace: str = ""):
         if self.room == 0:
             raise QueueFull("all slots are busy")
         self.room -= 1
