@@ -6,6 +6,7 @@ back each step's deltas with one `call_soon_threadsafe`, not one per token.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import itertools
 import logging
 import threading
@@ -21,6 +22,12 @@ from localllm.engine.scheduler import Scheduler
 from localllm.types import EngineStats, InvalidParam, PromptTooLong, QueueFull, SamplingParams, TokenDelta
 
 log = logging.getLogger(__name__)
+
+ESTIMATE_CHUNK_CHARS = 2048
+"""llama.cpp's tokenizer is quadratic in the special and user-defined tokens of one text (it walks
+its fragment list per match; Gemma's line breaks are such tokens: 200 KB of "word\\n" took 42 s).
+A text longer than this is first counted in chunks of this size, so one far over its limit is
+refused after limit-sized work; the exact tokenisation runs only on texts that may fit."""
 
 
 class AsyncEngine:
@@ -52,6 +59,9 @@ class AsyncEngine:
         self._ids = itertools.count()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
+        self._embed_workers = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="localllm-embed")
+        self._num_embedding_jobs = 0
+        """Embedding calls admitted and not yet finished; they count toward max_in_flight."""
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -64,6 +74,7 @@ class AsyncEngine:
             self._core.commands.put(Shutdown())
             await asyncio.to_thread(self._thread.join)
             self._thread = None
+        await asyncio.to_thread(self._embed_workers.shutdown, cancel_futures=True)  # before the model goes
         if self.prefix_store is not None:
             await asyncio.to_thread(self.prefix_store.close)  # waits for queued state writes
         self.backend.close()
@@ -72,21 +83,53 @@ class AsyncEngine:
     def is_running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
-    def tokenize(self, text: str, *, add_special: bool = True) -> list[int]:
-        return self.backend.tokenize(text, add_special=add_special, parse_special=True)
+    def tokenize(self, text: str, *, add_special: bool = True, parse_special: bool = True,
+                 max_tokens: int | None = None, param: str = "prompt") -> list[int]:
+        """Blocking (call off the event loop for long texts). With `max_tokens`, raises
+        PromptTooLong for a text that clearly has more tokens, without tokenising all of it."""
+        if max_tokens is not None and len(text) > ESTIMATE_CHUNK_CHARS:
+            self._refuse_if_longer(text, parse_special, max_tokens, param)
+        return self.backend.tokenize(text, add_special=add_special, parse_special=parse_special)
+
+    def _refuse_if_longer(self, text: str, parse_special: bool, max_tokens: int, param: str) -> None:
+        """Counts chunk by chunk, with slack: a cut inside a special token's text (parsed) or a
+        long whitespace run adds tokens, so only a text clearly over the limit is refused here."""
+        num_tokens = 0
+        for num_chunks, start in enumerate(range(0, len(text), ESTIMATE_CHUNK_CHARS), 1):
+            chunk = text[start:start + ESTIMATE_CHUNK_CHARS]
+            num_tokens += len(self.backend.tokenize(chunk, add_special=False, parse_special=parse_special))
+            if num_tokens > max_tokens + 16 * num_chunks:
+                raise PromptTooLong(param, f"The prompt has more than {max_tokens} tokens, the most this "
+                                           f"model takes here (its context per slot is {self.slot_ctx} tokens).")
 
     async def embed(self, inputs: Sequence[str | Sequence[int]]) -> tuple[list, int]:
         """Pooled, normalised embeddings (numpy vectors) and the number of input tokens.
 
-        Runs in a worker thread on a second context, not on the engine thread."""
-        token_lists = [self.tokenize(x) if isinstance(x, str) else list(x) for x in inputs]
+        Admitted like generation (QueueFull past the same in-flight bound), then tokenised and
+        run one job at a time on the embedding worker, a second context: never the engine thread
+        nor the default executor, so model loads and cache I/O do not wait behind embeddings."""
+        if not self.has_room_for(1):
+            raise QueueFull(f"all slots are busy and {self.max_in_flight} requests are in flight")
+        loop = asyncio.get_running_loop()
+        self._num_embedding_jobs += 1
+        job = self._embed_workers.submit(self._embed_now, list(inputs))
+        # Counted until the job is done or dropped from the queue, not until its caller goes away.
+        job.add_done_callback(lambda _: _call_soon(loop, self._embedding_job_done))
+        return await asyncio.wrap_future(job)
+
+    def _embed_now(self, inputs: list[str | Sequence[int]]) -> tuple[list, int]:
         limit = self.backend.max_embedding_tokens
-        for i, token_ids in enumerate(token_lists):
+        token_lists = []
+        for i, x in enumerate(inputs):
+            token_ids = self.tokenize(x, max_tokens=limit, param="input") if isinstance(x, str) else list(x)
             self._check_token_ids(token_ids, "input", f"input[{i}]")
             if len(token_ids) > limit:
                 raise InvalidParam("input", f"input[{i}] has {len(token_ids)} tokens; the limit is {limit}")
-        vectors = await asyncio.to_thread(self.backend.embed, token_lists)
-        return vectors, sum(map(len, token_lists))
+            token_lists.append(token_ids)
+        return self.backend.embed(token_lists), sum(map(len, token_lists))
+
+    def _embedding_job_done(self) -> None:
+        self._num_embedding_jobs -= 1
 
     def detokenize(self, token_ids: Sequence[int]) -> str:
         return self.backend.detokenize(token_ids)
@@ -117,6 +160,7 @@ class AsyncEngine:
 
         Raises InvalidParam / PromptTooLong at once, before any work is queued.
         Closing the stream before its last delta (client gone) aborts the request.
+        A text prompt is tokenised here, on the caller's thread: the server passes token ids.
         """
         if not self.is_running:
             raise RuntimeError("engine is not running")
@@ -131,7 +175,7 @@ class AsyncEngine:
         return RequestStream(self, request.request_id, queue)
 
     def has_room_for(self, num_requests: int) -> bool:
-        return len(self._streams) + num_requests <= self.max_in_flight
+        return len(self._streams) + self._num_embedding_jobs + num_requests <= self.max_in_flight
 
     def abort(self, request_id: str) -> None:
         self._core.commands.put(AbortRequest(request_id))
@@ -143,12 +187,21 @@ class AsyncEngine:
     def _make_request(self, request_id: str, prompt_ids: list[int], params: SamplingParams) -> Request:
         if request_id in self._streams:
             raise InvalidParam(None, f"request id {request_id!r} is already in use")
-        self._check_token_ids(prompt_ids, "prompt", "the prompt")
+        self.check_prompt(prompt_ids, params)
         num_vocab = self.backend.num_vocab
         if any(not 0 <= token_id < num_vocab for token_id, _ in params.logit_bias):
             raise InvalidParam("logit_bias", f"token ids must be between 0 and {num_vocab - 1}")
+        if params.top_k > num_vocab:
+            raise InvalidParam("top_k", f"top_k must be at most the vocabulary size ({num_vocab})")
         if params.grammar is not None and not isinstance(params.grammar, Grammar):
             raise InvalidParam("response_format", "the grammar was not built by json_grammar()")
+        room = self.slot_ctx - len(prompt_ids)
+        return Request(request_id, prompt_ids, params, max_new_tokens=params.max_tokens or room)
+
+    def check_prompt(self, prompt_ids: list[int], params: SamplingParams) -> None:
+        """The checks that depend on the prompt (cheap): token ids in the vocabulary, and room in
+        one slot's context for the prompt plus max_tokens. Raises InvalidParam / PromptTooLong."""
+        self._check_token_ids(prompt_ids, "prompt", "the prompt")
         num_prompt = len(prompt_ids)
         room = self.slot_ctx - num_prompt
         if room < 1 or (params.max_tokens is not None and params.max_tokens > room):
@@ -159,7 +212,6 @@ class AsyncEngine:
                 f"{num_prompt} tokens and {wanted} more were requested for the completion. "
                 "Shorten the prompt or lower max_tokens.",
             )
-        return Request(request_id, prompt_ids, params, max_new_tokens=params.max_tokens or room)
 
     def _check_token_ids(self, token_ids: list[int], param: str, what: str) -> None:
         """Out-of-vocabulary ids would make llama.cpp abort the process: refuse them here."""
@@ -181,6 +233,11 @@ class AsyncEngine:
             queue = self._streams.get(delta.request_id)
             if queue is not None:
                 queue.put_nowait(delta)
+
+
+def _call_soon(loop: asyncio.AbstractEventLoop, callback) -> None:
+    if not loop.is_closed():
+        loop.call_soon_threadsafe(callback)
 
 
 class RequestStream:

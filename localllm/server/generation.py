@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from localllm.engine.async_engine import AsyncEngine, RequestStream
@@ -58,32 +58,56 @@ def usage(choices: list[Choice], n: int) -> dict:
     }
 
 
-def start_choices(engine: AsyncEngine, gen: GenerationRequest, add_special: bool,
-                  cache_namespace: str = "") -> list[RequestStream]:
-    """Queues every choice, or none: a choice that cannot be queued cancels the ones before it.
-    Prefix reuse stays within `cache_namespace` (server/tenants.py)."""
-    if not engine.has_room_for(len(gen.prompts) * gen.n):
-        raise _queue_full()
+async def start_choices(engine: AsyncEngine, gen: GenerationRequest, add_special: bool, cache_namespace: str = "",
+                        reserve: Callable[[list[list[int]]], None] | None = None) -> list[RequestStream]:
+    """Queues every choice, or none: every prompt is tokenised (off the event loop) and checked
+    before the first is queued, and a choice that cannot be queued cancels the ones before it.
+    `reserve` sees the prompts' tokens just before queuing (per-minute token limits; it may
+    raise). Prefix reuse stays within `cache_namespace` (server/tenants.py)."""
+    num_choices = len(gen.prompts) * gen.n
+    _check_room(engine, num_choices)
+    try:
+        prompt_ids = await asyncio.to_thread(_tokenised, engine, gen.prompts, add_special)
+        for ids in prompt_ids:
+            engine.check_prompt(ids, gen.params)
+    except InvalidParam as exc:
+        raise bad_request(str(exc), exc.param) from None
+    _check_room(engine, num_choices)  # again: other requests were admitted while we tokenised
+    if reserve is not None:
+        reserve(prompt_ids)
     streams: list[RequestStream] = []
     try:
-        for prompt in gen.prompts:
+        for ids in prompt_ids:
             for _ in range(gen.n):
-                streams.append(engine.generate(prompt, gen.params, add_special=add_special,
-                                              cache_namespace=cache_namespace))
-    except Exception as exc:
+                streams.append(engine.generate(ids, gen.params, cache_namespace=cache_namespace))
+    except BaseException as exc:
         for stream in streams:  # aborted and forgotten: nobody will read them
             stream.cancel()
         if isinstance(exc, InvalidParam):
             raise bad_request(str(exc), exc.param) from None
         if isinstance(exc, QueueFull):
-            raise _queue_full() from None
+            raise queue_full() from None
         if isinstance(exc, RuntimeError):
             raise ApiError(503, f"The model is not ready: {exc}", type="server_error", code="model_not_ready") from None
         raise
     return streams
 
 
-def _queue_full() -> ApiError:
+def _tokenised(engine: AsyncEngine, prompts: list[str | list[int]], add_special: bool) -> list[list[int]]:
+    """Worker thread. /v1/completions prompts are raw text by design: special tokens in them are
+    parsed (a client may write its own template); chat prompts arrive here already tokenised."""
+    limit = engine.slot_ctx  # "messages" names a too-long prompt, as AsyncEngine.check_prompt does
+    return [engine.tokenize(p, add_special=add_special, parse_special=True, max_tokens=limit, param="messages")
+            if isinstance(p, str) else list(p) for p in prompts]
+
+
+def _check_room(engine: AsyncEngine, num_choices: int) -> None:
+    if not engine.has_room_for(num_choices):
+        raise queue_full()
+
+
+def queue_full() -> ApiError:
+    """429 for generation and embeddings alike: they share the engine's in-flight bound."""
     return ApiError(429, "The server is at capacity: every slot is busy and the wait queue is full. "
                     "Retry shortly.", type="rate_limit_error", code="queue_full", headers={"Retry-After": "1"})
 

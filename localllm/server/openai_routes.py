@@ -14,9 +14,9 @@ from localllm.cache.prompt_cache import Recorded
 from localllm.models.catalogue import local_model_names
 from localllm.models.manager import LoadedModel
 from localllm.server.auth import KEYRING_KEY, RATE_HEADERS, USAGE_TOKENS, reserve_tokens
-from localllm.server.chat_template import compiled_template
+from localllm.server.chat_template import MAX_CHAT_MESSAGES, ChatTemplate, compiled_template
 from localllm.server.errors import CLIENT_CLOSED, ApiError, bad_request, client_gone
-from localllm.server.generation import Choice, close_all, merged, observe, start_choices, usage
+from localllm.server.generation import Choice, close_all, merged, observe, queue_full, start_choices, usage
 from localllm.server.metrics import METRICS_KEY
 from localllm.server.schemas import (
     GenerationRequest, completion_prompts, embedding_inputs, generation_request, keep_alive, read_json,
@@ -28,7 +28,8 @@ from localllm.server.response_cache import (
 from localllm.server.sse import SseWriter
 from localllm.server.state import CONFIG_KEY, MODEL_KEY, require_model
 from localllm.server.tenants import cache_namespace
-from localllm.types import FinishReason, InvalidParam, TokenDelta, TokenLogprob
+from localllm.engine.async_engine import AsyncEngine
+from localllm.types import FinishReason, InvalidParam, QueueFull, TokenDelta, TokenLogprob
 
 
 def setup(app: web.Application) -> None:
@@ -57,6 +58,8 @@ async def embeddings(request: web.Request) -> web.Response:
             vectors, num_tokens = await model.engine.embed(inputs)
     except InvalidParam as exc:
         raise bad_request(str(exc), exc.param) from None
+    except QueueFull:
+        raise queue_full() from None
     request[USAGE_TOKENS] = request[PROMPT_TOKENS] = num_tokens
     request[MODEL_NAME] = model.name
     data = [{"object": "embedding", "index": i,
@@ -88,14 +91,30 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise bad_request("messages must be a non-empty list", "messages")
+    if len(messages) > MAX_CHAT_MESSAGES:
+        raise bad_request(f"messages has {len(messages)} entries; at most {MAX_CHAT_MESSAGES} are accepted", "messages")
     if not model.chat_template:
         raise bad_request(f"model {model.name!r} has no chat template; use /v1/completions", "messages")
     if body.get("tools") or body.get("functions"):
         raise bad_request("tool and function calling are not supported yet", "tools")
     template = compiled_template(model.chat_template, model.bos_token, model.eos_token)
-    gen = await _generation_request(body, [template.render(messages)], model, chat=True)
+    prompt_ids = await asyncio.to_thread(_chat_prompt_ids, template, messages, model.engine)
+    gen = await _generation_request(body, [prompt_ids], model, chat=True)
     fmt = _ChatFormat(model.engine.token_bytes if gen.params.logprobs is not None else None)
     return await _respond(request, model, body, gen, fmt, add_special=False)
+
+
+def _chat_prompt_ids(template: ChatTemplate, messages: list, engine: AsyncEngine) -> list[int]:
+    """Worker thread: render and tokenise (both grow with the messages); message contents are
+    tokenised without parsing special tokens, so a user cannot write the template's markers."""
+    def tokenize(text: str, parse_special: bool) -> list[int]:
+        return engine.tokenize(text, add_special=False, parse_special=parse_special,
+                               max_tokens=engine.slot_ctx, param="messages")
+
+    try:
+        return template.prompt_token_ids(messages, tokenize, max_tokens=engine.slot_ctx)
+    except InvalidParam as exc:
+        raise bad_request(str(exc), exc.param) from None
 
 
 async def completions(request: web.Request) -> web.StreamResponse:
@@ -140,9 +159,8 @@ async def _generate(request: web.Request, model: LoadedModel, body: dict, gen: G
     recorded = await asyncio.to_thread(cache.get, key) if key else None
     num_choices = len(gen.prompts) * gen.n
     sink: Recorded = []
-    if recorded is None:
-        _reserve_tokens(request, model, gen, add_special)
-    streams = [] if recorded is not None else start_choices(model.engine, gen, add_special, namespace)
+    reserve = functools.partial(_reserve_tokens, request, model, gen)
+    streams = [] if recorded is not None else await start_choices(model.engine, gen, add_special, namespace, reserve)
     source = replay(recorded) if recorded is not None else recording(merged(streams), sink)
     headers = {**request.get(RATE_HEADERS, {}),
                CACHE_HEADER: "bypass" if key is None else "hit" if recorded is not None else "miss"}
@@ -202,21 +220,12 @@ async def _stream(request: web.Request, gen: GenerationRequest, fmt: _Format, me
     return sse.response
 
 
-def _reserve_tokens(request: web.Request, model: LoadedModel, gen: GenerationRequest, add_special: bool) -> None:
-    """Per-minute token limits: the prompts are counted (tokenised) only when such a limit is set."""
-    if not request.app[KEYRING_KEY].limits.tpm:
-        return
-    engine = model.engine
-
-    def count(prompt: str | list[int]) -> int:
-        if not isinstance(prompt, str):
-            return len(prompt)
-        try:
-            return len(engine.tokenize(prompt, add_special=add_special))
-        except (ValueError, UnicodeError):  # start_choices reports the bad prompt
-            return len(prompt)
-
-    reserve_tokens(request, [count(p) for p in gen.prompts], gen.n, gen.params.max_tokens, engine.slot_ctx)
+def _reserve_tokens(request: web.Request, model: LoadedModel, gen: GenerationRequest,
+                    prompt_ids: list[list[int]]) -> None:
+    """Per-minute token limits: called by start_choices with the prompts already tokenised
+    (in a worker: a long prompt is never tokenised on the event loop)."""
+    if request.app[KEYRING_KEY].limits.tpm:
+        reserve_tokens(request, [len(ids) for ids in prompt_ids], gen.n, gen.params.max_tokens, model.engine.slot_ctx)
 
 
 def _note_for_log(request: web.Request, model: LoadedModel, choices: list[Choice], n: int) -> None:

@@ -1,8 +1,10 @@
 """OpenAI request bodies -> localllm types, with errors that name the parameter."""
 from __future__ import annotations
 
+import asyncio
 import json
 import math
+import re
 from dataclasses import dataclass
 from collections.abc import Callable
 from typing import Any
@@ -14,6 +16,8 @@ from localllm.server.errors import ApiError, bad_request
 from localllm.types import InvalidParam, SamplingParams
 
 MAX_CHOICES = 8
+MAX_JSON_DEPTH = 64
+"""Nesting of arrays and objects in a request body; deeper bodies get a 400 (no recursion limits hit)."""
 
 JsonGrammar = Callable[[dict | None], Grammar]
 """Turns a JSON schema (or None: any object) into a bounded, compiled grammar; the engine
@@ -45,13 +49,58 @@ async def read_json(request: web.Request) -> dict[str, Any]:
         raw = await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise ApiError(413, "Request body too large.", code="request_too_large") from None
+    # A large body is parsed and checked in a worker: a few MB take a second of CPU.
+    return await asyncio.to_thread(_parse, raw) if len(raw) > _PARSE_INLINE_BYTES else _parse(raw)
+
+
+_PARSE_INLINE_BYTES = 64 * 1024
+_SUSPECT = re.compile(rb"\\u[dD][89a-fA-F]|\xed[\xa0-\xbf]|NaN|Infinity|[eE][+-]?\d{3}|\d{300}")
+"""What a lone surrogate (escaped or raw: json decodes bytes with surrogatepass) or a non-finite
+number looks like in the raw body; only a body that has one is walked value by value for them."""
+
+
+def _parse(raw: bytes) -> dict[str, Any]:
     try:
-        body = json.loads(raw)
+        body = json.loads(raw)  # accepts NaN and Infinity, which _check_value refuses
     except (ValueError, UnicodeDecodeError):
         raise bad_request("The request body is not valid JSON.") from None
+    except RecursionError:
+        raise bad_request(f"The request body is nested more than {MAX_JSON_DEPTH} levels deep.") from None
     if not isinstance(body, dict):
         raise bad_request("The request body must be a JSON object.")
+    if raw.count(b"[") + raw.count(b"{") > MAX_JSON_DEPTH or _SUSPECT.search(raw):
+        for key, value in body.items():
+            _check_value(key, value)
     return body
+
+
+def _check_value(key: str, value: object) -> None:
+    """Walks one top-level field without recursion: bounded depth, finite numbers, and text
+    that can be encoded (a lone surrogate such as "\\ud800" decodes fine but fails later)."""
+    stack = [(key, 0), (value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            raise bad_request(f"{key} is nested more than {MAX_JSON_DEPTH} levels deep", key)
+        if isinstance(item, str):
+            if not _is_encodable(item):
+                raise bad_request(f"{key} contains a lone surrogate (invalid Unicode text)", key)
+        elif isinstance(item, float):
+            if not math.isfinite(item):
+                raise bad_request(f"{key} must hold finite numbers (not NaN, Infinity or 1e999)", key)
+        elif isinstance(item, dict):
+            stack.extend((k, depth + 1) for k in item)
+            stack.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, list):
+            stack.extend((v, depth + 1) for v in item)
+
+
+def _is_encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def sampling_params(body: dict[str, Any], *, chat: bool, json_grammar: JsonGrammar) -> SamplingParams:
@@ -90,7 +139,8 @@ def sampling_params(body: dict[str, Any], *, chat: bool, json_grammar: JsonGramm
 
 def generation_request(body: dict[str, Any], prompts: list[str | list[int]], *, chat: bool,
                        json_grammar: JsonGrammar) -> GenerationRequest:
-    n = _opt(body, "n", int) or 1
+    n = _opt(body, "n", int)
+    n = 1 if n is None else n  # n: 0 is an error, as at OpenAI, not the default
     if not 1 <= n <= MAX_CHOICES:
         raise bad_request(f"n must be between 1 and {MAX_CHOICES}", "n")
     if len(prompts) * n > MAX_CHOICES:
@@ -158,7 +208,13 @@ def _num(body: dict[str, Any], key: str, default: float) -> float:
         return default
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise bad_request(f"{key} must be a number", key)
-    return float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # an integer of hundreds of digits
+        number = math.inf
+    if not math.isfinite(number):
+        raise bad_request(f"{key} must be a finite number", key)
+    return number
 
 
 def _logit_bias(value: object) -> tuple[tuple[int, float], ...]:
@@ -168,11 +224,10 @@ def _logit_bias(value: object) -> tuple[tuple[int, float], ...]:
         raise bad_request("logit_bias must map token ids to numbers (at most 1024)", "logit_bias")
     pairs = []
     for key, bias in value.items():
-        try:
-            token_id = int(key)
-        except (TypeError, ValueError):
-            raise bad_request(f"logit_bias key {key!r} is not a token id", "logit_bias") from None
-        if token_id < 0 or isinstance(bias, bool) or not isinstance(bias, (int, float)) or not -100 <= bias <= 100:
+        if not (key.isascii() and key.isdigit() and len(key) <= 10):  # int() also takes "1_0", " 7", "١"
+            raise bad_request(f"logit_bias key {key[:20]!r} is not a token id", "logit_bias")
+        token_id = int(key)
+        if isinstance(bias, bool) or not isinstance(bias, (int, float)) or not -100 <= bias <= 100:
             raise bad_request("logit_bias values must be numbers between -100 and 100", "logit_bias")
         pairs.append((token_id, float(bias)))
     return tuple(pairs)

@@ -13,6 +13,8 @@ from localllm.server.errors import ApiError
 CONFIG_KEY = web.AppKey("config", Config)
 MODEL_KEY = web.AppKey("models", ModelManager)
 """The ModelManager; `.loaded` / `.error` describe the default model."""
+MAX_MODEL_NAME_CHARS = 256
+"""Longer names are refused before they reach the file system ("File name too long")."""
 
 
 async def require_model(request: web.Request, ref: object = None) -> LoadedModel:
@@ -25,6 +27,9 @@ async def require_model(request: web.Request, ref: object = None) -> LoadedModel
     manager = request.app[MODEL_KEY]
     if ref is not None and not isinstance(ref, str):
         raise ApiError(400, "model must be a string", param="model")
+    if ref is not None and (len(ref) > MAX_MODEL_NAME_CHARS or not ref.isprintable()):
+        raise ApiError(400, f"model must be a name of at most {MAX_MODEL_NAME_CHARS} printable characters",
+                       param="model")
     known = manager.find(ref)
     if known is None and isinstance(ref, str) and not is_model_ref(ref):
         raise model_not_found(ref)

@@ -33,12 +33,20 @@ async def test_a_refused_later_prompt_leaves_no_earlier_choice_queued(tmp_path: 
 class RefusingEngine:
     """Queues `room` choices, then raises what a full queue raises."""
 
+    slot_ctx = 64
+
     def __init__(self, room: int) -> None:
         self.room = room
         self.cancelled: list[str] = []
 
     def has_room_for(self, num_requests: int) -> bool:
         return True  # the check passed; the queue filled before the last choice
+
+    def tokenize(self, text: str, **_: object) -> list[int]:
+        return [ord(c) for c in text]
+
+    def check_prompt(self, prompt_ids: list[int], params: SamplingParams) -> None:
+        pass
 
     def generate(self, prompt, params, *, add_special: bool = True, cache_namespace: str = ""):
         if self.room == 0:
@@ -55,11 +63,11 @@ class RefusingEngine:
         return Stream()
 
 
-def test_queue_full_from_the_engine_is_a_429_with_retry_after_and_cancels_queued_choices():
+async def test_queue_full_from_the_engine_is_a_429_with_retry_after_and_cancels_queued_choices():
     engine = RefusingEngine(room=2)
     gen = GenerationRequest(model=None, prompts=["a", "b", "c"], params=SamplingParams(max_tokens=1), n=1,
                             stream=False, include_usage=False)
     with pytest.raises(ApiError) as refused:
-        start_choices(engine, gen, add_special=True)  # type: ignore[arg-type]
+        await start_choices(engine, gen, add_special=True)  # type: ignore[arg-type]
     assert refused.value.status == 429 and refused.value.headers == {"Retry-After": "1"}
     assert sorted(engine.cancelled) == ["r0", "r1"]
