@@ -5,8 +5,11 @@
     .venv/bin/python scripts/soak_hostile.py --clients 64 --duration-s 120 --json /tmp/soak.json
 
 Passes (exit 0) when, after the run: /health answers, no slot is busy and nothing waits,
-the server's RSS grew by at most --rss-budget-mib, every bad request got a 4xx in OpenAI's
-error shape, and every good request got a 200. The response cache is off (an engine soak).
+8 concurrent good requests all succeed (nothing leaked), the server's RSS grew by at most
+--rss-budget-mib, every bad request got a 4xx in OpenAI's error shape, and every good request
+got a 200, or a 429 with Retry-After when slots and queue were full (load shed, counted apart:
+clients that hang up mid-stream keep their slot until the server's next write notices).
+The response cache is off (an engine soak).
 """
 from __future__ import annotations
 
@@ -92,6 +95,8 @@ CASES = [
          _schema({"type": "object", "properties": {"a": {"type": "bar"}}}), bad=True),
     Case("dangling $ref", "POST", "/v1/chat/completions", _schema({"$ref": "#/$defs/missing"}), bad=True),
     Case("bad regex", "POST", "/v1/chat/completions", _schema({"type": "string", "pattern": "(["}), bad=True),
+    Case("empty-match repeat pattern", "POST", "/v1/chat/completions",
+         _schema({"type": "string", "pattern": "^(a?){0,1000}$"}), bad=True),
     Case("nested body", "POST", "/v1/chat/completions", _raw(NESTED), bad=True),
     Case("surrogate content", "POST", "/v1/chat/completions",
          _raw('{"messages": [{"role": "user", "content": "\\udc80"}], "max_tokens": 4}'), bad=True),
@@ -122,6 +127,8 @@ class Tally:
     sent: Counter[str] = field(default_factory=Counter)
     failures: list[str] = field(default_factory=list)
     statuses: Counter[tuple[str, int]] = field(default_factory=Counter)
+    num_shed: int = 0
+    """Good requests answered 429 + Retry-After (queue full)."""
 
     def fail(self, case: Case, why: str) -> None:
         if len(self.failures) < 200:
@@ -153,6 +160,8 @@ async def send(session: aiohttp.ClientSession, url: str, case: Case, tally: Tall
             tally.fail(case, f"status {response.status}")
         elif not is_openai_error(payload):
             tally.fail(case, f"status {response.status} without OpenAI's error shape: {body[:120]!r}")
+    elif response.status == 429 and "Retry-After" in response.headers:
+        tally.num_shed += 1
     elif response.status != 200:
         tally.fail(case, f"good request got {response.status}: {body[:160]!r}")
 
@@ -185,6 +194,19 @@ async def settle(url: str, headers: dict[str, str], timeout_s: float = 60.0) -> 
             await asyncio.sleep(0.5)
 
 
+async def all_served(url: str, headers: dict[str, str], num_requests: int = 8) -> bool:
+    """After the soak: as many concurrent good requests as a queue leak would refuse all succeed."""
+    body = {"messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 4}
+    try:
+        async with aiohttp.ClientSession(headers=headers) as session:
+            async def one() -> int:
+                async with session.post(url + "/v1/chat/completions", json=body) as response:
+                    return response.status
+            return all(s == 200 for s in await asyncio.gather(*(one() for _ in range(num_requests))))
+    except aiohttp.ClientError:
+        return False
+
+
 async def health(url: str) -> int:
     try:
         async with aiohttp.ClientSession() as session, session.get(url + "/health") as response:
@@ -210,11 +232,13 @@ async def soak(args: argparse.Namespace, pid: int) -> dict:
         "health": await health(args.url) == 200,
         "no busy slots": stats.get("num_busy_slots") == 0,
         "nothing waiting": stats.get("num_waiting") == 0,
+        "8 concurrent good requests served after": await all_served(args.url, headers),
         f"rss grew <= {args.rss_budget_mib} MiB": grown_mib <= args.rss_budget_mib,
         "every answer as expected": not tally.failures,
     }
     return {
         "clients": args.clients, "duration_s": args.duration_s, "requests": sum(tally.sent.values()),
+        "good_requests_shed_429": tally.num_shed,
         "by_case": {name: {str(s): n for (c, s), n in sorted(tally.statuses.items()) if c == name}
                     for name in tally.sent},
         "rss_start_mib": round(rss_start / 2**20, 1), "rss_end_mib": round(rss_end / 2**20, 1),
