@@ -9,6 +9,9 @@ import sys
 # while the same load ran after a bare `import llama_cpp` (docs/gpu.md, "Found on the GPU" 1).
 # Other commands (list, pull, tui...) never load llama.cpp.
 if "serve" in sys.argv[1:]:
+    import faulthandler
+
+    faulthandler.enable()  # a native crash (llama.cpp) leaves every thread's stack in the log
     import localllm.engine.llama_backend  # noqa: F401, I001
 
 import argparse
@@ -46,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     install.add_argument("--user", help="run as this existing user instead of DynamicUser=yes")
     install.add_argument("--unit-dir", type=Path, default=Path("/etc/systemd/system"))
     install.add_argument("--config-dir", type=Path, default=Path("/etc/localllm"))
+    install.add_argument("--api-key-file", dest="api_key_file", type=Path,
+                         help="key file handed to the service with LoadCredential= (default: "
+                              "CONFIG_DIR/api-keys if it exists; none: no keys)")
     model_commands.add_commands(sub)
     cache_commands.add_commands(sub)
     bench_commands.add_commands(sub)

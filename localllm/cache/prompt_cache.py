@@ -3,6 +3,9 @@ from disk, replaying the same deltas so a hit has the same shape as a miss.
 
 Every failure of the cache (missing, full, unwritable or corrupt directory) is
 logged, counted and survived: the server then serves without it.
+
+Keys are strings and values JSON behind a sealed header (cache/sealed.py): nothing read
+from the directory is ever unpickled, and an entry moved under another key is refused.
 """
 from __future__ import annotations
 
@@ -17,9 +20,11 @@ from typing import Any
 
 import diskcache
 
+from localllm.cache.sealed import SealError, open_cache, seal, unseal
 from localllm.types import FinishReason, TokenDelta, TokenLogprob
 
 log = logging.getLogger(__name__)
+KIND = b"RESP"
 
 Recorded = list[tuple[int, TokenDelta]]
 """(choice index, delta) in the order the client saw them."""
@@ -46,8 +51,8 @@ class ResponseCache:
         self._cache: diskcache.Cache | None = None
         if config.enabled:
             try:
-                self._cache = diskcache.Cache(str(config.directory), size_limit=config.size_limit_bytes,
-                                              eviction_policy="least-recently-stored")
+                self._cache = open_cache(str(config.directory), size_limit=config.size_limit_bytes,
+                                         eviction_policy="least-recently-stored")
             except Exception as exc:  # unwritable, corrupt database, not a directory, ...
                 self._fail("open", exc)
 
@@ -64,7 +69,7 @@ class ResponseCache:
         except Exception as exc:
             self._fail("read", exc, disable=False)
             return None
-        recorded = _decode(raw) if raw is not None else None
+        recorded = self._unseal(key, raw) if raw is not None else None
         with self._lock:
             if recorded is None:
                 self.num_misses += 1
@@ -78,7 +83,8 @@ class ResponseCache:
             return
         try:
             before = len(self._cache)
-            added = self._cache.set(key, _encode(recorded), expire=self.config.ttl_s, tag=namespace)
+            value = seal(KIND, key, _encode(recorded).encode())
+            added = self._cache.set(key, value, expire=self.config.ttl_s, tag=namespace)
             evicted = max(0, before + int(added) - len(self._cache))
         except Exception as exc:  # disk full, permissions changed under us, ...
             self._fail("write", exc, disable=False)
@@ -106,12 +112,21 @@ class ResponseCache:
         if self._cache is not None:
             self._cache.close()
 
+    def _unseal(self, key: str, raw: object) -> Recorded | None:
+        try:
+            payload = unseal(raw, KIND, key, self.config.size_limit_bytes)  # type: ignore[arg-type]
+        except SealError as exc:
+            log.warning("response cache: ignoring entry %s: %s", key, exc)
+            return None
+        return _decode(payload)
+
     def _fail(self, action: str, exc: Exception, disable: bool = True) -> None:
         with self._lock:
             self.num_errors += 1
             self.error = f"{action} failed: {type(exc).__name__}: {exc}"
         log.warning("response cache at %s: %s%s", self.config.directory, self.error,
-                    "; serving without it" if disable else "")
+                    "; the response cache is OFF (set cache_dir / LOCALLLM_CACHE_DIR to a writable directory)"
+                    if disable else "")
         if disable:
             self._cache = None
 
@@ -134,7 +149,7 @@ def _encode(recorded: Recorded) -> str:
                        for index, d in recorded])
 
 
-def _decode(raw: object) -> Recorded | None:
+def _decode(raw: bytes) -> Recorded | None:
     try:
         recorded = []
         for index, text, token_ids, reason, num_prompt, num_generated, logprobs in json.loads(raw):
@@ -148,6 +163,6 @@ def _decode(raw: object) -> Recorded | None:
             )
             recorded.append((int(index), delta))
         return recorded
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, UnicodeDecodeError) as exc:
         log.warning("response cache: ignoring an unreadable entry (%s)", exc)
         return None

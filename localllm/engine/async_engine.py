@@ -6,6 +6,7 @@ back each step's deltas with one `call_soon_threadsafe`, not one per token.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import concurrent.futures
 import itertools
 import logging
@@ -67,17 +68,32 @@ class AsyncEngine:
         self._loop = asyncio.get_running_loop()
         self._thread = threading.Thread(target=self._core.run, name="localllm-engine", daemon=True)
         self._thread.start()
+        atexit.register(self._stop_thread_at_exit)
 
     async def stop(self) -> None:
-        """Aborts what runs, stops the thread, frees llama.cpp memory."""
+        """Aborts what runs, then frees llama.cpp memory once nothing can call into it: the
+        engine thread (decode, sampler frees, state saves and restores) has ended, the KV
+        writer has drained, backend.close() has waited out calls from other threads (a running
+        embedding job stops at its next decode) and the embedding worker is joined. Cancelled
+        midway, it frees nothing (a leak at exit, never a crash)."""
         if self._thread is not None:
             self._core.commands.put(Shutdown())
             await asyncio.to_thread(self._thread.join)
             self._thread = None
-        await asyncio.to_thread(self._embed_workers.shutdown, cancel_futures=True)  # before the model goes
+            atexit.unregister(self._stop_thread_at_exit)
+        self._embed_workers.shutdown(wait=False, cancel_futures=True)  # queued jobs never start
         if self.prefix_store is not None:
             await asyncio.to_thread(self.prefix_store.close)  # waits for queued state writes
-        self.backend.close()
+        await asyncio.to_thread(self.backend.close)
+        await asyncio.to_thread(self._embed_workers.shutdown)  # its job ended inside backend.close's wait
+
+    def _stop_thread_at_exit(self) -> None:
+        """An exit that skipped stop(): end the (daemon) engine thread before the interpreter
+        is torn down under it in the middle of a llama.cpp call."""
+        thread = self._thread
+        if thread is not None and thread.is_alive():
+            self._core.commands.put(Shutdown())
+            thread.join(timeout=30.0)
 
     @property
     def is_running(self) -> bool:

@@ -180,7 +180,9 @@ class PrefixStateStore(Protocol):
         ...
 
     def covers(self, prompt_ids: list[int], namespace: str = "") -> bool:
-        """True if a stored prefix of `namespace` already covers most of the prompt (saving it adds little)."""
+        """True if saving the prompt now adds little: a stored or queued prefix of `namespace`
+        covers most of it, or the store cannot take it (off, or its bounded write queue full).
+        Asked before the state is copied out of llama.cpp."""
         ...
 
     def save(self, token_ids: list[int], data: bytes, namespace: str = "") -> None:

@@ -53,9 +53,10 @@ class DiskPrefixes:
             if not (chunk.is_prompt and chunk.wants_logits):
                 continue
             prompt, namespace = chunk.request.prompt_token_ids, chunk.request.cache_namespace
-            if len(prompt) < self.store.min_tokens or self.store.covers(prompt, namespace):
+            if len(prompt) < self.store.min_tokens:
                 continue
             try:
-                self.store.save(prompt, self._backend.save_sequence(chunk.slot_id), namespace)
+                if not self.store.covers(prompt, namespace):  # asked first: copying the state out costs time
+                    self.store.save(prompt, self._backend.save_sequence(chunk.slot_id), namespace)
             except Exception:
                 log.exception("saving a prefix state failed")

@@ -52,10 +52,11 @@ async def ready(request: web.Request) -> web.Response:
     manager = request.app[MODEL_KEY]
     models = {m.loaded.name if m.loaded else m.ref: {"status": m.status, "load_progress": round(m.progress, 3)}
               for m in manager.models}
+    warnings = cache_warnings(request.app)
     if manager.loaded is None:
         state = "failed" if manager.error else "loading"
-        return web.json_response({"status": state, "error": manager.error, "models": models}, status=503,
-                                 headers={"Retry-After": "2"})
+        return web.json_response({"status": state, "error": manager.error, "models": models, "warnings": warnings},
+                                 status=503, headers={"Retry-After": "2"})
     engine = manager.loaded.engine
     snapshot = engine.stats()
     stalled_s = time.monotonic() - snapshot.loop_heartbeat_s
@@ -66,11 +67,27 @@ async def ready(request: web.Request) -> web.Response:
         "num_slots": snapshot.num_slots,
         "num_waiting": snapshot.num_waiting,
         "models": models,
+        "warnings": warnings,
     }
     if not engine.is_running or stalled_s > STALL_AFTER_S:
         body["status"] = "stalled" if engine.is_running else "stopped"
         return web.json_response(body, status=503)
     return web.json_response(body)
+
+
+def cache_warnings(app: web.Application) -> list[str]:
+    """Caches the configuration asks for that could not open (unwritable cache_dir, ...):
+    the server runs without them, and says so here as well as in the log."""
+    warnings = []
+    cache = app[CACHE_KEY]
+    if cache.config.enabled and not cache.is_active:
+        warnings.append(f"response cache at {cache.config.directory} is off: {cache.error}")
+    loaded = app[MODEL_KEY].loaded
+    store = loaded.engine.prefix_store if loaded is not None else None
+    state = store.stats() if store is not None else {"active": True}
+    if not state["active"]:
+        warnings.append(f"KV prefix store at {store.config.directory} is off: {state['error']}")
+    return warnings
 
 
 async def stats(request: web.Request) -> web.Response:

@@ -7,6 +7,7 @@ reloads (SIGHUP) and when it stops.
 from __future__ import annotations
 
 import asyncio
+import faulthandler
 import logging
 import signal
 import time
@@ -31,12 +32,16 @@ STATUS_EVERY_S = 1.0
 """How often STATUS= is refreshed (sent only when it changed)."""
 FRESH_HEARTBEAT_S = 5.0
 """READY needs an engine heartbeat at most this old (the loop runs)."""
+MIN_DRAIN_S = 0.01
+"""aiohttp reads a shutdown timeout of 0 as "wait for every handler forever"; 0 means no drain."""
 
 
 def serve(config: Config) -> int:
     """Blocks until SIGTERM/SIGINT. aiohttp then stops accepting connections, waits up to
     drain_timeout_s for in-flight requests (streams included) to finish, and only then runs
     the cleanup that stops the engine; the process exits 0."""
+    if not faulthandler.is_enabled():
+        faulthandler.enable()  # a segfault in llama.cpp leaves the Python stacks on stderr (the journal)
     app = create_app(config)
     notifier = Notifier.from_env()
     app.on_startup.append(_reload_on_sighup(notifier))
@@ -46,7 +51,7 @@ def serve(config: Config) -> int:
     url = f"http://{config.server.host}:{config.server.port}/v1"
     print(f"localllm: serving {config.engine.model} on {url}", flush=True)
     web.run_app(app, host=config.server.host, port=config.server.port, print=None, access_log=None,
-                shutdown_timeout=config.server.drain_timeout_s, handle_signals=True)
+                shutdown_timeout=max(config.server.drain_timeout_s, MIN_DRAIN_S), handle_signals=True)
     log.info("localllm: stopped")
     return 0
 

@@ -50,8 +50,11 @@ def toml_value(value: Any) -> str:
 def service_install(args: argparse.Namespace) -> int:
     """Writes (or with --print shows) the unit and the default config; exit 1 when it cannot write."""
     devices, groups = detect_gpu()
+    key_file = args.api_key_file
+    if key_file is None and (args.config_dir / "api-keys").is_file():
+        key_file = args.config_dir / "api-keys"
     spec = UnitSpec(config_path=args.config_dir / "config.toml", user=args.user,
-                    gpu_devices=devices, gpu_groups=groups)
+                    gpu_devices=devices, gpu_groups=groups, api_key_file=key_file)
     warning = home_warning(spec.python)
     if warning:
         print(f"localllm: {warning}", file=sys.stderr)

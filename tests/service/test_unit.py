@@ -16,7 +16,7 @@ REQUIRED = [
     "Type=notify", "NotifyAccess=main", "WatchdogSec=", "ExecReload=/bin/kill -HUP $MAINPID",
     "Restart=on-failure", "DynamicUser=yes", "ProtectSystem=strict", "StateDirectory=localllm",
     "CacheDirectory=localllm", "NoNewPrivileges=yes", "PrivateTmp=yes", "ProtectHome=yes",
-    "Environment=LOCALLLM_DATA_DIR=/var/lib/localllm",
+    "Environment=LOCALLLM_DATA_DIR=%S/localllm", "Environment=LOCALLLM_CACHE_DIR=%C/localllm",
 ]
 
 

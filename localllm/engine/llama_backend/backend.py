@@ -1,11 +1,12 @@
 """LlamaBackend: one model, one context, its batch and its per-request samplers.
 
-Everything here runs on the engine thread, except `tokenize`, `token_piece`
-and `is_end_of_generation`, which read the immutable vocabulary and are safe
-from any thread.
+Everything here runs on the engine thread, except `tokenize`, `token_piece`,
+`is_end_of_generation`, `compile_grammar`, `metadata` and `embed`, which are safe from
+any thread: they run inside an OpenGuard, and `close()` frees nothing before they return.
 """
 from __future__ import annotations
 
+import atexit
 import ctypes
 import logging
 import os
@@ -23,6 +24,7 @@ from localllm.engine.errors import BackendError, NoKvRoom, PrefixWindowGone
 from localllm.engine.llama_backend import grammar as gbnf, rpc, sampling
 from localllm.engine.llama_backend.batch import NumpyBatch
 from localllm.engine.llama_backend.embedding import MAX_INPUT_TOKENS, EmbeddingContext
+from localllm.engine.llama_backend.lifetime import OpenGuard, while_open
 from localllm.engine.scheduler import BatchChunk
 from localllm.engine.slots import KvCopy, KvOp, KvTrim
 from localllm.types import SamplingParams, TokenLogprob
@@ -58,7 +60,14 @@ def _init_llama_once() -> None:
         if not _backend_ready:
             ll.llama_log_set(_LOG_CALLBACK, ctypes.c_void_p(0))
             ll.llama_backend_init()
+            atexit.register(_detach_logging)
             _backend_ready = True
+
+
+def _detach_logging() -> None:
+    """At exit, before the interpreter is torn down: native code that logs later (static
+    destructors, lingering threads) must not call back into a finalised Python."""
+    ll.llama_log_set(ll.llama_log_callback(), ctypes.c_void_p(0))  # NULL: llama.cpp's own stderr logger
 
 
 @ll.ggml_log_callback if hasattr(ll, "ggml_log_callback") else ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)
@@ -148,9 +157,12 @@ class LlamaBackend:
         self._logprobs: dict[str, TokenLogprob] = {}
         self._embedding: EmbeddingContext | None = None
         self._embedding_init = threading.Lock()
+        self._guard = OpenGuard()
+        """Calls from other threads; close() waits for them before freeing anything."""
 
     # -- vocabulary (any thread) -------------------------------------------------
 
+    @while_open
     def tokenize(self, text: str, *, add_special: bool = True, parse_special: bool = True) -> list[int]:
         data = text.encode("utf-8")
         capacity = len(data) + 8
@@ -166,13 +178,17 @@ class LlamaBackend:
         """The bytes a token renders to (control tokens render as nothing). Cached."""
         piece = self._pieces.get(token_id)
         if piece is None:
-            buf = ctypes.create_string_buffer(64)
-            n = ll.llama_token_to_piece(self._vocab, token_id, buf, len(buf), 0, False)
-            if n < 0:
-                buf = ctypes.create_string_buffer(-n)
-                n = ll.llama_token_to_piece(self._vocab, token_id, buf, len(buf), 0, False)
-            piece = self._pieces[token_id] = buf.raw[:n]
+            piece = self._pieces[token_id] = self._piece(token_id)
         return piece
+
+    @while_open
+    def _piece(self, token_id: int) -> bytes:
+        buf = ctypes.create_string_buffer(64)
+        n = ll.llama_token_to_piece(self._vocab, token_id, buf, len(buf), 0, False)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = ll.llama_token_to_piece(self._vocab, token_id, buf, len(buf), 0, False)
+        return buf.raw[:n]
 
     def detokenize(self, token_ids: Sequence[int]) -> str:
         return b"".join(self.token_piece(t) for t in token_ids).decode("utf-8", "replace")
@@ -180,7 +196,8 @@ class LlamaBackend:
     def is_end_of_generation(self, token_id: int) -> bool:
         eog = self._eog.get(token_id)
         if eog is None:
-            eog = self._eog[token_id] = bool(ll.llama_vocab_is_eog(self._vocab, token_id))
+            with self._guard:
+                eog = self._eog[token_id] = bool(ll.llama_vocab_is_eog(self._vocab, token_id))
         return eog
 
     def bos_text(self) -> str:
@@ -189,11 +206,13 @@ class LlamaBackend:
     def eos_text(self) -> str:
         return self._token_text(ll.llama_vocab_eos(self._vocab))
 
+    @while_open
     def _token_text(self, token_id: int) -> str:
         if token_id < 0:
             return ""
         return (ll.llama_vocab_get_text(self._vocab, token_id) or b"").decode("utf-8", "replace")
 
+    @while_open
     def metadata(self, key: str) -> str | None:
         """A GGUF metadata value as text, whole (chat templates run to many kilobytes)."""
         buf = ctypes.create_string_buffer(4096)
@@ -205,6 +224,7 @@ class LlamaBackend:
             ll.llama_model_meta_val_str(self._model, key.encode(), buf, len(buf))
         return buf.value.decode("utf-8", "replace")
 
+    @while_open
     def describe(self) -> str:
         buf = ctypes.create_string_buffer(256)
         ll.llama_model_desc(self._model, buf, len(buf))
@@ -224,6 +244,7 @@ class LlamaBackend:
         if sampler is not None:
             sampler.free()
 
+    @while_open
     def compile_grammar(self, grammar: Grammar) -> None:
         """Parses the grammar once and keeps it for add_sampler to clone; raises InvalidParam if
         llama.cpp refuses it. Any thread (a worker: the engine thread then only clones)."""
@@ -336,14 +357,19 @@ class LlamaBackend:
         ll.llama_memory_seq_rm(self._memory, seq_id, -1, -1)
         return out
 
+    @while_open
     def embed(self, inputs: Sequence[Sequence[int]]) -> list[np.ndarray]:
         """Blocking, any thread but the engine's: pooled embeddings from a second context."""
         with self._embedding_init:
             if self._embedding is None:
-                self._embedding = EmbeddingContext(self._model, self.config.num_threads)
+                self._embedding = EmbeddingContext(self._model, self.config.num_threads, lambda: self._guard.closed)
         return self._embedding.embed(inputs)
 
     def close(self) -> None:
+        """Frees the context and the model. Call after the engine thread has ended; blocks
+        until calls from other threads (an embedding job, a tokenisation) have returned and
+        refuses later ones (BackendClosed), so none can touch freed memory. Idempotent."""
+        self._guard.close()
         if self._embedding is not None:
             self._embedding.close()
             self._embedding = None

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -10,6 +10,7 @@ import llama_cpp.llama_cpp as ll
 
 from localllm.engine.errors import BackendError
 from localllm.engine.llama_backend.batch import NumpyBatch
+from localllm.engine.llama_backend.lifetime import BackendClosed
 
 MAX_INPUT_TOKENS = 2048
 """One input must fit one micro-batch: pooling needs all its tokens at once."""
@@ -19,7 +20,11 @@ MAX_SEQUENCES = 16
 class EmbeddingContext:
     """Created on first use; one embedding job at a time (the lock), off the engine thread."""
 
-    def __init__(self, model: ll.llama_model_p, num_threads: int) -> None:
+    def __init__(self, model: ll.llama_model_p, num_threads: int,
+                 closing: Callable[[], bool] = lambda: False) -> None:
+        self._closing = closing
+        """True once the model is closing: a running job stops before its next decode, so an
+        unload or a shutdown waits for one decode, not for the whole job."""
         params = ll.llama_context_default_params()
         params.n_ctx = params.n_batch = params.n_ubatch = MAX_INPUT_TOKENS
         params.n_seq_max = MAX_SEQUENCES
@@ -49,6 +54,8 @@ class EmbeddingContext:
             return out + (self._embed_group(group) if group else [])
 
     def _embed_group(self, group: list[Sequence[int]]) -> list[np.ndarray]:
+        if self._closing():
+            raise BackendClosed("the model is closing")
         ll.llama_memory_clear(self._memory, True)
         self._batch.fill_sequences(group)
         if ll.llama_decode(self._ctx, self._batch.struct) != 0:
