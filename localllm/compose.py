@@ -1,5 +1,5 @@
 """The composition root: builds a served model from a config (file, llama.cpp backend, engine,
-KV prefix store, memory plan, RPC split) and computes THE memory plan.
+prefix-state store, memory plan, RPC split) and computes THE memory plan.
 
 Only `server/` (the app factory's default loader, /v1/plan) and the command line import this
 module; everything else sees a served model as a `LoadedModel` (models/manager.py). llama.cpp's
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from localllm.cache.kv_store import KvPrefixStore, KvStoreConfig
+from localllm.cache.prefix_states import PrefixStateConfig, PrefixStateDiskStore
 from localllm.config import Config
 from localllm.engine.async_engine import AsyncEngine
 from localllm.engine.contracts import ModelBackend
@@ -143,7 +143,7 @@ def engine_for(backend: ModelBackend, name: str, config: Config, identity: str |
     """An engine over `backend`; with `identity` (the model's), long prompts' KV states persist on disk."""
     store = None
     if identity is not None and config.server.kv_cache_min_tokens > 0:
-        store = KvPrefixStore(KvStoreConfig(
+        store = PrefixStateDiskStore(PrefixStateConfig(
             config.cache_dir / "kv", namespace=f"{identity}|{backend.state_format()}",
             min_tokens=config.server.kv_cache_min_tokens, size_limit_bytes=config.server.kv_cache_size_mib * 2**20))
     return AsyncEngine(
@@ -154,7 +154,7 @@ def engine_for(backend: ModelBackend, name: str, config: Config, identity: str |
         num_batch_tokens=config.engine.batch,
         num_kv_cells_total=backend.num_ctx,
         max_waiting=config.engine.max_waiting,
-        prefix_store=store,
+        prefix_state_store=store,
     )
 
 

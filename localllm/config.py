@@ -120,8 +120,10 @@ class ServerConfig:
     cache_size_mib: int = 512
     cache_ttl_s: float = 7 * 24 * 3600.0
     kv_cache_min_tokens: int = 512
-    """Prompts at least this long have their KV state saved to disk for reuse (0: off)."""
+    """Prompts at least this long have their KV state saved to disk for reuse (the prefix states;
+    0: off)."""
     kv_cache_size_mib: int = 2048
+    """Size limit of the prefix states on disk."""
     keep_alive_s: float = 300.0
     """Idle seconds before a model other than the default is unloaded (-1: never)."""
     max_keep_alive_s: float = 3600.0

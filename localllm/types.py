@@ -101,7 +101,8 @@ class TokenDelta:
     finish_reason: FinishReason | None = None
     num_prompt_tokens: int = 0
     num_cached_tokens: int = 0
-    """Prompt tokens reused from the KV cache instead of evaluated."""
+    """Prompt tokens not evaluated: reused from the prefix cache or a prefix state (all of them on a
+    response-cache hit)."""
     num_generated_tokens: int = 0
     error: str | None = None
     logprobs: list[TokenLogprob] | None = None
@@ -143,9 +144,10 @@ class EngineStats:
     num_generated_tokens_total: int
     num_reused_tokens_total: int
     num_admitted_total: int
-    """Requests that got a slot: each one is a prefix-cache query."""
+    """Requests that got a slot: each one is a prefix-cache query (memory, then prefix states on disk)."""
     num_prefix_hits_total: int
-    """Admitted requests that reused at least one cached prompt token."""
+    """Prefix-cache hits: admitted requests that reused at least one prompt token (from a slot
+    or a restored prefix state)."""
     num_kv_cells_used: int
     num_kv_cells_total: int
     num_steps: int

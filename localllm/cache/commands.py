@@ -6,7 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-from localllm.cache.prompt_cache import CacheConfig, ResponseCache
+from localllm.cache.response_cache import ResponseCache, ResponseCacheConfig
 from localllm.config import Config, ConfigError
 
 COMMANDS = {"cache"}
@@ -30,8 +30,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"localllm: invalid configuration: {exc}", file=sys.stderr)
         return 2
     server = config.server
-    cache = ResponseCache(CacheConfig(config.cache_dir / "responses", server.cache_size_mib * 2**20,
-                                      server.cache_ttl_s))
+    cache = ResponseCache(ResponseCacheConfig(config.cache_dir / "responses", server.cache_size_mib * 2**20,
+                                              server.cache_ttl_s))
     try:
         if args.cache_command == "stats":
             stats = cache.stats()

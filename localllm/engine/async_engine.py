@@ -16,8 +16,8 @@ from collections.abc import Sequence
 from localllm.constraints import Grammar
 from localllm.engine.contracts import ModelBackend, PrefixStateStore
 from localllm.engine.core import EngineCore
-from localllm.engine.disk_prefix import DiskPrefixes
 from localllm.engine.messages import AbortRequest, AddRequest, Shutdown
+from localllm.engine.prefix_states import PrefixStates
 from localllm.engine.request import Request
 from localllm.engine.scheduler import Scheduler
 from localllm.types import EngineStats, InvalidParam, PromptTooLong, QueueFull, SamplingParams, TokenDelta
@@ -44,18 +44,19 @@ class AsyncEngine:
         num_batch_tokens: int,
         num_kv_cells_total: int,
         max_waiting: int = 64,
-        prefix_store: PrefixStateStore | None = None,
+        prefix_state_store: PrefixStateStore | None = None,
     ) -> None:
         self.backend = backend
         self.model_name = model_name
         self.slot_ctx = slot_ctx
         self.max_in_flight = num_slots + max_waiting
         """Requests running or waiting; beyond it, generate() raises QueueFull at once."""
-        self.prefix_store = prefix_store
-        disk = DiskPrefixes(prefix_store, backend) if prefix_store is not None else None
+        self.prefix_state_store = prefix_state_store
+        """Prefix states on disk, if any (the prefix cache in memory is the slots' KV cells)."""
+        states = PrefixStates(prefix_state_store, backend) if prefix_state_store is not None else None
         scheduler = Scheduler(num_slots, num_batch_tokens, backend.token_piece, backend.is_end_of_generation,
-                              saved_prefix=disk.find if disk is not None else None)
-        self._core = EngineCore(backend, scheduler, self._publish, model_name, num_kv_cells_total, disk)
+                              saved_prefix=states.find if states is not None else None)
+        self._core = EngineCore(backend, scheduler, self._publish, model_name, num_kv_cells_total, states)
         self._streams: dict[str, asyncio.Queue[TokenDelta]] = {}
         self._ids = itertools.count()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -82,8 +83,8 @@ class AsyncEngine:
             self._thread = None
             atexit.unregister(self._stop_thread_at_exit)
         self._embed_workers.shutdown(wait=False, cancel_futures=True)  # queued jobs never start
-        if self.prefix_store is not None:
-            await asyncio.to_thread(self.prefix_store.close)  # waits for queued state writes
+        if self.prefix_state_store is not None:
+            await asyncio.to_thread(self.prefix_state_store.close)  # waits for queued state writes
         await asyncio.to_thread(self.backend.close)
         await asyncio.to_thread(self._embed_workers.shutdown)  # its job ended inside backend.close's wait
 

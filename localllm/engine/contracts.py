@@ -1,7 +1,7 @@
 """What the engine needs from its backend and its prefix-state store: one contract per role.
 
 `LlamaBackend` (engine/llama_backend) and the scripted `FakeBackend` (tests/unit/fakes.py)
-implement `ModelBackend`; `KvPrefixStore` (cache/kv_store.py) implements `PrefixStateStore`.
+implement `ModelBackend`; `PrefixStateDiskStore` (cache/prefix_states.py) implements `PrefixStateStore`.
 tests/unit/test_contracts.py checks that every member exists with a compatible signature.
 
 Each method says which thread may call it, what it changes and what it raises. The
@@ -160,7 +160,7 @@ class ModelBackend(Vocabulary, StepBackend, SequenceStates, Protocol):
 
 
 class PrefixStateStore(Protocol):
-    """Saved KV prefix states (on disk) for one model and state format.
+    """Prefix states: saved KV states (on disk) for one model and state format.
 
     `longest`, `load`, `covers` and `save` run on the engine thread and must not block on
     the disk for long (`save` only queues the write); failures are counted in `stats` and

@@ -6,9 +6,9 @@ import queue
 from collections.abc import Callable, Mapping
 
 from localllm.engine.contracts import StepBackend
-from localllm.engine.disk_prefix import DiskPrefixes
 from localllm.engine.errors import NoKvRoom, PrefixWindowGone, SavedPrefixGone
 from localllm.engine.messages import AbortRequest, AddRequest, Command, Shutdown
+from localllm.engine.prefix_states import PrefixStates
 from localllm.engine.scheduler import Scheduler, StepPlan
 from localllm.engine.slots import KvCopy, KvRestore
 from localllm.engine.stats import EngineCounters
@@ -19,8 +19,9 @@ IDLE_WAKE_S = 0.5  # an idle loop still wakes to refresh its heartbeat and rates
 
 
 class EngineCore:
-    """Owns the scheduler, the backend and `disk` (which restores the saved prefixes that the
-    scheduler plans, found by its `saved_prefix`, i.e. `disk.find`); runs until a Shutdown command."""
+    """Owns the scheduler, the backend and `prefix_states` (which restores the saved prefix states
+    that the scheduler plans, found by its `saved_prefix`, i.e. `prefix_states.find`); runs until a
+    Shutdown command."""
 
     def __init__(
         self,
@@ -29,12 +30,12 @@ class EngineCore:
         publish: Callable[[list[TokenDelta]], None],
         model_name: str,
         num_kv_cells_total: int,
-        disk: DiskPrefixes | None = None,
+        prefix_states: PrefixStates | None = None,
     ) -> None:
         self.backend = backend
         self.scheduler = scheduler
         self.commands: queue.SimpleQueue[Command] = queue.SimpleQueue()
-        self._disk = disk
+        self._prefix_states = prefix_states
         self._publish = publish
         self._counters = EngineCounters(scheduler, model_name, num_kv_cells_total)
 
@@ -61,8 +62,8 @@ class EngineCore:
             # 3. Update: the scheduler turns samples into deltas; save newly evaluated long
             #    prompts, then count, free finished samplers and publish.
             deltas = self.scheduler.update(plan, sampled, self.backend.take_logprobs())
-            if self._disk is not None:
-                self._disk.save_evaluated_prompts(plan)
+            if self._prefix_states is not None:
+                self._prefix_states.save_evaluated_prompts(plan)
             self._update(plan, deltas)
         except Exception as exc:  # the one place a failed step ends: its requests fail, the loop goes on
             log.exception("engine step failed; failing its requests")
@@ -94,7 +95,7 @@ class EngineCore:
                 continue
             try:
                 if isinstance(op, KvRestore):
-                    self._disk.restore(op)  # type: ignore[union-attr]  # only planned with a store
+                    self._prefix_states.restore(op)  # type: ignore[union-attr]  # only planned with a store
                 else:
                     self.backend.apply_kv_ops((op,))
             except Exception as exc:

@@ -30,5 +30,5 @@ class NoKvRoom(BackendError):
 
 class SavedPrefixGone(LookupError):
     """The saved prefix state a plan named is no longer in the store (evicted, cleared by another
-    process, unreadable). Raised by `DiskPrefixes.restore` before the slot was touched: evaluate
+    process, unreadable). Raised by `PrefixStates.restore` before the slot was touched: evaluate
     the prompt instead."""

@@ -1,4 +1,5 @@
-"""Prefix matching over the token sequences held in the KV cache."""
+"""Longest common prefix over token sequences: the prefix cache in memory (slots.py) and the
+prefix states on disk (cache/prefix_states.py) both match prompts with it."""
 from __future__ import annotations
 
 from collections.abc import Sequence

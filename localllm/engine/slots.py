@@ -1,7 +1,8 @@
 """Slots: one llama.cpp sequence each (slot id == seq_id).
 
 A slot keeps its KV contents after its request ends, so a later request with
-the same prefix can reuse it; that is the prefix cache.
+the same prefix can reuse it; that is the prefix cache (in memory). Saved states on
+disk are the prefix states (engine/prefix_states.py).
 """
 from __future__ import annotations
 

@@ -83,10 +83,10 @@ def cache_warnings(app: web.Application) -> list[str]:
     if cache.config.enabled and not cache.is_active:
         warnings.append(f"response cache at {cache.config.directory} is off: {cache.error}")
     loaded = app[MODEL_KEY].loaded
-    store = loaded.engine.prefix_store if loaded is not None else None
+    store = loaded.engine.prefix_state_store if loaded is not None else None
     state = store.stats() if store is not None else {"active": True}
     if not state["active"]:
-        warnings.append(f"KV prefix store at {store.config.directory} is off: {state['error']}")
+        warnings.append(f"prefix states at {store.config.directory} are off: {state['error']}")
     return warnings
 
 
@@ -107,6 +107,7 @@ async def stats(request: web.Request) -> web.Response:
     snapshot["host"] = await asyncio.to_thread(host_snapshot)  # NVML calls can take milliseconds
     snapshot["response_cache"] = await asyncio.to_thread(request.app[CACHE_KEY].stats)
     snapshot["layer_split"] = model.engine.backend.layer_split  # over RPC servers, if any
-    store = model.engine.prefix_store
-    snapshot["kv_prefix_store"] = store.stats() if store is not None else {"active": False}
+    store = model.engine.prefix_state_store
+    snapshot["prefix_states"] = store.stats() if store is not None else {"active": False}
+    snapshot["kv_prefix_store"] = snapshot["prefix_states"]  # the old name, kept for existing clients
     return web.json_response(snapshot)

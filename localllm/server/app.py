@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from localllm.cache.prompt_cache import CacheConfig, ResponseCache
+from localllm.cache.response_cache import ResponseCache, ResponseCacheConfig
 from localllm.config import Config
 from localllm.compose import load_model
 from localllm.models.manager import LoadedModel, ModelLoader, ModelManager
@@ -39,7 +39,7 @@ def create_app(config: Config, *, loaded: LoadedModel | None = None, loader: Mod
     if loaded is not None:
         manager.adopt(loaded)
     app[KEYRING_KEY] = keyring
-    cache = app[CACHE_KEY] = ResponseCache(CacheConfig(
+    cache = app[CACHE_KEY] = ResponseCache(ResponseCacheConfig(
         config.cache_dir / "responses", config.server.cache_size_mib * 2**20, config.server.cache_ttl_s,
         config.server.cache_enabled))
     app[METRICS_KEY] = ServerMetrics(lambda: manager.loaded.engine.stats() if manager.loaded else None,

@@ -64,12 +64,13 @@ class _EngineCollector:
                      stats.generation_tokens_per_s)
         yield _counter("localllm_prompt_tokens", "Prompt tokens evaluated", stats.num_prompt_tokens_total)
         yield _counter("localllm_generation_tokens", "Tokens generated", stats.num_generated_tokens_total)
+        # Prefix cache: a hit reuses prompt tokens from a slot (in memory) or a restored prefix state (disk).
         yield _counter("localllm_prefix_cache_queries", "Requests admitted (each looks up the prefix cache)",
                        stats.num_admitted_total)
         yield _counter("localllm_prefix_cache_hits", "Admitted requests that reused cached prompt tokens",
                        stats.num_prefix_hits_total)
-        yield _counter("localllm_prefix_cache_reused_tokens", "Prompt tokens reused from the KV cache",
-                       stats.num_reused_tokens_total)
+        yield _counter("localllm_prefix_cache_reused_tokens",
+                       "Prompt tokens reused from the prefix cache or prefix states", stats.num_reused_tokens_total)
         finished = CounterMetricFamily("localllm_requests_finished", "Engine requests finished, by reason",
                                        labels=["reason"])
         for reason, count in sorted(stats.finished_by_reason.items()):

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 
-from localllm.cache.prompt_cache import Recorded
+from localllm.cache.response_cache import Recorded
 from localllm.models.catalogue import local_model_names
 from localllm.models.manager import LoadedModel
 from localllm.server.auth import KEYRING_KEY, RATE_HEADERS, USAGE_TOKENS, reserve_tokens

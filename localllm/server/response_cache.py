@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from localllm.cache.prompt_cache import Recorded, ResponseCache, request_key
+from localllm.cache.response_cache import Recorded, ResponseCache, request_key
 from localllm.models.manager import LoadedModel
 from localllm.server.errors import bad_request
 from localllm.server.schemas import GenerationRequest

@@ -194,7 +194,8 @@ async def test_models_health_ready_and_stats(http: aiohttp.ClientSession):
     ready = await (await http.get("/ready")).json()
     assert ready["status"] == "ready" and ready["model"] == "scripted" and ready["num_slots"] == 2
     stats = await (await http.get("/v1/stats")).json()
-    assert stats["num_slots"] == 2 and stats["slot_ctx"] == 512 and stats["kv_prefix_store"] == {"active": False}
+    assert stats["num_slots"] == 2 and stats["slot_ctx"] == 512 and stats["prefix_states"] == {"active": False}
+    assert stats["kv_prefix_store"] == stats["prefix_states"]  # the old key, kept for existing clients
 
 
 async def test_model_admin_loads_serves_and_unloads_a_second_model(tmp_path: Path):

@@ -89,7 +89,7 @@ async def test_a_cache_that_cannot_open_is_a_warning_in_ready_and_in_the_log(
     warnings = body["warnings"]
     assert len(warnings) == 2, warnings
     assert any("response cache" in w and str(not_a_directory) in w for w in warnings)
-    assert any("KV prefix store" in w for w in warnings)
+    assert any("prefix states" in w for w in warnings)
     logged = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert any("response cache" in m and "OFF" in m for m in logged), logged
-    assert any("KV prefix store" in m and "OFF" in m for m in logged), logged
+    assert any("prefix states" in m and "OFF" in m for m in logged), logged

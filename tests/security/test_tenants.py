@@ -9,7 +9,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from localllm.cache.kv_store import KvPrefixStore, KvStoreConfig
+from localllm.cache.prefix_states import PrefixStateConfig, PrefixStateDiskStore
 from localllm.config import Config
 from localllm.engine.request import Request
 from localllm.engine.slots import KvCopy, SlotTable
@@ -117,15 +117,15 @@ def test_slots_reuse_only_their_own_namespace():
 
 
 def test_saved_prefix_states_are_namespaced_on_disk(tmp_path: Path):
-    store_config = KvStoreConfig(tmp_path / "kv", namespace="model-x|fmt", min_tokens=4)
-    store = KvPrefixStore(store_config)
+    store_config = PrefixStateConfig(tmp_path / "kv", namespace="model-x|fmt", min_tokens=4)
+    store = PrefixStateDiskStore(store_config)
     prompt = list(range(10, 40))
     store.save(prompt, b"alice-state", "alice-ns")
     store.flush()
     assert store.longest(prompt + [1], "bob-ns") is None
     assert store.longest(prompt + [1]) is None  # the shared namespace is another namespace
     store.close()
-    reopened = KvPrefixStore(store_config)  # read back from disk: the namespace survives
+    reopened = PrefixStateDiskStore(store_config)  # read back from disk: the namespace survives
     assert reopened.longest(prompt + [1], "bob-ns") is None
     key, shared = reopened.longest(prompt + [1], "alice-ns")
     assert shared == len(prompt) and reopened.load(key) == b"alice-state"

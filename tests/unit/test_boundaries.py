@@ -111,7 +111,7 @@ def test_only_the_composition_module_wires_backend_engine_and_caches():
                        if not p.is_relative_to(backend_package)}
     # cli.py imports the bindings first when serving (a load-order fix, docs/gpu.md), nothing from them
     assert outside_backend == {COMPOSITION, ROOT / "localllm" / "cli.py"}
-    assert files_importing("localllm.cache.kv_store") == {COMPOSITION}
+    assert files_importing("localllm.cache.prefix_states") == {COMPOSITION}
     constructs_engine = {p for p in (ROOT / "localllm").rglob("*.py") if "AsyncEngine(" in p.read_text()}
     assert constructs_engine == {COMPOSITION}
 

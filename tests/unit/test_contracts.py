@@ -1,4 +1,4 @@
-"""LlamaBackend, the test FakeBackend and KvPrefixStore implement every member of their contracts
+"""LlamaBackend, the test FakeBackend and PrefixStateDiskStore implement every member of their contracts
 (engine/contracts.py) with compatible signatures, so no caller needs getattr/hasattr."""
 from __future__ import annotations
 
@@ -105,12 +105,12 @@ def test_llama_backend_implements_the_backend_contracts(contract):
     assert check(contract, LlamaBackend) == []
 
 
-def test_kv_prefix_store_implements_the_store_contract(tmp_path):
-    from localllm.cache.kv_store import KvPrefixStore, KvStoreConfig
+def test_the_disk_store_implements_the_prefix_state_store_contract(tmp_path):
+    from localllm.cache.prefix_states import PrefixStateConfig, PrefixStateDiskStore
 
-    store = KvPrefixStore(KvStoreConfig(tmp_path, namespace="test"))
+    store = PrefixStateDiskStore(PrefixStateConfig(tmp_path, namespace="test"))
     try:
-        assert check(PrefixStateStore, KvPrefixStore, store) == []
+        assert check(PrefixStateStore, PrefixStateDiskStore, store) == []
     finally:
         store.close()
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import threading
 
 from localllm.engine.core import EngineCore
-from localllm.engine.disk_prefix import DiskPrefixes
+from localllm.engine.prefix_states import PrefixStates
 from localllm.engine.messages import AddRequest, Shutdown
 from localllm.engine.request import Request
 from localllm.engine.scheduler import Scheduler
@@ -87,14 +87,14 @@ def test_stats_seen_with_a_delta_include_its_admission_and_finish():
 def make_core(backend: FakeBackend, store: FakePrefixStore | None = None, num_slots: int = 2):
     """A core driven step by step on this thread; returns it and the deltas it publishes, by request."""
     published: dict[str, list] = {}
-    disk = DiskPrefixes(store, backend) if store is not None else None
-    scheduler = Scheduler(num_slots, 16, piece, is_eog, saved_prefix=disk.find if disk else None)
+    states = PrefixStates(store, backend) if store is not None else None
+    scheduler = Scheduler(num_slots, 16, piece, is_eog, saved_prefix=states.find if states else None)
 
     def publish(deltas):
         for d in deltas:
             published.setdefault(d.request_id, []).append(d)
 
-    return EngineCore(backend, scheduler, publish, "fake", 64, disk), published
+    return EngineCore(backend, scheduler, publish, "fake", 64, states), published
 
 
 def drive(core: EngineCore, *requests: Request) -> None:

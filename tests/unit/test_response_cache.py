@@ -6,7 +6,7 @@ import sys
 import time
 from pathlib import Path
 
-from localllm.cache.prompt_cache import CacheConfig, ResponseCache, request_key
+from localllm.cache.response_cache import ResponseCache, ResponseCacheConfig, request_key
 from localllm.types import FinishReason, TokenDelta, TokenLogprob
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -20,7 +20,7 @@ def answer(text: str = "hello") -> list[tuple[int, TokenDelta]]:
 
 
 def test_round_trip_keeps_deltas_and_marks_the_prompt_cached(tmp_path: Path):
-    cache = ResponseCache(CacheConfig(tmp_path))
+    cache = ResponseCache(ResponseCacheConfig(tmp_path))
     assert cache.get("k") is None
     cache.put("k", answer(), "model-a")
     (i0, d0), (i1, d1) = cache.get("k")
@@ -39,7 +39,7 @@ def test_key_changes_with_every_component():
 
 
 def test_entries_expire_after_the_ttl(tmp_path: Path):
-    cache = ResponseCache(CacheConfig(tmp_path, ttl_s=0.2))
+    cache = ResponseCache(ResponseCacheConfig(tmp_path, ttl_s=0.2))
     cache.put("k", answer(), "m")
     assert cache.get("k") is not None
     time.sleep(0.3)
@@ -47,7 +47,7 @@ def test_entries_expire_after_the_ttl(tmp_path: Path):
 
 
 def test_size_limit_evicts_oldest_entries(tmp_path: Path):
-    cache = ResponseCache(CacheConfig(tmp_path, size_limit_bytes=200_000))
+    cache = ResponseCache(ResponseCacheConfig(tmp_path, size_limit_bytes=200_000))
     for i in range(200):
         cache.put(f"k{i}", answer("x" * 5000), "m")
     stats = cache.stats()
@@ -57,9 +57,10 @@ def test_size_limit_evicts_oldest_entries(tmp_path: Path):
 
 
 def test_two_processes_share_one_directory(tmp_path: Path):
-    cache = ResponseCache(CacheConfig(tmp_path))
-    code = ("import sys; from localllm.cache.prompt_cache import *; from tests.unit.test_response_cache import answer;"
-            "ResponseCache(CacheConfig(__import__('pathlib').Path(sys.argv[1]))).put('shared', answer('hello!'), 'm')")
+    cache = ResponseCache(ResponseCacheConfig(tmp_path))
+    code = ("import sys; from localllm.cache.response_cache import *; "
+            "from tests.unit.test_response_cache import answer; "
+            "ResponseCache(ResponseCacheConfig(__import__('pathlib').Path(sys.argv[1]))).put('shared', answer('hello!'), 'm')")
     subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=ROOT, check=True)
     assert "".join(d.text for _, d in cache.get("shared")) == "hello!"
 
@@ -71,7 +72,7 @@ def test_unusable_directories_disable_the_cache_without_raising(tmp_path: Path):
     corrupt.mkdir()
     (corrupt / "cache.db").write_bytes(b"this is not an sqlite database" * 100)
     for directory in [not_a_dir, corrupt, Path("/proc/localllm-cache")]:
-        cache = ResponseCache(CacheConfig(directory))
+        cache = ResponseCache(ResponseCacheConfig(directory))
         assert not cache.is_active and cache.error and cache.num_errors == 1
         assert cache.get("k") is None
         cache.put("k", answer(), "m")  # a no-op, not an exception
@@ -79,13 +80,13 @@ def test_unusable_directories_disable_the_cache_without_raising(tmp_path: Path):
 
 
 def test_unreadable_entry_is_a_miss(tmp_path: Path):
-    cache = ResponseCache(CacheConfig(tmp_path))
+    cache = ResponseCache(ResponseCacheConfig(tmp_path))
     cache._cache.set("bad", "{not json")
     assert cache.get("bad") is None
 
 
 def test_cache_cli_stats_and_clear(tmp_path: Path):
-    cache = ResponseCache(CacheConfig(tmp_path / "responses"))
+    cache = ResponseCache(ResponseCacheConfig(tmp_path / "responses"))
     cache.put("a", answer(), "m1")
     cache.put("b", answer(), "m2")
     cache.close()

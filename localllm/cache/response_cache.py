@@ -31,7 +31,7 @@ Recorded = list[tuple[int, TokenDelta]]
 
 
 @dataclass(frozen=True, slots=True)
-class CacheConfig:
+class ResponseCacheConfig:
     directory: Path
     size_limit_bytes: int = 512 * 2**20
     ttl_s: float = 7 * 24 * 3600.0
@@ -43,7 +43,7 @@ class ResponseCache:
 
     Blocking: call from a worker thread, not the event loop."""
 
-    def __init__(self, config: CacheConfig) -> None:
+    def __init__(self, config: ResponseCacheConfig) -> None:
         self.config = config
         self.num_hits = self.num_misses = self.num_errors = self.num_evictions = 0
         self.error: str | None = None

@@ -1,6 +1,7 @@
-"""Saved KV prefix states: the scheduler asks `find` for the best one when it admits a request
-(it is used when it covers more of the prompt than any live slot), the core `restore`s it into
-the slot, and long prompts are saved once they are evaluated.
+"""Prefix states (saved KV states on disk), the engine's side: the scheduler asks `find` for the
+best one when it admits a request (it is used when it covers more of the prompt than the prefix
+cache in memory, i.e. any live slot), the core `restore`s it into the slot, and long prompts are
+saved once they are evaluated.
 
 The store itself (on disk) is injected; the engine never imports it."""
 from __future__ import annotations
@@ -16,7 +17,7 @@ from localllm.engine.slots import KvRestore, KvTrim
 log = logging.getLogger(__name__)
 
 
-class DiskPrefixes:
+class PrefixStates:
     """Engine thread only."""
 
     def __init__(self, store: PrefixStateStore, backend: SequenceStates) -> None:

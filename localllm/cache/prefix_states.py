@@ -1,4 +1,4 @@
-"""KV prefix states on disk (diskcache), so a long shared prefix (a system prompt, a
+"""Prefix states: saved KV states on disk (diskcache), so a long shared prefix (a system prompt, a
 few-shot preamble) is evaluated once and survives restarts.
 
 One entry per saved prompt: its key is derived from the model identity + context format
@@ -49,7 +49,7 @@ DB_TIMEOUT_S = 2.0
 
 
 @dataclass(frozen=True, slots=True)
-class KvStoreConfig:
+class PrefixStateConfig:
     directory: Path
     namespace: str
     """Model identity and context format: states of other models or layouts never match."""
@@ -60,10 +60,10 @@ class KvStoreConfig:
     """States queued for writing, at most; a save beyond it is dropped."""
 
 
-class KvPrefixStore:
+class PrefixStateDiskStore:
     """Implements the engine's PrefixStateStore contract (engine/contracts.py)."""
 
-    def __init__(self, config: KvStoreConfig) -> None:
+    def __init__(self, config: PrefixStateConfig) -> None:
         self.config = config
         self.min_tokens = config.min_tokens
         self.num_saved = self.num_restored = self.num_errors = self.num_dropped = self.num_rejected = 0
@@ -79,7 +79,7 @@ class KvPrefixStore:
         self._num_consecutive_errors = 0
         self._lock = threading.Lock()
         self._prefix = "kv1:" + hashlib.sha256(config.namespace.encode()).hexdigest()[:32] + ":"
-        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kv-store-writer")
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefix-state-writer")
         self._db: diskcache.Cache | None = None
         self._cache: diskcache.Cache | None = None
         """The open cache while the store is active; None once disabled."""
@@ -282,8 +282,8 @@ class KvPrefixStore:
         self._forget(key)
         with self._lock:
             self.num_rejected += 1
-        log.warning("KV prefix store at %s: ignoring and deleting entry %s: %s", self.config.directory, key, exc)
-        if threading.current_thread().name.startswith("kv-store-writer"):
+        log.warning("prefix states at %s: ignoring and deleting entry %s: %s", self.config.directory, key, exc)
+        if threading.current_thread().name.startswith("prefix-state-writer"):
             self._delete(key)
         else:
             try:
@@ -323,8 +323,8 @@ class KvPrefixStore:
             disable = disable or self._num_consecutive_errors >= MAX_CONSECUTIVE_ERRORS
         if disable:
             self._cache = None
-        log.warning("KV prefix store at %s: %s%s", self.config.directory, self.error,
-                    "; saved prefixes are OFF (prompts are evaluated in full)" if disable else "")
+        log.warning("prefix states at %s: %s%s", self.config.directory, self.error,
+                    "; prefix states are OFF (prompts are evaluated in full)" if disable else "")
 
 
 def _bump_generation(cache: diskcache.Cache) -> int:

@@ -1,4 +1,4 @@
-"""KV prefix states on disk: saved by one engine, restored by the next, same greedy output."""
+"""Prefix states (KV states saved on disk): saved by one engine, restored by the next, same greedy output."""
 from __future__ import annotations
 
 from pathlib import Path

@@ -14,9 +14,9 @@ import aiohttp
 import diskcache
 import pytest
 
-from localllm.cache import kv_store
-from localllm.cache.kv_store import KvPrefixStore, KvStoreConfig
-from localllm.cache.prompt_cache import CacheConfig, ResponseCache
+from localllm.cache import prefix_states
+from localllm.cache.prefix_states import PrefixStateConfig, PrefixStateDiskStore
+from localllm.cache.response_cache import ResponseCache, ResponseCacheConfig
 from localllm.config import Config
 from tests.serving import served
 
@@ -62,16 +62,16 @@ async def complete(http: aiohttp.ClientSession, prompt: str, max_tokens: int = 8
     return body["choices"][0]["text"], body["usage"]["prompt_tokens_details"]["cached_tokens"]
 
 
-async def kv_stats(http: aiohttp.ClientSession) -> dict:
-    return (await (await http.get("/v1/stats")).json())["kv_prefix_store"]
+async def prefix_state_stats(http: aiohttp.ClientSession) -> dict:
+    return (await (await http.get("/v1/stats")).json())["prefix_states"]
 
 
 async def wait_for_saves(http: aiohttp.ClientSession, count: int) -> None:
     for _ in range(600):
-        if (await kv_stats(http))["saved"] >= count:
+        if (await prefix_state_stats(http))["saved"] >= count:
             return
         await asyncio.sleep(0.1)
-    raise AssertionError(f"states were not saved: {await kv_stats(http)}")
+    raise AssertionError(f"states were not saved: {await prefix_state_stats(http)}")
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +124,7 @@ async def test_a_pickled_response_cache_value_is_a_miss_and_never_unpickled(serv
 async def test_a_corrupted_or_truncated_state_is_refused_and_the_request_runs_cold(
         server, data_dir: Path, cache_dir: Path):
     prompts = [long_prompt(item) for item in ("drills", "ladders")]
-    saved = (await kv_stats(server))["saved"]
+    saved = (await prefix_state_stats(server))["saved"]
     cold = [await complete(server, prompt) for prompt in prompts]
     assert all(cached < MIN_TOKENS for _, cached in cold)  # nothing from disk (a few tokens from live slots)
     await wait_for_saves(server, saved + 2)
@@ -138,15 +138,15 @@ async def test_a_corrupted_or_truncated_state_is_refused_and_the_request_runs_co
     async with served(config_for(data_dir, cache_dir)) as restarted:
         async with aiohttp.ClientSession(base_url=str(restarted.make_url("/"))) as http:
             again = [await complete(http, prompt) for prompt in prompts]
-            stats = await kv_stats(http)
+            stats = await prefix_state_stats(http)
     assert [text for text, _ in again] == [text for text, _ in cold]  # the cold answer
     assert all(cached < MIN_TOKENS for _, cached in again)  # nothing restored from the damaged states
     assert stats["rejected"] >= 2 and stats["restored"] == 0
 
 
 @pytest.mark.integration
-async def test_a_sqlite_error_in_the_kv_store_fails_no_request(server, cache_dir: Path):
-    errors_before = (await kv_stats(server))["errors"]
+async def test_a_sqlite_error_in_the_prefix_state_store_fails_no_request(server, cache_dir: Path):
+    errors_before = (await prefix_state_stats(server))["errors"]
     database = sqlite3.connect(cache_dir / "kv" / "cache.db", timeout=30)
     database.execute("ALTER TABLE Cache RENAME TO Cache_gone")  # every query of the store now fails
     database.commit()
@@ -157,10 +157,10 @@ async def test_a_sqlite_error_in_the_kv_store_fails_no_request(server, cache_dir
         text, _ = await running
         assert text and all(t for t, _ in results)
         for _ in range(100):
-            if (await kv_stats(server))["errors"] > errors_before:
+            if (await prefix_state_stats(server))["errors"] > errors_before:
                 break
             await asyncio.sleep(0.1)
-        assert (await kv_stats(server))["errors"] > errors_before  # the error happened, and was survived
+        assert (await prefix_state_stats(server))["errors"] > errors_before  # the error happened, and was survived
     finally:
         database.execute("ALTER TABLE Cache_gone RENAME TO Cache")
         database.commit()
@@ -170,8 +170,8 @@ async def test_a_sqlite_error_in_the_kv_store_fails_no_request(server, cache_dir
 
 # -- the store alone (real diskcache, no model) --------------------------------------------
 
-def store_at(directory: Path, **changes) -> KvPrefixStore:
-    return KvPrefixStore(KvStoreConfig(directory, namespace="model-x|ctx", min_tokens=4, **changes))
+def store_at(directory: Path, **changes) -> PrefixStateDiskStore:
+    return PrefixStateDiskStore(PrefixStateConfig(directory, namespace="model-x|ctx", min_tokens=4, **changes))
 
 
 def test_eviction_takes_an_entry_and_its_index_together(tmp_path: Path):
@@ -216,25 +216,25 @@ def test_the_write_queue_is_bounded_and_never_blocks(tmp_path: Path):
     for prompt in prompts:  # returns at once however stuck the writer is
         if not store.covers(prompt):
             store.save(prompt, b"\0" * 2**20)
-    assert store.stats()["pending"] == kv_store.MAX_PENDING_WRITES
-    assert store.stats()["dropped"] == len(prompts) - kv_store.MAX_PENDING_WRITES
+    assert store.stats()["pending"] == prefix_states.MAX_PENDING_WRITES
+    assert store.stats()["dropped"] == len(prompts) - prefix_states.MAX_PENDING_WRITES
     gate.set()
     store.flush()
-    assert store.stats()["saved"] == kv_store.MAX_PENDING_WRITES and store.stats()["pending"] == 0
+    assert store.stats()["saved"] == prefix_states.MAX_PENDING_WRITES and store.stats()["pending"] == 0
     store.close()
 
 
 def test_a_cache_row_pointing_outside_the_directory_is_neither_read_nor_deleted(tmp_path: Path):
     outside = tmp_path / "outside.txt"
     outside.write_text("not the cache's")
-    cache = ResponseCache(CacheConfig(tmp_path / "responses"))
+    cache = ResponseCache(ResponseCacheConfig(tmp_path / "responses"))
     cache.put("k", [], "m")
     cache.close()
     database = sqlite3.connect(tmp_path / "responses" / "cache.db")
     database.execute("UPDATE Cache SET mode = 2, filename = ?, value = NULL WHERE key = 'k'", (str(outside),))
     database.commit()
     database.close()
-    cache = ResponseCache(CacheConfig(tmp_path / "responses"))
+    cache = ResponseCache(ResponseCacheConfig(tmp_path / "responses"))
     assert cache.get("k") is None
     assert cache.clear() == 1
     cache.close()
