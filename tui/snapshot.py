@@ -76,8 +76,8 @@ class Snapshot:
         return self.get("num_kv_cells_used") / total if total else None
 
     @property
-    def cache_hit_rate(self) -> float | None:
-        """Prompt-cache (prefix) hits per admitted request."""
+    def prefix_hit_rate(self) -> float | None:
+        """Prefix-cache hits (from a slot or a prefix state on disk) per admitted request."""
         admitted = self.get("num_admitted_total")
         return self.get("num_prefix_hits_total") / admitted if admitted else None
 

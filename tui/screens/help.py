@@ -24,8 +24,10 @@ Letter keys work when no text box has the focus (Tab moves it).
 generation tokens/sec since the TUI started (3 minutes at most). TTFT (time to
 first token) and ITL (inter-token latency) p50/p95 are estimated from the
 server's histogram buckets over the last 60 s; *base* is the p95 since the
-server started. KV used is cache cells used of all cells; cache hit is prompt
-prefix hits per admitted request.
+server started. KV used is cache cells used of all cells; *prefix … hit* is
+prefix cache hits (prompt tokens reused from a slot, or from a prefix state
+saved on disk) per admitted request; response cache hits never reach the
+engine.
 
 **Alerts** appear when a p95 latency exceeds twice its base, more than 1% of
 responses are errors, or a GPU's memory is over 95% full.

@@ -1,4 +1,4 @@
-"""Requests running and waiting, KV cache usage and the prompt-cache hit rate."""
+"""Requests running and waiting, KV cache usage and the prefix-cache hit rate."""
 from __future__ import annotations
 
 from rich.table import Table
@@ -35,6 +35,6 @@ class LoadPanel(Static):
             grid.add_row("running", f"{snapshot.get('num_busy_slots')}/{snapshot.get('num_slots')}")
             grid.add_row("waiting", f"{snapshot.get('num_waiting')}")
             grid.add_row("KV used", f"{_percent(snapshot.kv_usage)} of {_compact(snapshot.get('num_kv_cells_total'))}")
-            grid.add_row("cache hit", _percent(snapshot.cache_hit_rate))
+            grid.add_row("prefix", f"{_percent(snapshot.prefix_hit_rate)} hit")  # the prefix cache's hit rate
             grid.add_row("admitted", _compact(snapshot.get("num_admitted_total")))
         self.update(grid)
