@@ -1,5 +1,5 @@
 """Time to first token for a ~1,000-token shared prefix after a server restart: with the
-KV prefix state saved on disk by the previous run, against a cold start.
+prefix state (KV state) saved on disk by the previous run, against a cold start.
 
     .venv/bin/python scripts/bench_prefix_restart.py [--repeats 3]
 

@@ -11,7 +11,7 @@ from localllm.server.auth import IS_ADMIN, KEY_ID, KEYRING_KEY
 from localllm.telemetry import host_snapshot
 from localllm.server.metrics import METRICS_KEY
 from localllm.server.openapi import openapi_json
-from localllm.server.response_cache import CACHE_KEY
+from localllm.server.response_cache import RESPONSE_CACHE_KEY
 from localllm.server.state import MODEL_KEY, require_model
 
 # The engine loop refreshes its heartbeat every step and at least every 0.5 s when
@@ -79,7 +79,7 @@ def cache_warnings(app: web.Application) -> list[str]:
     """Caches the configuration asks for that could not open (unwritable cache_dir, ...):
     the server runs without them, and says so here as well as in the log."""
     warnings = []
-    cache = app[CACHE_KEY]
+    cache = app[RESPONSE_CACHE_KEY]
     if cache.config.enabled and not cache.is_active:
         warnings.append(f"response cache at {cache.config.directory} is off: {cache.error}")
     loaded = app[MODEL_KEY].loaded
@@ -105,7 +105,7 @@ async def stats(request: web.Request) -> web.Response:
     snapshot["slot_ctx"] = model.engine.slot_ctx
     snapshot["keys"] = _key_usage(request)
     snapshot["host"] = await asyncio.to_thread(host_snapshot)  # NVML calls can take milliseconds
-    snapshot["response_cache"] = await asyncio.to_thread(request.app[CACHE_KEY].stats)
+    snapshot["response_cache"] = await asyncio.to_thread(request.app[RESPONSE_CACHE_KEY].stats)
     snapshot["layer_split"] = model.engine.backend.layer_split  # over RPC servers, if any
     store = model.engine.prefix_state_store
     snapshot["prefix_states"] = store.stats() if store is not None else {"active": False}

@@ -16,7 +16,7 @@ from localllm.server.auth import KEYRING_KEY, KeyRing, auth_middleware
 from localllm.server.browser_guard import browser_guard
 from localllm.server.errors import error_middleware
 from localllm.server.metrics import METRICS_KEY, ServerMetrics
-from localllm.server.response_cache import CACHE_KEY
+from localllm.server.response_cache import RESPONSE_CACHE_KEY
 from localllm.server.request_log import request_log_middleware
 from localllm.server.state import CONFIG_KEY, MODEL_KEY
 
@@ -39,7 +39,7 @@ def create_app(config: Config, *, loaded: LoadedModel | None = None, loader: Mod
     if loaded is not None:
         manager.adopt(loaded)
     app[KEYRING_KEY] = keyring
-    cache = app[CACHE_KEY] = ResponseCache(ResponseCacheConfig(
+    cache = app[RESPONSE_CACHE_KEY] = ResponseCache(ResponseCacheConfig(
         config.cache_dir / "responses", config.server.cache_size_mib * 2**20, config.server.cache_ttl_s,
         config.server.cache_enabled))
     app[METRICS_KEY] = ServerMetrics(lambda: manager.loaded.engine.stats() if manager.loaded else None,
@@ -65,7 +65,7 @@ async def _models_lifecycle(app: web.Application) -> AsyncIterator[None]:
     yield
     sweeper.cancel()
     await manager.close()
-    app[CACHE_KEY].close()
+    app[RESPONSE_CACHE_KEY].close()
 
 
 def _log_load_failure(task: asyncio.Task) -> None:

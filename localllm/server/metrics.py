@@ -18,7 +18,7 @@ class ServerMetrics:
 
     def __init__(self, engine_stats: Callable[[], EngineStats | None],
                  key_usage: Callable[[], dict[str, dict[str, int]]] = dict,
-                 cache_stats: Callable[[], dict] = dict) -> None:
+                 response_cache_stats: Callable[[], dict] = dict) -> None:
         self.registry = CollectorRegistry()
         self.ttft_s = Histogram("localllm_time_to_first_token_seconds", "Time to first token",
                                 buckets=_LATENCY_BUCKETS_S, registry=self.registry)
@@ -35,7 +35,7 @@ class ServerMetrics:
             "(logged as status 499; not server errors)", registry=self.registry)
         self.registry.register(_EngineCollector(engine_stats))
         self.registry.register(_KeyUsageCollector(key_usage))
-        self.registry.register(_CacheCollector(cache_stats))
+        self.registry.register(_ResponseCacheCollector(response_cache_stats))
 
     def render(self) -> web.Response:
         response = web.Response(body=generate_latest(self.registry))
@@ -91,9 +91,9 @@ class _KeyUsageCollector:
         yield from families.values()
 
 
-class _CacheCollector:
-    def __init__(self, cache_stats: Callable[[], dict]) -> None:
-        self._cache_stats = cache_stats
+class _ResponseCacheCollector:
+    def __init__(self, response_cache_stats: Callable[[], dict]) -> None:
+        self._cache_stats = response_cache_stats
 
     def collect(self) -> Iterator[Metric]:
         stats = self._cache_stats()

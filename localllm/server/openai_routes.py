@@ -23,7 +23,7 @@ from localllm.server.schemas import (
 )
 from localllm.server.request_log import COMPLETION_TOKENS, MODEL_NAME, PROMPT_TOKENS, RECEIVED_S, TTFT_S
 from localllm.server.response_cache import (
-    CACHE_HEADER, CACHE_KEY, is_complete, key_for, recording, replay, wants_cache,
+    CACHE_HEADER, RESPONSE_CACHE_KEY, is_complete, key_for, recording, replay, wants_cache,
 )
 from localllm.server.sse import SseWriter
 from localllm.server.state import CONFIG_KEY, MODEL_KEY, require_model
@@ -152,7 +152,7 @@ async def _respond(request: web.Request, model: LoadedModel, body: dict, gen: Ge
 async def _generate(request: web.Request, model: LoadedModel, body: dict, gen: GenerationRequest, fmt: _Format,
                     add_special: bool) -> web.StreamResponse:
     started_s = time.monotonic()
-    cache = request.app[CACHE_KEY]
+    cache = request.app[RESPONSE_CACHE_KEY]
     namespace = cache_namespace(request, body)
     key = key_for(model, fmt.object_name, gen, add_special, namespace) \
         if cache.is_active and wants_cache(request, body, gen) else None

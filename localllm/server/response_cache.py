@@ -12,7 +12,7 @@ from localllm.server.errors import bad_request
 from localllm.server.schemas import GenerationRequest
 from localllm.types import FinishReason, TokenDelta
 
-CACHE_KEY = web.AppKey("response_cache", ResponseCache)
+RESPONSE_CACHE_KEY = web.AppKey("response_cache", ResponseCache)
 CACHE_HEADER = "X-LocalLLM-Cache"
 """Request: `on` (use it, also for sampled requests) or `off`; response: hit, miss or bypass."""
 
