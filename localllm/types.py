@@ -121,13 +121,16 @@ class TokenLogprob:
 class SlotStats:
     slot_id: int
     state: str
-    """idle | prefill | decode"""
+    """idle | prefill | decode (and "busy" where /v1/stats hides another key's slot)"""
     request_id: str | None
     num_cached_tokens: int
     """Tokens held in the KV cache for this slot (kept after a request ends)."""
     num_generated_tokens: int
     num_reused_tokens: int
     age_s: float
+    cache_namespace: str = ""
+    """Whose tokens the slot holds (Request.cache_namespace): /v1/stats shows a non-admin key
+    only its own slots' details. Never sent to clients."""
 
 
 @dataclass(frozen=True, slots=True)

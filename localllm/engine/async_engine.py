@@ -11,7 +11,7 @@ import concurrent.futures
 import itertools
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from localllm.constraints import Grammar
 from localllm.engine.contracts import ModelBackend, PrefixStateStore
@@ -119,31 +119,41 @@ class AsyncEngine:
                 raise PromptTooLong(param, f"The prompt has more than {max_tokens} tokens, the most this "
                                            f"model takes here (its context per slot is {self.slot_ctx} tokens).")
 
-    async def embed(self, inputs: Sequence[str | Sequence[int]]) -> tuple[list, int]:
+    async def embed(self, inputs: Sequence[str | Sequence[int]], *, max_total_tokens: int = 0,
+                    on_tokens: Callable[[int], None] | None = None) -> tuple[list, int]:
         """Pooled, normalised embeddings (numpy vectors) and the number of input tokens.
 
         Admitted like generation (QueueFull past the same in-flight bound), then tokenised and
         run one job at a time on the embedding worker, a second context: never the engine thread
-        nor the default executor, so model loads and cache I/O do not wait behind embeddings."""
+        nor the default executor, so model loads and cache I/O do not wait behind embeddings.
+        InvalidParam("input") past `max_total_tokens` (0: no cap) over all inputs; `on_tokens(total)`
+        runs on the worker after tokenising and before any embedding work (it may raise to refuse)."""
         if not self.has_room_for(1):
             raise QueueFull(f"all slots are busy and {self.max_in_flight} requests are in flight")
         loop = asyncio.get_running_loop()
         self._num_embedding_jobs += 1
-        job = self._embed_workers.submit(self._embed_now, list(inputs))
+        job = self._embed_workers.submit(self._embed_now, list(inputs), max_total_tokens, on_tokens)
         # Counted until the job is done or dropped from the queue, not until its caller goes away.
         job.add_done_callback(lambda _: _call_soon(loop, self._embedding_job_done))
         return await asyncio.wrap_future(job)
 
-    def _embed_now(self, inputs: list[str | Sequence[int]]) -> tuple[list, int]:
+    def _embed_now(self, inputs: list[str | Sequence[int]], max_total_tokens: int,
+                   on_tokens: Callable[[int], None] | None) -> tuple[list, int]:
         limit = self.backend.max_embedding_tokens
-        token_lists = []
+        token_lists, num_tokens = [], 0
         for i, x in enumerate(inputs):
             token_ids = self.tokenize(x, max_tokens=limit, param="input") if isinstance(x, str) else list(x)
             self._check_token_ids(token_ids, "input", f"input[{i}]")
             if len(token_ids) > limit:
                 raise InvalidParam("input", f"input[{i}] has {len(token_ids)} tokens; the limit is {limit}")
+            num_tokens += len(token_ids)
+            if max_total_tokens and num_tokens > max_total_tokens:  # stop tokenising at once
+                raise InvalidParam("input", f"the inputs have more than {max_total_tokens} tokens in all "
+                                   f"({num_tokens} up to input[{i}]); that is the limit per request")
             token_lists.append(token_ids)
-        return self.backend.embed(token_lists), sum(map(len, token_lists))
+        if on_tokens is not None:
+            on_tokens(num_tokens)
+        return self.backend.embed(token_lists), num_tokens
 
     def _embedding_job_done(self) -> None:
         self._num_embedding_jobs -= 1

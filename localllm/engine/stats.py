@@ -100,9 +100,9 @@ class EngineCounters:
 def _slot_stats(slot: Slot, now: float) -> SlotStats:
     request = slot.request
     if request is None:
-        return SlotStats(slot.slot_id, "idle", None, len(slot.cached_token_ids), 0, 0, 0.0)
+        return SlotStats(slot.slot_id, "idle", None, len(slot.cached_token_ids), 0, 0, 0.0, slot.cache_namespace)
     state = "prefill" if request.state is RequestState.PREFILL else "decode"
     return SlotStats(
         slot.slot_id, state, request.request_id, len(slot.cached_token_ids),
-        len(request.output_token_ids), request.num_reused_tokens, now - request.arrival_s,
+        len(request.output_token_ids), request.num_reused_tokens, now - request.arrival_s, slot.cache_namespace,
     )

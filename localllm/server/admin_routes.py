@@ -13,6 +13,7 @@ from localllm.server.metrics import METRICS_KEY
 from localllm.server.openapi import openapi_json
 from localllm.server.response_cache import RESPONSE_CACHE_KEY
 from localllm.server.state import MODEL_KEY, require_model
+from localllm.server.tenants import SHARED, cache_namespace
 
 # The engine loop refreshes its heartbeat every step and at least every 0.5 s when
 # idle; one prompt chunk of n_batch tokens on a slow CPU takes a second or two.
@@ -34,6 +35,22 @@ def _key_usage(request: web.Request) -> dict[str, dict[str, int]]:
         return usage
     own = request.get(KEY_ID)
     return {own: usage[own]} if own in usage else {}
+
+
+def _visible_slots(request: web.Request, slots: list[dict]) -> list[dict]:
+    """Every slot's details for admin keys (and without keys configured); otherwise only those of
+    the caller's own requests: another key's slot shows as busy or idle, with no request id, token
+    counts or age (its prompt lengths and prefix-cache contents are that key's business).
+    Slots of `cache_salt` requests, and every slot when keys share caches, count as not the caller's."""
+    own = None if request.get(IS_ADMIN, False) else cache_namespace(request, {})
+    visible = []
+    for slot in slots:
+        namespace = slot.pop("cache_namespace")  # never sent: a digest of another key's name
+        if own is not None and (own == SHARED or namespace != own):
+            slot |= {"state": "idle" if slot["state"] == "idle" else "busy", "request_id": None,
+                     "num_cached_tokens": 0, "num_generated_tokens": 0, "num_reused_tokens": 0, "age_s": 0.0}
+        visible.append(slot)
+    return visible
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -91,7 +108,8 @@ def cache_warnings(app: web.Application) -> list[str]:
 
 
 async def stats(request: web.Request) -> web.Response:
-    """The default model's engine (or ?model=NAME's, if loaded), keys and host telemetry."""
+    """The default model's engine (or ?model=NAME's, if loaded), keys and host telemetry; with keys,
+    a non-admin key sees aggregates and its own slots only (`_visible_slots`)."""
     manager = request.app[MODEL_KEY]
     name = request.query.get("model")
     served = manager.find(name)
@@ -101,6 +119,7 @@ async def stats(request: web.Request) -> web.Response:
         model = served.loaded
     snapshot = dataclasses.asdict(model.engine.stats())
     snapshot["heartbeat_age_s"] = time.monotonic() - snapshot.pop("loop_heartbeat_s")
+    snapshot["slots"] = _visible_slots(request, snapshot["slots"])
     snapshot["model_path"] = str(model.path)
     snapshot["slot_ctx"] = model.engine.slot_ctx
     snapshot["keys"] = _key_usage(request)

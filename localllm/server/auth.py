@@ -185,3 +185,14 @@ def reserve_tokens(request: web.Request, prompt_lens: list[int], n: int, max_tok
         return
     num_tokens = sum(p + n * completion_budget(p, max_tokens, slot_ctx) for p in prompt_lens)
     request[RATE_HEADERS] = {**request.get(RATE_HEADERS, {}), **limits.reserve(ticket, num_tokens)}
+
+
+def reserve_embedding_tokens(request: web.Request, num_tokens: int) -> None:
+    """Reserves an embedding call's input tokens on the request's key (429 when they do not fit).
+    Runs on the embedding worker while the handler awaits it, so nothing else touches `request`."""
+    ticket = request.get(TICKET)
+    limits = request.app[KEYRING_KEY].limits
+    if ticket is None or not limits.tpm:
+        return
+    headers = limits.reserve(ticket, num_tokens, what="the inputs", advice="send fewer inputs or retry later")
+    request[RATE_HEADERS] = {**request.get(RATE_HEADERS, {}), **headers}

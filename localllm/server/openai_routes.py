@@ -13,7 +13,7 @@ from aiohttp import web
 from localllm.cache.response_cache import Recorded
 from localllm.models.catalogue import local_model_names
 from localllm.models.manager import LoadedModel
-from localllm.server.auth import KEYRING_KEY, RATE_HEADERS, USAGE_TOKENS, reserve_tokens
+from localllm.server.auth import KEYRING_KEY, RATE_HEADERS, USAGE_TOKENS, reserve_embedding_tokens, reserve_tokens
 from localllm.server.chat_template import MAX_CHAT_MESSAGES, ChatTemplate, compiled_template
 from localllm.server.errors import CLIENT_CLOSED, ApiError, bad_request, client_gone
 from localllm.server.generation import Choice, close_all, merged, observe, queue_full, start_choices, usage
@@ -40,6 +40,10 @@ def setup(app: web.Application) -> None:
 
 
 MAX_EMBEDDING_INPUTS = 256
+MAX_EMBEDDING_TOKENS_PER_REQUEST = 32_768
+"""All inputs of one /v1/embeddings call together (each is also capped by the model's context):
+without it one call could carry 256 x 2,048 tokens, ~0.5 M tokens of work. Past it: 400 `input`,
+counted after tokenising and before any embedding work."""
 
 
 async def embeddings(request: web.Request) -> web.Response:
@@ -55,7 +59,9 @@ async def embeddings(request: web.Request) -> web.Response:
         raise bad_request("dimensions is not supported: this model has a fixed embedding size", "dimensions")
     try:
         with request.app[MODEL_KEY].lease(model, keep_alive(body)):
-            vectors, num_tokens = await model.engine.embed(inputs)
+            vectors, num_tokens = await model.engine.embed(
+                inputs, max_total_tokens=MAX_EMBEDDING_TOKENS_PER_REQUEST,
+                on_tokens=functools.partial(reserve_embedding_tokens, request))  # tokens per minute
     except InvalidParam as exc:
         raise bad_request(str(exc), exc.param) from None
     except QueueFull:

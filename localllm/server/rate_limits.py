@@ -79,7 +79,8 @@ class RateLimiter:
             usage.bookings.append(booking)
             return Ticket(key_id, booking), self._headers(requests + 1, tokens, reset_s or WINDOW_S)
 
-    def reserve(self, ticket: Ticket, num_tokens: int) -> dict[str, str]:
+    def reserve(self, ticket: Ticket, num_tokens: int, what: str = "prompt + max_tokens",
+                advice: str = "lower max_tokens or retry later") -> dict[str, str]:
         """Holds `num_tokens` for the request; 429 when they do not fit the key's minute.
 
         Changes state: the ticket's reservation. Returns updated x-ratelimit-* headers."""
@@ -90,9 +91,9 @@ class RateLimiter:
             if self.tpm and others + num_tokens > self.tpm:
                 reset_s = _time_until_free(usage, now, others + num_tokens - self.tpm, ticket.booking)
                 self._refuse(usage, ticket.key_id, len(usage.request_times), others, reset_s,
-                             f"this request may use up to {num_tokens} tokens (prompt + max_tokens) and "
+                             f"this request may use up to {num_tokens} tokens ({what}) and "
                              f"{others} of the key's {self.tpm} tokens per minute are in use or reserved; "
-                             "lower max_tokens or retry later")
+                             f"{advice}")
             ticket.booking.num_tokens = num_tokens
             return self._headers(len(usage.request_times), others + num_tokens, _reset_s(usage, now) or WINDOW_S)
 
