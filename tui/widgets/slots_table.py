@@ -6,7 +6,8 @@ from textual.widgets import DataTable
 
 from tui.snapshot import Snapshot
 
-_STATE_STYLES = {"idle": "dim", "prefill": "bold yellow", "decode": "bold green"}
+_STATE_STYLES = {"idle": "dim", "prefill": "bold yellow", "decode": "bold green",
+                 "busy": "bold"}  # busy: another key's request, details hidden (server/admin_routes.py)
 COLUMNS = ("slot", "state", "request", "age", "gen", "cached", "reused")
 
 
