@@ -108,3 +108,18 @@ async def test_without_keys_stats_show_every_slot(loaded, data_dir: Path):
                 assert len(busy) == 1 and busy[0]["num_cached_tokens"] > 0 and busy[0]["state"] != "busy"
                 assert all(set(s) == SLOT_KEYS for s in now)
             await wait_idle(http, {})
+
+
+async def test_with_shared_caches_no_key_but_admin_sees_slot_details(loaded, data_dir: Path, key_file: Path):
+    """Sharing caches on purpose makes every key's namespace the same: no slot is told apart as
+    the caller's, so a plain key gets aggregates only (its own request included)."""
+    shared = config(data_dir, api_key_file=str(key_file), share_cache_across_keys=True)
+    async with serving(shared, loaded) as server:
+        async with aiohttp.ClientSession(base_url=str(server.make_url("/"))) as http:
+            async with running(http, ALICE):
+                _, admin = await slots(http, ROOT)
+                request_id = next(s["request_id"] for s in admin if s["request_id"] is not None)
+                for headers in (ALICE, BOB):
+                    text, now = await slots(http, headers)
+                    assert request_id not in text and {s["state"] for s in now} <= {"idle", "busy"}
+            await wait_idle(http, ROOT)
