@@ -150,19 +150,37 @@ def _encode(recorded: Recorded) -> str:
 
 
 def _decode(raw: bytes) -> Recorded | None:
+    """The recorded deltas, or None for an entry whose fields do not have the types we write
+    (the directory is untrusted: a sealed entry may still hold anything)."""
     try:
         recorded = []
         for index, text, token_ids, reason, num_prompt, num_generated, logprobs in json.loads(raw):
+            if not (_ints(index, num_prompt, num_generated, *token_ids) and isinstance(text, str)):
+                raise ValueError("a field of the wrong type")
             delta = TokenDelta(
                 request_id="cache", text=text, token_ids=list(token_ids),
                 finish_reason=FinishReason(reason) if reason else None,
                 num_prompt_tokens=num_prompt, num_cached_tokens=num_prompt,  # all of the prompt came from cache
                 num_generated_tokens=num_generated,
-                logprobs=None if logprobs is None else [
-                    TokenLogprob(t, lp, tuple((a, b) for a, b in top)) for t, lp, top in logprobs],
+                logprobs=None if logprobs is None else [_logprob(*entry) for entry in logprobs],
             )
-            recorded.append((int(index), delta))
+            recorded.append((index, delta))
         return recorded
     except (TypeError, ValueError, UnicodeDecodeError) as exc:
         log.warning("response cache: ignoring an unreadable entry (%s)", exc)
         return None
+
+
+def _logprob(token_id: object, logprob: object, top: list) -> TokenLogprob:
+    pairs = tuple((a, b) for a, b in top)
+    if not (_ints(token_id, *(a for a, _ in pairs)) and _numbers(logprob, *(b for _, b in pairs))):
+        raise ValueError("a logprob of the wrong type")
+    return TokenLogprob(token_id, logprob, pairs)  # type: ignore[arg-type]
+
+
+def _ints(*values: object) -> bool:
+    return all(type(v) is int for v in values)
+
+
+def _numbers(*values: object) -> bool:
+    return all(type(v) in (int, float) for v in values)

@@ -158,6 +158,10 @@ class AsyncEngine:
     def _embedding_job_done(self) -> None:
         self._num_embedding_jobs -= 1
 
+    @property
+    def num_vocab(self) -> int:
+        return self.backend.num_vocab
+
     def detokenize(self, token_ids: Sequence[int]) -> str:
         return self.backend.detokenize(token_ids)
 

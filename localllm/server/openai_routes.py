@@ -23,7 +23,7 @@ from localllm.server.schemas import (
 )
 from localllm.server.request_log import COMPLETION_TOKENS, MODEL_NAME, PROMPT_TOKENS, RECEIVED_S, TTFT_S
 from localllm.server.response_cache import (
-    CACHE_HEADER, RESPONSE_CACHE_KEY, is_complete, key_for, recording, replay, wants_cache,
+    CACHE_HEADER, RESPONSE_CACHE_KEY, fits, is_complete, key_for, recording, replay, wants_cache,
 )
 from localllm.server.sse import SseWriter
 from localllm.server.state import CONFIG_KEY, MODEL_KEY, require_model
@@ -164,6 +164,8 @@ async def _generate(request: web.Request, model: LoadedModel, body: dict, gen: G
         if cache.is_active and wants_cache(request, body, gen) else None
     recorded = await asyncio.to_thread(cache.get, key) if key else None
     num_choices = len(gen.prompts) * gen.n
+    if recorded is not None and not fits(recorded, num_choices, model.engine.num_vocab):
+        recorded = None  # an entry that does not fit the request: a miss, stored anew below
     sink: Recorded = []
     reserve = functools.partial(_reserve_tokens, request, model, gen)
     streams = [] if recorded is not None else await start_choices(model.engine, gen, add_special, namespace, reserve)

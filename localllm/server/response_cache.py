@@ -57,6 +57,17 @@ async def recording(source: AsyncIterator[tuple[int, TokenDelta]], sink: Recorde
 
 
 def is_complete(recorded: Recorded, num_choices: int) -> bool:
-    """Only whole answers are stored: every choice ended by stop or length."""
-    ends = [d.finish_reason for _, d in recorded if d.finish_reason is not None]
-    return len(ends) == num_choices and all(r in (FinishReason.STOP, FinishReason.LENGTH) for r in ends)
+    """A whole answer for `num_choices` choices: every index in range, and every choice ended
+    once, by stop or length. Checked before storing, and on a hit (the cache directory is untrusted)."""
+    ends = {i: d.finish_reason for i, d in recorded if d.finish_reason is not None}
+    return (all(0 <= i < num_choices for i, _ in recorded) and len(ends) == num_choices
+            and sum(d.finish_reason is not None for _, d in recorded) == num_choices
+            and all(r in (FinishReason.STOP, FinishReason.LENGTH) for r in ends.values()))
+
+
+def fits(recorded: Recorded, num_choices: int, num_vocab: int) -> bool:
+    """A hit is replayed only if this request could have recorded it: complete for its choices,
+    and every token id in the vocabulary (logprobs render them through llama.cpp)."""
+    token_ids = [t for _, d in recorded for t in d.token_ids]
+    token_ids += [t for _, d in recorded for lp in d.logprobs or [] for t in (lp.token_id, *(a for a, _ in lp.top))]
+    return is_complete(recorded, num_choices) and all(0 <= t < num_vocab for t in token_ids)
