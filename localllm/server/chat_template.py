@@ -24,7 +24,11 @@ class ChatTemplate:
     def __init__(self, source: str, bos_token: str = "", eos_token: str = "") -> None:
         env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
         env.globals["raise_exception"] = _raise_template_error
-        self._template = env.from_string(source)
+        try:
+            self._template = env.from_string(source)
+        except (jinja2.TemplateError, RecursionError) as exc:  # the model file's fault, but every chat fails
+            raise bad_request(f"this model's chat template cannot be compiled ({str(exc)[:200]}); use "
+                              "/v1/completions", "messages") from None
         self.bos_token = bos_token
         self.eos_token = eos_token
 

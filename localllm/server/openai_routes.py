@@ -14,7 +14,7 @@ from localllm.cache.response_cache import Recorded
 from localllm.models.catalogue import local_model_names
 from localllm.models.manager import LoadedModel
 from localllm.server.auth import KEYRING_KEY, RATE_HEADERS, USAGE_TOKENS, reserve_embedding_tokens, reserve_tokens
-from localllm.server.chat_template import MAX_CHAT_MESSAGES, ChatTemplate, compiled_template
+from localllm.server.chat_template import MAX_CHAT_MESSAGES, compiled_template
 from localllm.server.errors import CLIENT_CLOSED, ApiError, bad_request, client_gone
 from localllm.server.generation import Choice, close_all, merged, observe, queue_full, start_choices, usage
 from localllm.server.metrics import METRICS_KEY
@@ -28,7 +28,6 @@ from localllm.server.response_cache import (
 from localllm.server.sse import SseWriter
 from localllm.server.state import CONFIG_KEY, MODEL_KEY, require_model
 from localllm.server.tenants import cache_namespace
-from localllm.engine.async_engine import AsyncEngine
 from localllm.types import FinishReason, InvalidParam, QueueFull, TokenDelta, TokenLogprob
 
 
@@ -103,16 +102,19 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         raise bad_request(f"model {model.name!r} has no chat template; use /v1/completions", "messages")
     if body.get("tools") or body.get("functions"):
         raise bad_request("tool and function calling are not supported yet", "tools")
-    template = compiled_template(model.chat_template, model.bos_token, model.eos_token)
-    prompt_ids = await asyncio.to_thread(_chat_prompt_ids, template, messages, model.engine)
+    prompt_ids = await asyncio.to_thread(_chat_prompt_ids, model, messages)
     gen = await _generation_request(body, [prompt_ids], model, chat=True)
     fmt = _ChatFormat(model.engine.token_bytes if gen.params.logprobs is not None else None)
     return await _respond(request, model, body, gen, fmt, add_special=False)
 
 
-def _chat_prompt_ids(template: ChatTemplate, messages: list, engine: AsyncEngine) -> list[int]:
-    """Worker thread: render and tokenise (both grow with the messages); message contents are
-    tokenised without parsing special tokens, so a user cannot write the template's markers."""
+def _chat_prompt_ids(model: LoadedModel, messages: list) -> list[int]:
+    """Worker thread: compile the template (once per model; it comes from the model file, of any
+    size), render and tokenise (both grow with the messages); message contents are tokenised
+    without parsing special tokens, so a user cannot write the template's markers."""
+    template = compiled_template(model.chat_template, model.bos_token, model.eos_token)
+    engine = model.engine
+
     def tokenize(text: str, parse_special: bool) -> list[int]:
         return engine.tokenize(text, add_special=False, parse_special=parse_special,
                                max_tokens=engine.slot_ctx, param="messages")
