@@ -8,6 +8,7 @@ import time
 from aiohttp import web
 
 from localllm.server.auth import IS_ADMIN, KEY_ID, KEYRING_KEY
+from localllm.server.errors import ApiError
 from localllm.telemetry import host_snapshot
 from localllm.server.metrics import METRICS_KEY
 from localllm.server.openapi import openapi_json
@@ -113,10 +114,15 @@ async def stats(request: web.Request) -> web.Response:
     manager = request.app[MODEL_KEY]
     name = request.query.get("model")
     served = manager.find(name)
-    if served is None or served.loaded is None:
-        model = await require_model(request, name)  # the loading / not-found error, as for generation
-    else:
-        model = served.loaded
+    if served is None:  # never a load: a GET (even an <img> tag's, without Origin) changes nothing
+        raise ApiError(404, f"The model {str(name)[:200]!r} is not loaded; POST /admin/models/load loads it.",
+                       param="model", code="model_not_found")
+    if served.loaded is None:
+        if served is manager.default:
+            await require_model(request, None)  # raises the default model's 503 (loading / failed)
+        raise ApiError(503, f"The model {name!r} is still loading.", type="server_error", code="model_loading",
+                       headers={"Retry-After": "2"})
+    model = served.loaded
     snapshot = dataclasses.asdict(model.engine.stats())
     snapshot["heartbeat_age_s"] = time.monotonic() - snapshot.pop("loop_heartbeat_s")
     snapshot["slots"] = _visible_slots(request, snapshot["slots"])
