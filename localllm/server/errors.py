@@ -5,6 +5,7 @@ import logging
 
 from aiohttp import web
 
+from localllm.engine.errors import BackendError
 from localllm.models.manager import ModelLoadFailed
 from localllm.server.metrics import METRICS_KEY
 
@@ -66,7 +67,8 @@ async def error_middleware(request: web.Request, handler) -> web.StreamResponse:
         return await handler(request)
     except ApiError as exc:
         error = exc
-    except ModelLoadFailed as exc:  # e.g. unloaded between finding it and leasing it
+    except (ModelLoadFailed, BackendError) as exc:  # e.g. unloaded between finding it and leasing it, or
+        # while a worker tokenised for it (BackendClosed)
         error = ApiError(503, f"The model is not available: {exc}", type="server_error", code="model_not_ready",
                          headers={"Retry-After": "1"})
     except web.HTTPException as exc:
