@@ -163,7 +163,8 @@ async def start_served(backend: ModelBackend, config: Config, *, name: str, path
     """Wraps an opened backend into a running engine and the served-model record the server sees.
     Tests pass a scripted backend here to get the real wiring without llama.cpp."""
     started_s = time.monotonic() if started_s is None else started_s
-    engine = engine_for(backend, name, config, identity)
+    # A worker: the prefix-state store opens SQLite and indexes its entries on disk.
+    engine = await asyncio.to_thread(engine_for, backend, name, config, identity)
     await engine.start()
     template = (spec.chat_template if spec else None) or backend.metadata("tokenizer.chat_template")
     load_s = time.monotonic() - started_s
