@@ -56,8 +56,9 @@ def _visible_slots(request: web.Request, slots: list[dict]) -> list[dict]:
 
 async def metrics(request: web.Request) -> web.Response:
     """Prometheus exposition; public like /health unless metrics_require_key. Keys appear by
-    name only (never by anything derived from a secret); no prompts."""
-    return request.app[METRICS_KEY].render()
+    name only (never by anything derived from a secret); no prompts. Rendered in a worker: the
+    response cache's figures come from its SQLite database."""
+    return await asyncio.to_thread(request.app[METRICS_KEY].render)
 
 
 async def health(request: web.Request) -> web.Response:
