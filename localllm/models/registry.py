@@ -78,21 +78,30 @@ def load_catalogue(*paths: Path) -> dict[str, ModelSpec]:
             continue
         try:
             doc = tomllib.loads(path.read_text())
-        except tomllib.TOMLDecodeError as exc:
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise CatalogueError(f"{path}: {exc}") from exc
-        for name, entry in doc.get("models", {}).items():
+        models = doc.get("models", {})
+        if not isinstance(models, dict):
+            raise CatalogueError(f"{path}: `models` must be a table of [models.NAME] entries")
+        for name, entry in models.items():
             specs[name] = _spec_from_entry(path, name, entry)
     return specs
 
 
-def _spec_from_entry(path: Path, name: str, entry: dict[str, Any]) -> ModelSpec:
+def _spec_from_entry(path: Path, name: str, entry: object) -> ModelSpec:
+    """Every malformed entry (wrong field types included) is a CatalogueError naming it."""
     if not _NAME_RE.match(name):
         raise CatalogueError(f"{path}: invalid model name {name!r}")
+    if not isinstance(entry, dict):
+        raise CatalogueError(f"{path}: model {name!r}: must be a table")
     fields_ = {k: v for k, v in entry.items() if k in ModelSpec.__dataclass_fields__ and k != "name"}
-    spec = ModelSpec(name=name, **fields_)
-    if not spec.file and spec.quant in spec.files:
-        spec = ModelSpec(name=name, **{**fields_, "file": spec.files[spec.quant]})
-    problem = _problem(spec)
+    try:
+        spec = ModelSpec(name=name, **fields_)
+        if not spec.file and spec.quant in spec.files:
+            spec = ModelSpec(name=name, **{**fields_, "file": spec.files[spec.quant]})
+        problem = _problem(spec)
+    except (TypeError, AttributeError, ValueError) as exc:  # e.g. file = 3, files = "x"
+        raise CatalogueError(f"{path}: model {name!r}: a field has the wrong type ({exc})") from None
     if problem:
         raise CatalogueError(f"{path}: model {name!r}: {problem}")
     return spec
@@ -100,6 +109,11 @@ def _spec_from_entry(path: Path, name: str, entry: dict[str, Any]) -> ModelSpec:
 
 def _problem(spec: ModelSpec) -> str | None:
     """Why an entry is unusable, or None. File names must stay inside the repo/cache."""
+    for key in ("file", "quant", "revision", "description", "licence", "sha256", "hf_repo", "bundled",
+                "chat_template"):
+        value = getattr(spec, key)
+        if not isinstance(value, str) and (value is not None or key in ("file", "quant", "revision")):
+            return f"`{key}` must be a string"
     if not spec.file:
         return f"needs `file` or a `files` entry for its default quant {spec.quant}"
     for file in (spec.file, *spec.files.values()):

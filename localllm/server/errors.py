@@ -7,6 +7,7 @@ from aiohttp import web
 
 from localllm.engine.errors import BackendError
 from localllm.models.manager import ModelLoadFailed
+from localllm.models.registry import CatalogueError
 from localllm.server.metrics import METRICS_KEY
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,10 @@ async def error_middleware(request: web.Request, handler) -> web.StreamResponse:
         # while a worker tokenised for it (BackendClosed)
         error = ApiError(503, f"The model is not available: {exc}", type="server_error", code="model_not_ready",
                          headers={"Retry-After": "1"})
+    except CatalogueError as exc:  # the operator's models.toml, re-read per request, is malformed
+        log.error("the model catalogue is invalid: %s", exc)
+        error = ApiError(503, "The server's model catalogue is invalid; the operator must fix it (the server "
+                         "log says where).", type="server_error", code="catalogue_invalid")
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
