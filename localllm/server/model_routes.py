@@ -132,7 +132,7 @@ async def pull_model(request: web.Request) -> web.StreamResponse:
     if quant is not None and looks_like_hub_ref(ref):
         raise bad_request("a hub file has one quantisation: quant applies to catalogue names only", "quant")
     config = request.app[CONFIG_KEY]
-    store = _store(request)
+    store = await asyncio.to_thread(_store, request)  # reads the catalogues
     try:
         target = target_for(ref, store.catalogue, quant)
     except (UnknownModel, CatalogueError) as exc:
