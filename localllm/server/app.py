@@ -33,6 +33,8 @@ def create_app(config: Config, *, loaded: LoadedModel | None = None, loader: Mod
         middlewares.insert(0, cors_middleware(config.server.cors_origins))
     middlewares.insert(0, request_log_middleware)  # outermost: logs the final status
     app = web.Application(client_max_size=config.server.max_body_bytes, middlewares=middlewares)
+    if config.server.cors_origins:
+        app.on_response_prepare.append(cors_headers(config.server.cors_origins))
     app[CONFIG_KEY] = config
     keep_alive = None if config.server.keep_alive_s < 0 else config.server.keep_alive_s
     manager = app[MODEL_KEY] = ModelManager(config, loader, keep_alive)
@@ -74,24 +76,41 @@ def _log_load_failure(task: asyncio.Task) -> None:
 
 
 def cors_middleware(origins: str):
-    """Browser access for the configured origins only; preflight answered here."""
-    allowed = {o.strip() for o in origins.split(",") if o.strip()}
+    """Browser access for the configured origins only; preflight answered here. The headers
+    go on in on_response_prepare (cors_headers): streamed answers send theirs before any
+    middleware sees the response."""
+    allowed = _origins(origins)
 
     @web.middleware
     async def middleware(request: web.Request, handler) -> web.StreamResponse:
-        origin = request.headers.get("Origin")
-        ok = origin is not None and ("*" in allowed or origin in allowed)
-        if request.method == "OPTIONS" and ok:
-            response: web.StreamResponse = web.Response(status=204)
-        else:
-            response = await handler(request)
-        if ok and not response.prepared:
+        if request.method == "OPTIONS" and _listed_origin(request, allowed) is not None:
+            return web.Response(status=204)
+        return await handler(request)
+
+    return middleware
+
+
+def cors_headers(origins: str):
+    """The on_response_prepare hook that adds the CORS headers for a listed Origin."""
+    allowed = _origins(origins)
+
+    async def add(request: web.Request, response: web.StreamResponse) -> None:
+        origin = _listed_origin(request, allowed)
+        if origin is not None:
             response.headers.update({
                 "Access-Control-Allow-Origin": origin,
                 "Access-Control-Allow-Headers": "Authorization, Content-Type",
                 "Access-Control-Allow-Methods": "GET, POST, OPTIONS",
                 "Vary": "Origin",
             })
-        return response
 
-    return middleware
+    return add
+
+
+def _origins(origins: str) -> set[str]:
+    return {o.strip() for o in origins.split(",") if o.strip()}
+
+
+def _listed_origin(request: web.Request, allowed: set[str]) -> str | None:
+    origin = request.headers.get("Origin")
+    return origin if origin is not None and ("*" in allowed or origin in allowed) else None
