@@ -5,7 +5,6 @@ import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 SHIPPED_CATALOGUE = Path(__file__).resolve().parents[2] / "models.toml"
 DEFAULT_QUANT = "Q4_K_M"

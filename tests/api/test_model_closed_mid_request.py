@@ -12,7 +12,6 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from localllm.compose import start_served
-from localllm.config import Config
 from localllm.engine.errors import BackendError
 from localllm.server.app import create_app
 from tests.api.fake_model import ScriptedBackend, api_config
