@@ -5,6 +5,8 @@ import json
 
 from aiohttp import web
 
+from localllm.server.request_log import REQUEST_ID
+
 
 class SseWriter:
     def __init__(self, request: web.Request, extra_headers: dict[str, str] | None = None) -> None:
@@ -14,6 +16,8 @@ class SseWriter:
                 "Content-Type": "text/event-stream; charset=utf-8",
                 "Cache-Control": "no-cache",
                 "X-Accel-Buffering": "no",  # tell proxies not to buffer the stream
+                # sent before the request-log middleware could add it to a finished response
+                **({"X-Request-Id": request[REQUEST_ID]} if REQUEST_ID in request else {}),
                 **(extra_headers or {}),
             }
         )
