@@ -20,6 +20,7 @@ from localllm.models.catalogue import user_catalogue_path
 from localllm.models.registry import CatalogueError, load_catalogue
 from localllm.server.app import create_app
 from localllm.server.auth import KEYRING_KEY
+from localllm.server.browser_guard import is_loopback_address
 from localllm.server.state import CONFIG_KEY, MODEL_KEY
 from localllm.service.notify import Notifier, Watchdog, status_text, watchdog_interval_s
 from localllm.types import EngineStats
@@ -50,10 +51,19 @@ def serve(config: Config) -> int:
         app.on_shutdown.append(_notify_stopping(notifier))
     url = f"http://{config.server.host}:{config.server.port}/v1"
     print(f"localllm: serving {config.engine.model} on {url}", flush=True)
+    warn_if_open(config)
     web.run_app(app, host=config.server.host, port=config.server.port, print=None, access_log=None,
                 shutdown_timeout=max(config.server.drain_timeout_s, MIN_DRAIN_S), handle_signals=True)
     log.info("localllm: stopped")
     return 0
+
+
+def warn_if_open(config: Config) -> None:
+    """A keyless server on a non-loopback address answers anyone on the network."""
+    server = config.server
+    if not is_loopback_address(server.host) and not (server.api_key or server.admin_api_key or server.api_key_file):
+        log.warning("WARNING: listening on %s with NO API KEY: anyone who can reach this address can use the "
+                    "server. Set api_key / api_key_file, or bind 127.0.0.1.", server.host)
 
 
 def _reload_on_sighup(notifier: Notifier | None) -> Callable[[web.Application], object]:

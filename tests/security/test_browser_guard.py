@@ -84,9 +84,12 @@ async def test_cross_site_origins_are_refused_unless_configured(base_url: str):
         assert (await http.post("/v1/completions", json=BODY, headers={"Origin": own})).status == 200
 
 
-async def test_a_public_bind_does_not_check_host_names(loaded, data_dir: Path):
+async def test_a_public_bind_accepts_addresses_and_listed_names_only(loaded, data_dir: Path):
     async with serving(config(data_dir, host="0.0.0.0"), loaded) as server:
         async with aiohttp.ClientSession(base_url=str(server.make_url("/"))) as http:
-            assert (await http.get("/v1/models", headers={"Host": "llm.example.com"})).status == 200
-            cross = await http.get("/v1/models", headers={"Host": "llm.example.com", "Origin": "http://evil.example"})
+            assert (await http.get("/v1/models", headers={"Host": "192.168.1.20:8080"})).status == 200
+            assert (await http.get("/v1/models", headers={"Host": "llm.lan"})).status == 200
+            rebound = {"Host": "llm.example.com", "Origin": "http://llm.example.com"}  # DNS rebinding to a LAN IP
+            assert (await http.get("/v1/models", headers=rebound)).status == 403
+            cross = await http.get("/v1/models", headers={"Host": "llm.lan", "Origin": "http://evil.example"})
             assert cross.status == 403  # origins are checked on every bind
