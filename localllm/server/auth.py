@@ -76,6 +76,7 @@ class KeyRing:
                 raise ConfigError(f"api_key_file {self._config.api_key_file} holds no key (empty or only "
                                   "comments); refusing to start with it")
             keys.extend(from_file)
+        _refuse_duplicates(keys)
         self._keys = keys
 
     def identify(self, authorization: str) -> ApiKey | None:
@@ -92,6 +93,17 @@ class KeyRing:
 
     def snapshot(self) -> dict[str, dict[str, int]]:
         return self.limits.snapshot()
+
+
+def _refuse_duplicates(keys: list[ApiKey]) -> None:
+    """One secret, one key: with a secret under two names or scopes, which one a request gets
+    (its limits, usage, admin rights) would depend on source order."""
+    seen: dict[str, str] = {}
+    for key in keys:
+        if key.secret in seen:
+            raise ConfigError(f"the keys {seen[key.secret]!r} and {key.name!r} have the same secret (api_key, "
+                              "admin_api_key and the key file must not repeat a secret); refusing it")
+        seen[key.secret] = key.name
 
 
 def read_key_file(path: Path) -> list[ApiKey]:
