@@ -17,6 +17,7 @@ from aiohttp import web
 from localllm.config import ConfigError, ServerConfig
 from localllm.server.errors import ApiError
 from localllm.server.rate_limits import RateLimiter, Ticket, completion_budget
+from localllm.server.state import CONFIG_KEY
 
 KEY_ID = web.RequestKey("key_id", str)
 """Which key made the request (its name: for limits, usage, logs and cache namespaces)."""
@@ -168,9 +169,16 @@ async def auth_middleware(request: web.Request, handler) -> web.StreamResponse:
     return response
 
 
+def needs_admin(request: web.Request) -> bool:
+    """/admin/*, and /v1/plan while rpc_servers is set: planning then connects to the RPC peers."""
+    if request.path.startswith("/admin/"):
+        return True
+    return request.path == "/v1/plan" and bool(request.app[CONFIG_KEY].engine.rpc_servers)
+
+
 def _authenticate(request: web.Request, keyring: KeyRing) -> ApiKey | None:
     """The request's key (None without keys configured); 401 / 403 when it may not pass."""
-    admin_route = request.path.startswith("/admin/")
+    admin_route = needs_admin(request)
     if not keyring.enabled:
         if admin_route and not is_loopback_peer(request):
             raise ApiError(403, "Admin routes answer only on loopback while no API keys are configured.",
@@ -181,7 +189,7 @@ def _authenticate(request: web.Request, keyring: KeyRing) -> ApiKey | None:
         raise ApiError(401, "Incorrect or missing API key. Send 'Authorization: Bearer <key>'.",
                        type="authentication_error", code="invalid_api_key")
     if admin_route and not key.is_admin:
-        raise ApiError(403, f"The key {key.name!r} has no admin scope; admin routes need admin_api_key or "
+        raise ApiError(403, f"The key {key.name!r} has no admin scope; {request.path} needs admin_api_key or "
                        "a `name:secret:admin` line in the key file.", type="permission_error",
                        code="insufficient_scope")
     return key

@@ -17,7 +17,9 @@ from localllm.models.hub import (
     InsufficientSpace, PullCancelled, PullTarget, check_free_space, is_offline, pull, target_for,
 )
 from localllm.engine.errors import BackendError
-from localllm.models.registry import CatalogueError, UnknownModel, is_valid_quant, looks_like_hub_ref
+from localllm.models.registry import (
+    CatalogueError, UnknownModel, is_valid_quant, looks_like_hub_ref, split_hub_ref,
+)
 from localllm.models.store import ModelFileError, ModelStore
 from localllm.server.errors import ApiError, bad_request
 from localllm.server.schemas import read_json
@@ -110,7 +112,7 @@ async def plan(request: web.Request) -> web.Response:
         return web.json_response(await asyncio.to_thread(compute))
     except UnknownModel:
         raise model_not_found(name) from None
-    except (ModelFileError, GGUFError, CatalogueError) as exc:
+    except (ModelFileError, GGUFError) as exc:  # CatalogueError: the middleware's 503 catalogue_invalid
         raise bad_request(str(exc), "model") from None
     except BackendError as exc:  # an rpc-server that cannot be reached or registered
         raise ApiError(503, str(exc), type="server_error", code="rpc_unavailable") from None
@@ -120,7 +122,7 @@ async def pull_model(request: web.Request) -> web.StreamResponse:
     """POST /admin/models/pull {"model": NAME | ORG/REPO/FILE.gguf, "quant"?}: SSE progress events
     `{"status": "downloading", "downloaded_bytes", "total_bytes"}`, then `done` or `error`, then [DONE].
 
-    Before the stream: 400 for a bad quant, 404 for an unknown model, 409 while the same file
+    Before the stream: 400 for a bad quant or hub reference, 404 for an unknown model, 409 while the same file
     is being pulled, 429 past MAX_PULLS, 507 when the file would not fit the free disk.
     A client that leaves cancels the pull: its partial file is deleted, nothing registered."""
     body = await read_json(request)
@@ -131,6 +133,9 @@ async def pull_model(request: web.Request) -> web.StreamResponse:
         raise bad_request("quant must be a GGUF quantisation name such as Q4_K_M, Q8_0, IQ4_XS or F16", "quant")
     if quant is not None and looks_like_hub_ref(ref):
         raise bad_request("a hub file has one quantisation: quant applies to catalogue names only", "quant")
+    if looks_like_hub_ref(ref) and split_hub_ref(ref) is None:
+        raise bad_request("model is not a valid hub file reference: want ORG/REPO/FILE.gguf with a safe "
+                          "repository and file name (no '..', no further '/')", "model")
     config = request.app[CONFIG_KEY]
     store = await asyncio.to_thread(_store, request)  # reads the catalogues
     try:
