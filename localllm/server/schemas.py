@@ -131,7 +131,7 @@ def sampling_params(body: dict[str, Any], *, chat: bool, json_grammar: JsonGramm
             stop=stops,
             ignore_eos=_opt(body, "ignore_eos", bool) or False,
             grammar=_grammar(body.get("response_format"), json_grammar),
-            logprobs=_chat_logprobs(body) if chat else _opt(body, "logprobs", int),
+            logprobs=_chat_logprobs(body) if chat else _completion_logprobs(body),
         )
     except InvalidParam as exc:
         raise bad_request(str(exc), exc.param) from None
@@ -148,6 +148,10 @@ def generation_request(body: dict[str, Any], prompts: list[str | list[int]], *, 
     stream_options = body.get("stream_options")
     if stream_options is not None and not isinstance(stream_options, dict):
         raise bad_request("stream_options must be an object", "stream_options")
+    include_usage = (stream_options or {}).get("include_usage")
+    include_usage = False if include_usage is None else include_usage  # null: absent, like other options
+    if not isinstance(include_usage, bool):  # "false" or 0 must not mean anything
+        raise bad_request("stream_options.include_usage must be a boolean", "stream_options")
     model = body.get("model")
     if model is not None and not isinstance(model, str):
         raise bad_request("model must be a string", "model")
@@ -157,7 +161,7 @@ def generation_request(body: dict[str, Any], prompts: list[str | list[int]], *, 
         params=sampling_params(body, chat=chat, json_grammar=json_grammar),
         n=n,
         stream=_opt(body, "stream", bool) or False,
-        include_usage=bool((stream_options or {}).get("include_usage", False)),
+        include_usage=include_usage,
         echo=_opt(body, "echo", bool) or False,
     )
 
@@ -231,6 +235,14 @@ def _logit_bias(value: object) -> tuple[tuple[int, float], ...]:
             raise bad_request("logit_bias values must be numbers between -100 and 100", "logit_bias")
         pairs.append((token_id, float(bias)))
     return tuple(pairs)
+
+
+def _completion_logprobs(body: dict[str, Any]) -> int | None:
+    """/v1/completions' `logprobs` is the number of alternatives (chat calls it top_logprobs)."""
+    top = _opt(body, "logprobs", int)
+    if top is not None and not 0 <= top <= 20:
+        raise bad_request("logprobs must be between 0 and 20", "logprobs")
+    return top
 
 
 def _chat_logprobs(body: dict[str, Any]) -> int | None:
