@@ -55,6 +55,11 @@ def service_install(args: argparse.Namespace) -> int:
         key_file = args.config_dir / "api-keys"
     spec = UnitSpec(config_path=args.config_dir / "config.toml", user=args.user,
                     gpu_devices=devices, gpu_groups=groups, api_key_file=key_file)
+    try:
+        render_unit(spec)  # a path a unit file cannot hold (a newline) is refused before anything is written
+    except ConfigError as exc:
+        print(f"localllm: cannot install the service: {exc}", file=sys.stderr)
+        return 2
     warning = home_warning(spec.python)
     if warning:
         print(f"localllm: {warning}", file=sys.stderr)

@@ -7,6 +7,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from localllm.config import ConfigError
+
 UNIT_NAME = "localllm.service"
 DEFAULT_UNIT_DIR = Path("/etc/systemd/system")
 DEFAULT_CONFIG_DIR = Path("/etc/localllm")
@@ -49,6 +51,31 @@ def detect_gpu(dev_glob: str = "/dev/nvidia*") -> tuple[tuple[str, ...], tuple[s
     return devices, tuple(groups)
 
 
+def exec_arg(arg: str) -> str:
+    """One ExecStart= word as systemd reads it back: `%` and `$` doubled (specifiers and
+    variables), and double-quoted with C escapes when it holds a space, quote or backslash."""
+    _check_path_text(arg)
+    text = arg.replace("%", "%%").replace("$", "$$")
+    if text and not any(c in text for c in " \t\"'\\"):
+        return text
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def credential_path(path: Path) -> str:
+    """LoadCredential='s source: the rest of the line, taken literally (quotes would become part
+    of the path), with specifiers expanded: only `%` needs escaping."""
+    text = str(path)
+    _check_path_text(text)
+    if text != text.strip():
+        raise ConfigError(f"api_key_file {text!r}: a unit file cannot hold surrounding whitespace")
+    return text.replace("%", "%%")
+
+
+def _check_path_text(text: str) -> None:
+    if any(ord(c) < 32 or ord(c) == 127 for c in text):
+        raise ConfigError(f"{text!r}: a unit file cannot hold control characters (newlines, tabs)")
+
+
 def render_unit(spec: UnitSpec) -> str:
     """The unit file text: Type=notify with the watchdog, reload on SIGHUP, hardening."""
     user_lines = [f"User={spec.user}", f"Group={spec.user}"] if spec.user else ["DynamicUser=yes"]
@@ -57,7 +84,7 @@ def render_unit(spec: UnitSpec) -> str:
         gpu_lines.append("SupplementaryGroups=" + " ".join(spec.gpu_groups))
     key_lines = [
         "# API keys: systemd copies the file for the service alone; never --api-key on the command line",
-        f"LoadCredential={CREDENTIAL}:{spec.api_key_file}",
+        f"LoadCredential={CREDENTIAL}:{credential_path(spec.api_key_file)}",
         f"Environment=LOCALLLM_API_KEY_FILE=%d/{CREDENTIAL}",
     ] if spec.api_key_file else []
     lines = [
@@ -75,7 +102,8 @@ def render_unit(spec: UnitSpec) -> str:
         f"TimeoutStartSec={START_TIMEOUT_S}",
         "# SIGTERM drains in-flight requests for drain_timeout_s (config) before exiting 0",
         "TimeoutStopSec=90",
-        f"ExecStart={spec.python} -m localllm.cli serve --config {spec.config_path}",
+        "ExecStart=" + " ".join(exec_arg(str(a)) for a in (spec.python, "-m", "localllm.cli", "serve", "--config",
+                                                           spec.config_path)),
         "ExecReload=/bin/kill -HUP $MAINPID",
         "Restart=on-failure",
         "RestartSec=5",

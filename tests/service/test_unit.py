@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from localllm.cli import main
-from localllm.config import Config
+from localllm.config import Config, ConfigError
 from localllm.service.unit import UnitSpec, install, render_default_config, render_unit
 
 REQUIRED = [
@@ -87,3 +87,36 @@ def test_install_command_writes_files(tmp_path: Path, capsys: pytest.CaptureFixt
     assert "User=llm" in (units / "localllm.service").read_text()
     assert (etc / "config.toml").is_file()
     assert "kept the existing" not in capsys.readouterr().out
+
+
+def test_paths_with_spaces_percent_and_quotes_survive_systemd(tmp_path: Path):
+    """Issue 14 (review): ExecStart= and LoadCredential= paths went in raw, so a space split the
+    command and a `%` was read as a specifier. systemd must read back the very paths."""
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze is not installed here (Debian package 'systemd'; .ci/run installs it)")
+    venv = tmp_path / "my venv 100%d"
+    venv.mkdir()
+    (venv / "python").symlink_to(sys.executable)  # verify checks that ExecStart's program exists
+    spec = UnitSpec(python=str(venv / "python"), config_path=Path("/etc/local llm/%h$HOME\"x\\.toml"),
+                    api_key_file=Path("/etc/local llm/keys 5%"))
+    text = render_unit(spec)
+    lines = unit_lines(text)
+    exec_start = next(line for line in lines if line.startswith("ExecStart="))
+    assert exec_start == (f'ExecStart="{tmp_path}/my venv 100%%d/python" -m localllm.cli serve --config '
+                          '"/etc/local llm/%%h$$HOME\\"x\\\\.toml"')
+    assert "LoadCredential=api-keys:/etc/local llm/keys 5%%" in lines
+    unit = tmp_path / "localllm.service"
+    unit.write_text(text)
+    result = subprocess.run([analyze, "verify", "--man=no", str(unit)], capture_output=True, text=True, timeout=60)
+    complaints = [line for line in (result.stdout + result.stderr).splitlines() if "localllm.service" in line]
+    assert result.returncode == 0 and not complaints, result.stdout + result.stderr
+
+
+def test_a_path_with_a_newline_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture):
+    with pytest.raises(ConfigError, match="control characters"):
+        render_unit(UnitSpec(config_path=Path("/etc/x\nExecStartPre=/bin/evil")))
+    key_file = tmp_path / "keys\nExecStartPre=evil"
+    assert main(["service", "install", "--unit-dir", str(tmp_path / "units"), "--config-dir", str(tmp_path),
+                 "--api-key-file", str(key_file)]) == 2
+    assert "control characters" in capsys.readouterr().err and not (tmp_path / "units").exists()
