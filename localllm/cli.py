@@ -86,7 +86,8 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--api-key", dest="api_key", help="require this bearer key on /v1 routes (inference scope; "
                                                           "admin keys: admin_api_key or key-file lines name:secret:admin)")
     parser.add_argument("--allowed-hosts", dest="allowed_hosts",
-                        help="comma-separated Host names accepted besides localhost on a loopback bind")
+                        help="comma-separated Host names accepted besides localhost, IP addresses and "
+                             "(on a non-loopback bind) this machine's host name; '*': any")
     parser.add_argument("--max-keep-alive", dest="max_keep_alive_s", type=float,
                         help="longest keep_alive (seconds) a request may ask for; longer or negative ones are "
                              f"clamped to it (default {_SERVER.max_keep_alive_s:g})")

@@ -101,8 +101,8 @@ class ServerConfig:
     """More keys, one per line (`name:secret`, `name:secret:admin` or `secret`); re-read on SIGHUP.
     A configured key source that yields no key is an error: auth never turns itself off."""
     allowed_hosts: str = ""
-    """Comma-separated Host names accepted besides localhost, 127.0.0.1 and [::1] while bound to a
-    loopback address (DNS-rebinding guard); '*' accepts any."""
+    """Comma-separated Host names accepted besides localhost and IP addresses (DNS-rebinding guard;
+    on a loopback bind only loopback addresses, elsewhere any, plus this machine's host name); '*' any."""
     share_cache_across_keys: bool = False
     """With several keys, each key's response cache and prefix reuse are its own (no cross-tenant
     oracle); true shares them on purpose. Without keys everything is shared anyway."""
