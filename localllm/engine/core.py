@@ -38,17 +38,24 @@ class EngineCore:
         self._prefix_states = prefix_states
         self._publish = publish
         self._counters = EngineCounters(scheduler, model_name, num_kv_cells_total)
+        self._stopping = False
+        self._unpublished: list[TokenDelta] = []
+        """Final deltas not yet handed to `publish`; `_fail` re-sends those a failure lost."""
 
     @property
     def stats(self) -> EngineStats:  # any thread: the snapshot published after the last step
         return self._counters.snapshot
 
     def run(self) -> None:
-        while self._take_commands():
-            if self.scheduler.has_work:
+        while not self._stopping:
+            try:
+                if self._take_commands() and not self.scheduler.has_work:
+                    self._counters.refresh(at_once=True)
+            except Exception as exc:  # handling a command failed: `_fail` ends what it left unserved
+                self._fail(None, exc)
+                continue
+            if not self._stopping and self.scheduler.has_work:
                 self._step()
-            else:
-                self._counters.refresh(at_once=True)
         log.info("engine loop stopped")
 
     def _step(self) -> None:
@@ -60,19 +67,29 @@ class EngineCore:
             # 2. Run: put the admitted prefixes in place, one llama_decode, one sample per row.
             sampled = self._run(plan)
             # 3. Update: the scheduler turns samples into deltas; save newly evaluated long
-            #    prompts, then count, free finished samplers and publish.
+            #    prompts, then count, publish and free finished samplers.
             deltas = self.scheduler.update(plan, sampled, self.backend.take_logprobs())
             if self._prefix_states is not None:
                 self._prefix_states.save_evaluated_prompts(plan)
             self._update(plan, deltas)
-        except Exception as exc:  # the one place a failed step ends: its requests fail, the loop goes on
-            log.exception("engine step failed; failing its requests")
+        except Exception as exc:  # a failed step ends in `_fail`: its requests fail, the loop goes on
+            self._fail(plan, exc)
+
+    def _fail(self, plan: StepPlan | None, exc: Exception) -> None:
+        """Fails the requests a failure left unserved: the plan's, or with no plan (a failure
+        in command handling) every running one, and re-sends final deltas a failed publish
+        lost. The one place failures end; never raises: the engine thread must outlive any failure."""
+        log.error("engine step failed; failing its requests", exc_info=exc)
+        lost, self._unpublished = self._unpublished, []
+        try:
             deltas, ops = self.scheduler.fail(plan, f"engine error: {exc}")
             try:
                 self.backend.apply_kv_ops(ops)
-            except Exception:
-                log.exception("could not clear KV cells after a failed step")
-            self._update(StepPlan(), deltas)
+            finally:
+                self._update(StepPlan(), lost + deltas)
+        except Exception:
+            self._unpublished = []  # nothing more can reach those streams; keep serving the rest
+            log.exception("could not fail the requests of a failed step")
 
     def _run(self, plan: StepPlan) -> Mapping[str, int]:
         if plan.kv_ops:
@@ -107,44 +124,49 @@ class EngineCore:
             self.backend.apply_kv_ops(self.scheduler.start_cold(plan, cold))
 
     def _update(self, plan: StepPlan, deltas: list[TokenDelta]) -> None:
-        """Counts, frees finished requests' samplers, refreshes stats (a client that sees a token
-        sees stats that include it) and hands the deltas over in one call."""
-        finished = False
-        for delta in deltas:
-            if delta.finish_reason is not None:
-                finished = True
-                self.backend.remove_sampler(delta.request_id)
-        self._counters.count(plan, deltas)
-        self._counters.refresh(at_once=finished or bool(plan.admitted))
-        if deltas:
-            self._publish(deltas)
+        """Counts, refreshes stats (a client that sees a token sees stats that include it), hands
+        the deltas over in one call, then frees finished requests' samplers. Final deltas stay in
+        `_unpublished` until handed over, for `_fail` to re-send."""
+        finished = [d.request_id for d in deltas if d.finish_reason is not None]
+        self._unpublished += [d for d in deltas if d.finish_reason is not None]
+        try:
+            self._counters.count(plan, deltas)
+            self._counters.refresh(at_once=bool(finished) or bool(plan.admitted))
+        finally:  # a final delta goes out whatever failed before it
+            if deltas:
+                self._publish(deltas)
+            self._unpublished = []
+        for request_id in finished:
+            self.backend.remove_sampler(request_id)
 
     def _take_commands(self) -> bool:
         """Applies queued commands; blocks briefly only when idle. False on Shutdown."""
         block = not self.scheduler.has_work
         ended: list[TokenDelta] = []
-        while True:
-            try:
-                command = self.commands.get(block=block, timeout=IDLE_WAKE_S if block else None)
-            except queue.Empty:
-                break
-            block = False
-            if isinstance(command, Shutdown):
-                self._update(StepPlan(), ended + self.scheduler.abort_all())
-                return False
-            if isinstance(command, AddRequest):
-                request = command.request
-                try:  # built before it queues: a sampler llama.cpp refuses fails this request alone
-                    self.backend.add_sampler(request.request_id, request.params)
-                except Exception as exc:
-                    log.warning("could not build a sampler for %s: %s", request.request_id, exc)
-                    ended.append(self.scheduler.reject(request, f"sampler: {exc}"))
-                    continue
-                self.scheduler.add(request)
-            elif isinstance(command, AbortRequest):
-                delta = self.scheduler.abort(command.request_id)
-                if delta is not None:
-                    ended.append(delta)
-        if ended:
-            self._update(StepPlan(), ended)
-        return True
+        try:
+            while True:
+                try:
+                    command = self.commands.get(block=block, timeout=IDLE_WAKE_S if block else None)
+                except queue.Empty:
+                    return True
+                block = False
+                if isinstance(command, Shutdown):
+                    self._stopping = True  # set first: a failure below must not keep the loop running
+                    ended += self.scheduler.abort_all()
+                    return False
+                if isinstance(command, AddRequest):
+                    request = command.request
+                    try:  # built before it queues: a sampler llama.cpp refuses fails this request alone
+                        self.backend.add_sampler(request.request_id, request.params)
+                    except Exception as exc:
+                        log.warning("could not build a sampler for %s: %s", request.request_id, exc)
+                        ended.append(self.scheduler.reject(request, f"sampler: {exc}"))
+                        continue
+                    self.scheduler.add(request)
+                elif isinstance(command, AbortRequest):
+                    delta = self.scheduler.abort(command.request_id)
+                    if delta is not None:
+                        ended.append(delta)
+        finally:  # requests ended so far get their final deltas even if a later command failed
+            if ended:
+                self._update(StepPlan(), ended)

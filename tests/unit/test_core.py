@@ -5,7 +5,7 @@ import threading
 
 from localllm.engine.core import EngineCore
 from localllm.engine.prefix_states import PrefixStates
-from localllm.engine.messages import AddRequest, Shutdown
+from localllm.engine.messages import AbortRequest, AddRequest, Shutdown
 from localllm.engine.request import Request
 from localllm.engine.scheduler import Scheduler
 from localllm.types import FinishReason, SamplingParams
@@ -193,3 +193,106 @@ def test_a_step_that_fails_before_it_has_a_plan_fails_every_running_request_and_
     assert not backend.samplers
     drive(core, prompted("next", [4, 5]))
     assert published["next"][-1].finish_reason is FinishReason.LENGTH
+
+
+class FailingFreeBackend(FakeBackend):
+    def remove_sampler(self, request_id: str) -> None:
+        if request_id == "bad":
+            raise RuntimeError("scripted sampler free failure")
+        super().remove_sampler(request_id)
+
+
+def test_a_failing_sampler_free_still_delivers_the_final_delta_and_the_loop_goes_on():
+    backend = FailingFreeBackend()
+    results = run_core(backend, [request("bad")])
+    assert results["bad"][-1].finish_reason is FinishReason.LENGTH
+    again = run_core(backend, [request("good")])  # run_core joins the thread: it ended on Shutdown
+    assert again["good"][-1].finish_reason is FinishReason.LENGTH
+
+
+def run_with_flaky_publish(requests: list[Request], num_failures: int, *, fail_final_only: bool) -> dict[str, list]:
+    """Like run_core, but the first `num_failures` publishes (of final deltas only, if asked) raise."""
+    published: dict[str, list] = {}
+    failures = [num_failures]
+    done = threading.Event()
+
+    def publish(deltas):
+        if failures[0] > 0 and (not fail_final_only or any(d.finish_reason for d in deltas)):
+            failures[0] -= 1
+            raise RuntimeError("Event loop is closed")
+        for d in deltas:
+            published.setdefault(d.request_id, []).append(d)
+        if all(r.request_id in published and published[r.request_id][-1].finish_reason for r in requests):
+            done.set()
+
+    core = EngineCore(FakeBackend(), Scheduler(2, 16, piece, is_eog), publish, "fake", 64)
+    thread = threading.Thread(target=core.run)
+    thread.start()
+    for r in requests:
+        core.commands.put(AddRequest(r))
+    assert done.wait(10), published
+    core.commands.put(Shutdown())
+    thread.join(10)
+    assert not thread.is_alive()
+    return published
+
+
+def test_a_failed_publish_of_final_deltas_resends_them_and_the_loop_goes_on():
+    results = run_with_flaky_publish([request("first")], 1, fail_final_only=True)
+    assert results["first"][-1].finish_reason is FinishReason.LENGTH
+
+
+def test_a_failed_publish_mid_stream_fails_the_request_with_a_final_delta():
+    results = run_with_flaky_publish([request("first"), request("second")], 1, fail_final_only=False)
+    for request_id in ("first", "second"):
+        assert results[request_id][-1].finish_reason is FinishReason.ERROR
+
+
+def test_a_failed_publish_at_shutdown_still_ends_the_engine_thread():
+    def publish(deltas):
+        raise RuntimeError("Event loop is closed")
+
+    core = EngineCore(FakeBackend(), Scheduler(2, 16, piece, is_eog), publish, "fake", 64)
+    core.commands.put(AddRequest(request("left")))
+    core.commands.put(Shutdown())
+    raised = []
+
+    def run() -> None:
+        try:
+            core.run()
+        except BaseException as exc:  # the thread must end by leaving its loop, not by dying
+            raised.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join(10)
+    assert not thread.is_alive() and raised == []
+
+
+def test_a_failed_abort_publish_fails_the_running_requests_and_the_loop_goes_on():
+    """A failure while handling commands (here publishing an abort's delta) has no plan: every
+    running request fails with a final delta, and the loop still handles Shutdown."""
+    published: dict[str, list] = {}
+    failures = [1]
+
+    def publish(deltas):
+        if failures[0] and any(d.finish_reason is FinishReason.ABORT for d in deltas):
+            failures[0] -= 1
+            raise RuntimeError("scripted publish failure")
+        for d in deltas:
+            published.setdefault(d.request_id, []).append(d)
+
+    core = EngineCore(FakeBackend(), Scheduler(2, 16, piece, is_eog), publish, "fake", 64)
+    long = Request("long", [1, 2, 3], SamplingParams(max_tokens=50), max_new_tokens=50)
+    core.commands.put(AddRequest(long))
+    core.commands.put(AddRequest(request("gone")))
+    core._take_commands()
+    core._step()
+    core.commands.put(AbortRequest("gone"))
+    thread = threading.Thread(target=core.run)
+    thread.start()
+    core.commands.put(Shutdown())
+    thread.join(10)
+    assert not thread.is_alive()
+    assert published["gone"][-1].finish_reason is FinishReason.ABORT  # re-sent
+    assert published["long"][-1].finish_reason is FinishReason.ERROR
