@@ -85,6 +85,8 @@ class ModelManager:
         self.default = ServedModel(config.engine.model)
         self.models: list[ServedModel] = [self.default]
         self.owns_default = True
+        self._stops: set[asyncio.Future[None]] = set()
+        """Engine stops begun by `unload`; a cancelled unload leaves its stop running here."""
 
     # The default model, as the single-model server knew it (health, metrics, systemd).
     @property
@@ -183,7 +185,10 @@ class ModelManager:
             return False
         loaded, model.loaded = model.loaded, None
         self.models.remove(model)
-        await loaded.engine.stop()
+        stop = asyncio.ensure_future(loaded.engine.stop())
+        self._stops.add(stop)
+        stop.add_done_callback(self._stops.discard)
+        await asyncio.shield(stop)  # cancelled here, the stop still runs to its end; close() waits for it
         log.info("unloaded %s", loaded.name)
         return True
 
@@ -196,6 +201,7 @@ class ModelManager:
                 await self.unload(model.ref)
 
     async def close(self) -> None:
+        await asyncio.gather(*self._stops, return_exceptions=True)  # unloads whose caller was cancelled
         for model in list(self.models):
             if model.task is not None and not model.task.done():
                 await asyncio.gather(model.task, return_exceptions=True)  # a load cannot be interrupted

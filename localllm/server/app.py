@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 
@@ -58,14 +59,19 @@ async def _models_lifecycle(app: web.Application) -> AsyncIterator[None]:
     if manager.loaded is None:
         manager.start_load(manager.default.ref).task.add_done_callback(_log_load_failure)  # /ready says why
 
+    stopping = asyncio.Event()
+
     async def sweep_forever() -> None:
-        while True:
-            await asyncio.sleep(1.0)
-            await manager.sweep()
+        while not stopping.is_set():
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(stopping.wait(), 1.0)
+            if not stopping.is_set():
+                await manager.sweep()
 
     sweeper = asyncio.create_task(sweep_forever())
     yield
-    sweeper.cancel()
+    stopping.set()  # never cancelled: an unload it is inside finishes before close() looks at the models
+    await asyncio.gather(sweeper, return_exceptions=True)
     await manager.close()
     app[RESPONSE_CACHE_KEY].close()
 
