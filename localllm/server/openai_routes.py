@@ -162,8 +162,9 @@ async def _generate(request: web.Request, model: LoadedModel, body: dict, gen: G
     started_s = time.monotonic()
     cache = request.app[RESPONSE_CACHE_KEY]
     namespace = cache_namespace(request, body)
-    key = key_for(model, fmt.object_name, gen, add_special, namespace) \
-        if cache.is_active and wants_cache(request, body, gen) else None
+    key = None
+    if cache.is_active and wants_cache(request, body, gen):  # hashes every prompt: a large body is CPU work
+        key = await asyncio.to_thread(key_for, model, fmt.object_name, gen, add_special, namespace)
     recorded = await asyncio.to_thread(cache.get, key) if key else None
     num_choices = len(gen.prompts) * gen.n
     if recorded is not None and not fits(recorded, num_choices, model.engine.num_vocab):
