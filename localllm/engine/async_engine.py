@@ -97,6 +97,11 @@ class AsyncEngine:
             thread.join(timeout=30.0)
 
     @property
+    def layer_split(self) -> dict[str, int]:
+        """Layers per RPC device (empty without RPC servers), for /v1/stats."""
+        return dict(self.backend.layer_split)
+
+    @property
     def is_running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 

@@ -127,12 +127,13 @@ async def stats(request: web.Request) -> web.Response:
     snapshot = dataclasses.asdict(model.engine.stats())
     snapshot["heartbeat_age_s"] = time.monotonic() - snapshot.pop("loop_heartbeat_s")
     snapshot["slots"] = _visible_slots(request, snapshot["slots"])
-    snapshot["model_path"] = str(model.path)
+    # An absolute path tells a tenant about the host: admin keys (and single-user mode) only.
+    snapshot["model_path"] = str(model.path) if request.get(IS_ADMIN, False) else None
     snapshot["slot_ctx"] = model.engine.slot_ctx
     snapshot["keys"] = _key_usage(request)
     snapshot["host"] = await asyncio.to_thread(host_snapshot)  # NVML calls can take milliseconds
     snapshot["response_cache"] = await asyncio.to_thread(request.app[RESPONSE_CACHE_KEY].stats)
-    snapshot["layer_split"] = model.engine.backend.layer_split  # over RPC servers, if any
+    snapshot["layer_split"] = model.engine.layer_split  # over RPC servers, if any
     store = model.engine.prefix_state_store
     snapshot["prefix_states"] = store.stats() if store is not None else {"active": False}
     snapshot["kv_prefix_store"] = snapshot["prefix_states"]  # the old name, kept for existing clients

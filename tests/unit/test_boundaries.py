@@ -127,3 +127,11 @@ def test_the_model_manager_and_catalogue_stay_pure():
     loaded = imported_modules("localllm.models.manager") | imported_modules("localllm.models.catalogue")
     assert "llama_cpp" not in loaded and "aiohttp" not in loaded
     assert "localllm.compose" not in loaded and "localllm.engine.core" not in loaded
+
+
+def test_the_server_reaches_the_engine_only_through_async_engine():
+    """No server module reads `engine.backend` (the llama.cpp side); AsyncEngine offers what it needs."""
+    for path in (ROOT / "localllm" / "server").rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        offenders = [node.lineno for node in ast.walk(tree) if isinstance(node, ast.Attribute) and node.attr == "backend"]
+        assert not offenders, f"{path.relative_to(ROOT)} lines {offenders}"
