@@ -90,7 +90,8 @@ async def ready(request: web.Request) -> web.Response:
     }
     if not engine.is_running or stalled_s > STALL_AFTER_S:
         body["status"] = "stalled" if engine.is_running else "stopped"
-        return web.json_response(body, status=503)
+        # a stalled loop may finish its long step; a stopped one waits for a restart
+        return web.json_response(body, status=503, headers={"Retry-After": "5" if engine.is_running else "30"})
     return web.json_response(body)
 
 

@@ -16,6 +16,9 @@ MODEL_KEY = web.AppKey("models", ModelManager)
 MAX_MODEL_NAME_CHARS = 256
 """Longer names are refused before they reach the file system ("File name too long")."""
 
+LOAD_FAILED_RETRY_AFTER = "30"
+"""Seconds a client waits after a failed load: the next request tries the load again."""
+
 
 async def require_model(request: web.Request, ref: object = None) -> LoadedModel:
     """The loaded model a request names (None: the default), loading it if it is local.
@@ -36,7 +39,7 @@ async def require_model(request: web.Request, ref: object = None) -> LoadedModel
     if known is manager.default and manager.default.loaded is None:
         if manager.default.error:
             raise ApiError(503, f"The model failed to load: {manager.default.error}", type="server_error",
-                           code="model_load_failed")
+                           code="model_load_failed", headers={"Retry-After": LOAD_FAILED_RETRY_AFTER})
         raise ApiError(503, "The model is still loading.", type="server_error", code="model_loading",
                        headers={"Retry-After": "2"})
     try:
@@ -51,7 +54,7 @@ async def require_model(request: web.Request, ref: object = None) -> LoadedModel
                        param="model", code="model_capacity", headers={"Retry-After": "5"}) from None
     except ModelLoadFailed as exc:
         raise ApiError(503, f"The model {ref!r} failed to load: {exc}", type="server_error",
-                       code="model_load_failed") from None
+                       code="model_load_failed", headers={"Retry-After": LOAD_FAILED_RETRY_AFTER}) from None
 
 
 def model_not_found(ref: object) -> ApiError:

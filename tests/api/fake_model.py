@@ -15,7 +15,7 @@ from aiohttp.test_utils import TestServer
 from localllm.compose import start_served
 from localllm.config import Config
 from localllm.engine.scheduler import BatchChunk
-from localllm.models.manager import LoadedModel
+from localllm.models.manager import LoadedModel, ModelLoadFailed
 from localllm.server.app import create_app
 from tests.unit.fakes import BOS, EOS, FakeBackend
 
@@ -79,6 +79,8 @@ def scripted_loader(loads: list[str] | None = None):
             from localllm.models.registry import UnknownModel
 
             raise UnknownModel(ref)
+        if ref.startswith("broken"):
+            raise ModelLoadFailed(f"scripted load failure of {ref}")
         return await start_served(ScriptedBackend(config.engine.ctx), config, name=ref,
                                   path=Path(f"/models/{ref}.gguf"), spec=None, identity=f"scripted:{ref}",
                                   started_s=time.monotonic())
