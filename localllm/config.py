@@ -250,17 +250,6 @@ def _coerce(key: str, value: Any, type_name: Any) -> Any:
     return value
 
 
-def _to_bool(key: str, value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("1", "true", "yes", "on"):
-        return True
-    if text in ("0", "false", "no", "off", ""):
-        return False
-    raise ConfigError(f"{key} must be true or false, got {value!r}")
-
-
 def _flatten(doc: dict[str, Any]) -> dict[str, Any]:
     """Accepts both flat keys and [engine]/[server] tables; '-' and '_' alike."""
     flat: dict[str, Any] = {}
