@@ -115,7 +115,8 @@ async def plan(request: web.Request) -> web.Response:
     except (ModelFileError, GGUFError) as exc:  # CatalogueError: the middleware's 503 catalogue_invalid
         raise bad_request(str(exc), "model") from None
     except BackendError as exc:  # an rpc-server that cannot be reached or registered
-        raise ApiError(503, str(exc), type="server_error", code="rpc_unavailable") from None
+        raise ApiError(503, str(exc), type="server_error", code="rpc_unavailable",
+                       headers={"Retry-After": "10"}) from None
 
 
 async def pull_model(request: web.Request) -> web.StreamResponse:

@@ -40,6 +40,7 @@ async def test_plan_over_rpc_servers_needs_the_admin_scope(tmp_path: Path, model
         assert user.status == 403 and (await user.json())["error"]["code"] == "insufficient_scope"
         admin = await http.get("/v1/plan", headers={"Authorization": "Bearer admin-secret"})
         assert admin.status == 503 and (await admin.json())["error"]["code"] == "rpc_unavailable", await admin.text()
+        assert admin.headers["Retry-After"] == "10"  # a peer may come back: clients retry, not give up
 
 
 async def test_plan_without_rpc_servers_needs_no_admin_scope(tmp_path: Path, model_path: Path):
