@@ -2,7 +2,6 @@
 for a large body that is CPU work, done in a worker thread, never on the event loop."""
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import aiohttp
@@ -10,21 +9,11 @@ import pytest
 
 from localllm.server import openai_routes
 from tests.api.fake_model import api_config, api_server
+from tests.api.loop_probe import record_loop_calls
 
 
 async def test_the_response_cache_key_is_computed_off_the_event_loop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    on_loop: list[bool] = []
-    original = openai_routes.key_for
-
-    def key_for(*args, **kwargs):
-        try:
-            asyncio.get_running_loop()
-            on_loop.append(True)
-        except RuntimeError:
-            on_loop.append(False)
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(openai_routes, "key_for", key_for)
+    on_loop = record_loop_calls(monkeypatch, openai_routes, "key_for")
     config = api_config(tmp_path, cache_enabled=True, cache_dir=str(tmp_path / "cache"))
     body = {"messages": [{"role": "user", "content": "hi"}], "temperature": 0, "max_tokens": 4}
     async with api_server(config) as server, aiohttp.ClientSession(base_url=str(server.make_url("/"))) as http:

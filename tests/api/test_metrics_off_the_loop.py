@@ -3,7 +3,6 @@
 thread, as /v1/stats does, never on the event loop."""
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import aiohttp
@@ -11,21 +10,11 @@ import pytest
 
 from localllm.cache.response_cache import ResponseCache
 from tests.api.fake_model import api_config, api_server
+from tests.api.loop_probe import record_loop_calls
 
 
 async def test_a_scrape_reads_the_response_cache_off_the_event_loop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    on_loop: list[bool] = []
-    original = ResponseCache.stats
-
-    def stats(self: ResponseCache) -> dict:
-        try:
-            asyncio.get_running_loop()
-            on_loop.append(True)
-        except RuntimeError:
-            on_loop.append(False)
-        return original(self)
-
-    monkeypatch.setattr(ResponseCache, "stats", stats)
+    on_loop = record_loop_calls(monkeypatch, ResponseCache, "stats")
     config = api_config(tmp_path, cache_enabled=True, cache_dir=str(tmp_path / "cache"))
     async with api_server(config) as server, aiohttp.ClientSession(base_url=str(server.make_url("/"))) as http:
         response = await http.get("/metrics")
