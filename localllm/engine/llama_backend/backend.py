@@ -144,7 +144,6 @@ class LlamaBackend:
         self.num_ctx_train = ll.llama_model_n_ctx_train(self._model)
         self.max_embedding_tokens = MAX_INPUT_TOKENS
         self._pieces: dict[int, bytes] = {}
-        self._eog: dict[int, bool] = {}
         self._batch = NumpyBatch(config.num_batch)
         self._logits_row_type = ctypes.c_float * self.num_vocab
         self._logits_views: dict[int, np.ndarray] = {}
@@ -152,6 +151,7 @@ class LlamaBackend:
         # Scanned here, on the loading thread: the first grammar or ignore_eos request used to
         # pay for 262k ctypes calls on the engine thread.
         self._eog_token_ids = tuple(t for t in range(self.num_vocab) if ll.llama_vocab_is_eog(self._vocab, t))
+        self._eog_set = frozenset(self._eog_token_ids)
         self._grammars = gbnf.CompiledGrammars(self._vocab)
         self._logprobs_wanted: dict[str, int] = {}
         self._logprobs: dict[str, TokenLogprob] = {}
@@ -194,11 +194,7 @@ class LlamaBackend:
         return b"".join(self.token_piece(t) for t in token_ids).decode("utf-8", "replace")
 
     def is_end_of_generation(self, token_id: int) -> bool:
-        eog = self._eog.get(token_id)
-        if eog is None:
-            with self._guard:
-                eog = self._eog[token_id] = bool(ll.llama_vocab_is_eog(self._vocab, token_id))
-        return eog
+        return token_id in self._eog_set  # scanned at load: no llama.cpp call per sampled token
 
     def bos_text(self) -> str:
         return self._token_text(ll.llama_vocab_bos(self._vocab))
