@@ -127,17 +127,17 @@ class EngineCore:
         """Counts, refreshes stats (a client that sees a token sees stats that include it), hands
         the deltas over in one call, then frees finished requests' samplers. Final deltas stay in
         `_unpublished` until handed over, for `_fail` to re-send."""
-        finished = [d.request_id for d in deltas if d.finish_reason is not None]
-        self._unpublished += [d for d in deltas if d.finish_reason is not None]
+        finals = [d for d in deltas if d.finish_reason is not None]
+        self._unpublished += finals
         try:
             self._counters.count(plan, deltas)
-            self._counters.refresh(at_once=bool(finished) or bool(plan.admitted))
+            self._counters.refresh(at_once=bool(finals) or bool(plan.admitted))
         finally:  # a final delta goes out whatever failed before it
             if deltas:
                 self._publish(deltas)
             self._unpublished = []
-        for request_id in finished:
-            self.backend.remove_sampler(request_id)
+        for delta in finals:
+            self.backend.remove_sampler(delta.request_id)
 
     def _take_commands(self) -> bool:
         """Applies queued commands; blocks briefly only when idle. False on Shutdown."""
