@@ -133,8 +133,7 @@ class AsyncEngine:
         nor the default executor, so model loads and cache I/O do not wait behind embeddings.
         InvalidParam("input") past `max_total_tokens` (0: no cap) over all inputs; `on_tokens(total)`
         runs on the worker after tokenising and before any embedding work (it may raise to refuse)."""
-        if not self.has_room_for(1):
-            raise QueueFull(f"all slots are busy and {self.max_in_flight} requests are in flight")
+        self._refuse_if_full()
         loop = asyncio.get_running_loop()
         self._num_embedding_jobs += 1
         job = self._embed_workers.submit(self._embed_now, list(inputs), max_total_tokens, on_tokens)
@@ -200,8 +199,7 @@ class AsyncEngine:
         """
         if not self.is_running:
             raise RuntimeError("engine is not running")
-        if not self.has_room_for(1):
-            raise QueueFull(f"all slots are busy and {self.max_in_flight} requests are in flight")
+        self._refuse_if_full()
         prompt_ids = self.tokenize(prompt, add_special=add_special) if isinstance(prompt, str) else list(prompt)
         request = self._make_request(request_id or f"req-{next(self._ids)}", prompt_ids, params)
         request.cache_namespace = cache_namespace
@@ -212,6 +210,11 @@ class AsyncEngine:
 
     def has_room_for(self, num_requests: int) -> bool:
         return len(self._streams) + self._num_embedding_jobs + num_requests <= self.max_in_flight
+
+    def _refuse_if_full(self) -> None:
+        """One more request (generation or embedding) past max_in_flight: QueueFull, at once."""
+        if not self.has_room_for(1):
+            raise QueueFull(f"all slots are busy and {self.max_in_flight} requests are in flight")
 
     def abort(self, request_id: str) -> None:
         self._core.commands.put(AbortRequest(request_id))
