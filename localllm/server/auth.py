@@ -199,20 +199,21 @@ def reserve_tokens(request: web.Request, prompt_lens: list[int], n: int, max_tok
                    slot_ctx: int) -> None:
     """Reserves prompt + completion budget for every choice on the request's key (429 when it does
     not fit); the middleware settles the real count when the request ends."""
-    ticket = request.get(TICKET)
-    limits = request.app[KEYRING_KEY].limits
-    if ticket is None or not limits.tpm:
-        return
-    num_tokens = sum(p + n * completion_budget(p, max_tokens, slot_ctx) for p in prompt_lens)
-    request[RATE_HEADERS] = {**request.get(RATE_HEADERS, {}), **limits.reserve(ticket, num_tokens)}
+    _reserve(request, sum(p + n * completion_budget(p, max_tokens, slot_ctx) for p in prompt_lens))
 
 
 def reserve_embedding_tokens(request: web.Request, num_tokens: int) -> None:
     """Reserves an embedding call's input tokens on the request's key (429 when they do not fit).
     Runs on the embedding worker while the handler awaits it, so nothing else touches `request`."""
+    _reserve(request, num_tokens, what="the inputs", advice="send fewer inputs or retry later")
+
+
+def _reserve(request: web.Request, num_tokens: int, **wording: str) -> None:
+    """Holds `num_tokens` on the request's ticket when a token limit is set; merges the
+    updated x-ratelimit-* headers into RATE_HEADERS."""
     ticket = request.get(TICKET)
     limits = request.app[KEYRING_KEY].limits
     if ticket is None or not limits.tpm:
         return
-    headers = limits.reserve(ticket, num_tokens, what="the inputs", advice="send fewer inputs or retry later")
+    headers = limits.reserve(ticket, num_tokens, **wording)
     request[RATE_HEADERS] = {**request.get(RATE_HEADERS, {}), **headers}

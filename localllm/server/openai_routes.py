@@ -13,7 +13,7 @@ from aiohttp import web
 from localllm.cache.response_cache import Recorded
 from localllm.models.catalogue import local_model_names
 from localllm.models.manager import LoadedModel
-from localllm.server.auth import KEYRING_KEY, RATE_HEADERS, USAGE_TOKENS, reserve_embedding_tokens, reserve_tokens
+from localllm.server.auth import RATE_HEADERS, USAGE_TOKENS, reserve_embedding_tokens, reserve_tokens
 from localllm.server.chat_template import MAX_CHAT_MESSAGES, compiled_template
 from localllm.server.errors import CLIENT_CLOSED, ApiError, bad_request, client_gone
 from localllm.server.generation import Choice, close_all, merged, observe, queue_full, start_choices, usage
@@ -235,8 +235,7 @@ def _reserve_tokens(request: web.Request, model: LoadedModel, gen: GenerationReq
                     prompt_ids: list[list[int]]) -> None:
     """Per-minute token limits: called by start_choices with the prompts already tokenised
     (in a worker: a long prompt is never tokenised on the event loop)."""
-    if request.app[KEYRING_KEY].limits.tpm:
-        reserve_tokens(request, [len(ids) for ids in prompt_ids], gen.n, gen.params.max_tokens, model.engine.slot_ctx)
+    reserve_tokens(request, [len(ids) for ids in prompt_ids], gen.n, gen.params.max_tokens, model.engine.slot_ctx)
 
 
 def _note_for_log(request: web.Request, model: LoadedModel, choices: list[Choice], n: int) -> None:
