@@ -21,7 +21,7 @@ from localllm.models.registry import (
     CatalogueError, UnknownModel, is_valid_quant, looks_like_hub_ref, split_hub_ref,
 )
 from localllm.models.store import ModelFileError, ModelStore
-from localllm.server.errors import ApiError, bad_request
+from localllm.server.errors import ApiError, bad_request, client_gone
 from localllm.server.schemas import read_json
 from localllm.server.sse import SseWriter
 from localllm.server.state import CONFIG_KEY, MODEL_KEY, model_not_found, require_model
@@ -216,8 +216,7 @@ async def _forward(request: web.Request, sse: SseWriter, events: asyncio.Queue[d
     """Sends the pull's progress events until it ends; raises ConnectionResetError once the
     client has gone, even while no event flows (a stalled hub, a long sha256)."""
     while not task.done() or not events.empty():
-        transport = request.transport
-        if transport is None or transport.is_closing():
+        if client_gone(request):
             raise ConnectionResetError("the client closed the connection")
         getter = asyncio.ensure_future(events.get())
         try:
