@@ -42,6 +42,11 @@ class ApiKey:
     is_admin: bool = False
 
 
+def keys_configured(config: ServerConfig) -> bool:
+    """Any key source set (api_key, admin_api_key, api_key_file): auth is on."""
+    return bool(config.api_key or config.admin_api_key or config.api_key_file)
+
+
 class KeyRing:
     """The accepted keys (flag, environment, key file) and the per-key limits."""
 
@@ -54,8 +59,7 @@ class KeyRing:
     @property
     def enabled(self) -> bool:
         """True once any key source is configured: requests then need a valid key."""
-        config = self._config
-        return bool(config.api_key or config.admin_api_key or config.api_key_file)
+        return keys_configured(self._config)
 
     @property
     def metrics_require_key(self) -> bool:

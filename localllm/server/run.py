@@ -19,7 +19,7 @@ from localllm.config import Config
 from localllm.models.catalogue import user_catalogue_path
 from localllm.models.registry import CatalogueError, load_catalogue
 from localllm.server.app import create_app
-from localllm.server.auth import KEYRING_KEY
+from localllm.server.auth import KEYRING_KEY, keys_configured
 from localllm.server.browser_guard import is_loopback_address
 from localllm.server.state import CONFIG_KEY, MODEL_KEY
 from localllm.service.notify import Notifier, Watchdog, status_text, watchdog_interval_s
@@ -61,7 +61,7 @@ def serve(config: Config) -> int:
 def warn_if_open(config: Config) -> None:
     """A keyless server on a non-loopback address answers anyone on the network."""
     server = config.server
-    if not is_loopback_address(server.host) and not (server.api_key or server.admin_api_key or server.api_key_file):
+    if not is_loopback_address(server.host) and not keys_configured(server):
         log.warning("WARNING: listening on %s with NO API KEY: anyone who can reach this address can use the "
                     "server. Set api_key / api_key_file, or bind 127.0.0.1.", server.host)
 
