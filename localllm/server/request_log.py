@@ -39,8 +39,10 @@ QUIET_PATHS = frozenset({"/health", "/ready", "/metrics"})
 _CLIENT_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 CLIENT_GONE = 499
 """nginx's status for a client that closed the connection before the answer was complete."""
-_UNSAFE_TEXT_RE = re.compile(r"[\x00-\x1f\x7f-\xa0\\\u2028\u2029\u200b-\u200f\u202a-\u202e\u2066-\u2069\ufeff]")
-_UNSAFE_RE = re.compile(r"[\x00-\x20\x7f-\xa0\\\u2028\u2029\u200b-\u200f\u202a-\u202e\u2066-\u2069\ufeff]")
+_ALWAYS_ESCAPED = r"\x7f-\xa0\\\u2028\u2029\u200b-\u200f\u202a-\u202e\u2066-\u2069\ufeff"
+"""DEL, C1 controls, NBSP, backslash, line/paragraph separators, zero-width and bidi marks, BOM."""
+_UNSAFE_TEXT_RE = re.compile(rf"[\x00-\x1f{_ALWAYS_ESCAPED}]")
+_UNSAFE_RE = re.compile(rf"[\x00-\x20{_ALWAYS_ESCAPED}]")  # fields: the space too (it separates them)
 
 
 def request_id_for(request: web.Request) -> str:
