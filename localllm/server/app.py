@@ -14,7 +14,7 @@ from localllm.compose import load_model
 from localllm.models.manager import LoadedModel, ModelLoader, ModelManager
 from localllm.server import admin_routes, model_routes, openai_routes
 from localllm.server.auth import KEYRING_KEY, KeyRing, auth_middleware
-from localllm.server.browser_guard import browser_guard
+from localllm.server.browser_guard import browser_guard, is_listed, listed_origins
 from localllm.server.errors import error_middleware
 from localllm.server.metrics import METRICS_KEY, ServerMetrics
 from localllm.server.response_cache import RESPONSE_CACHE_KEY
@@ -30,12 +30,13 @@ def create_app(config: Config, *, loaded: LoadedModel | None = None, loader: Mod
     default model loads in the background while /health already answers."""
     keyring = KeyRing(config.server)  # first: a key source without keys is a ConfigError (fail closed)
     middlewares = [error_middleware, browser_guard(config.server), auth_middleware]  # guard: Host, Origin
-    if config.server.cors_origins:
-        middlewares.insert(0, cors_middleware(config.server.cors_origins))
+    origins = listed_origins(config.server.cors_origins)
+    if origins:
+        middlewares.insert(0, cors_middleware(origins))
     middlewares.insert(0, request_log_middleware)  # outermost: logs the final status
     app = web.Application(client_max_size=config.server.max_body_bytes, middlewares=middlewares)
-    if config.server.cors_origins:
-        app.on_response_prepare.append(cors_headers(config.server.cors_origins))
+    if origins:
+        app.on_response_prepare.append(cors_headers(origins))
     app[CONFIG_KEY] = config
     keep_alive = None if config.server.keep_alive_s < 0 else config.server.keep_alive_s
     manager = app[MODEL_KEY] = ModelManager(config, loader, keep_alive)
@@ -81,11 +82,10 @@ def _log_load_failure(task: asyncio.Task) -> None:
         log.error("the default model failed to load: %s", task.exception())
 
 
-def cors_middleware(origins: str):
+def cors_middleware(allowed: frozenset[str]):
     """Browser access for the configured origins only; preflight answered here. The headers
     go on in on_response_prepare (cors_headers): streamed answers send theirs before any
     middleware sees the response."""
-    allowed = _origins(origins)
 
     @web.middleware
     async def middleware(request: web.Request, handler) -> web.StreamResponse:
@@ -96,9 +96,8 @@ def cors_middleware(origins: str):
     return middleware
 
 
-def cors_headers(origins: str):
+def cors_headers(allowed: frozenset[str]):
     """The on_response_prepare hook that adds the CORS headers for a listed Origin."""
-    allowed = _origins(origins)
 
     async def add(request: web.Request, response: web.StreamResponse) -> None:
         origin = _listed_origin(request, allowed)
@@ -113,10 +112,6 @@ def cors_headers(origins: str):
     return add
 
 
-def _origins(origins: str) -> set[str]:
-    return {o.strip() for o in origins.split(",") if o.strip()}
-
-
-def _listed_origin(request: web.Request, allowed: set[str]) -> str | None:
+def _listed_origin(request: web.Request, allowed: frozenset[str]) -> str | None:
     origin = request.headers.get("Origin")
-    return origin if origin is not None and ("*" in allowed or origin in allowed) else None
+    return origin if origin is not None and is_listed(origin, allowed) else None

@@ -55,7 +55,7 @@ def browser_guard(config: ServerConfig):
     allowed_hosts = {host_name(h) for h in config.allowed_hosts.split(",") if h.strip()}
     if not loopback_bind:
         allowed_hosts |= own_host_names()
-    origins = {o.strip().rstrip("/") for o in config.cors_origins.split(",") if o.strip()}
+    origins = listed_origins(config.cors_origins)
 
     @web.middleware
     async def middleware(request: web.Request, handler) -> web.StreamResponse:
@@ -95,10 +95,19 @@ def _host_allowed(host: str, allowed_hosts: set[str], *, any_ip: bool) -> bool:
     return any_ip or address.is_loopback
 
 
-def _origin_allowed(origin: str, host: str | None, origins: set[str]) -> bool:
+def listed_origins(cors_origins: str) -> frozenset[str]:
+    """`cors_origins` as a set, each without a trailing '/': the guard and the CORS headers share it."""
+    return frozenset(o.strip().rstrip("/") for o in cors_origins.split(",") if o.strip())
+
+
+def is_listed(origin: str, origins: frozenset[str]) -> bool:
+    return "*" in origins or origin.strip().rstrip("/") in origins
+
+
+def _origin_allowed(origin: str, host: str | None, origins: frozenset[str]) -> bool:
     """Listed in cors_origins ('*': any), or same-origin: the page was served by this host:port."""
     origin = origin.strip().rstrip("/")
-    if "*" in origins or origin in origins:
+    if is_listed(origin, origins):
         return True
     if host is None or origin == "null":  # "null": sandboxed frames and file:// pages
         return False
