@@ -25,7 +25,9 @@ from localllm.models.registry import (
     CatalogueError, ModelSpec, UnknownModel, is_valid_name, is_valid_quant, looks_like_hub_ref,
     split_hub_ref,
 )
-from localllm.models.store import ModelFileError, ModelStore, PulledFile, discard_cached, sha256_file
+from localllm.models.store import (
+    ModelFileError, ModelStore, PulledFile, discard_cached, is_inside, sha256_file,
+)
 
 log = logging.getLogger(__name__)
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -227,7 +229,7 @@ def _verify(pointer: Path, hub_dir: Path, expected_sha256: str | None,
             cancel: threading.Event | None = None) -> tuple[GGUFInfo, str | None]:
     """In the hub cache, sha256 against the catalogue (else the LFS ETag blob name), then the GGUF header."""
     blob = Path(os.path.realpath(pointer))
-    if not blob.is_relative_to(Path(os.path.realpath(hub_dir))):
+    if not is_inside(pointer, hub_dir):
         raise VerificationError(f"{pointer} resolves to {blob}, outside the hub cache {hub_dir}")
     expected = expected_sha256 or (blob.name if _SHA256_RE.match(blob.name) else None)
     digest = None

@@ -133,7 +133,7 @@ class ModelStore:
             path = self.models_dir / name / f"{quant}{_RECORD_SUFFIX}"
         else:
             raise ModelFileError(f"refusing to record {name!r} {quant!r}: not a model name and quantisation")
-        if not _is_inside(path, self.models_dir):
+        if not is_inside(path, self.models_dir):
             raise ModelFileError(f"refusing to record {name!r}: the path leaves the model store")
         return path
 
@@ -144,7 +144,7 @@ class ModelStore:
         """Changes state: records a verified download (atomically), and for a catalogue
         pull with a known digest the marker that spares re-hashing it on every load."""
         target = self._record_path(record.name, record.quant)
-        if not _is_inside(Path(record.path), self.hub_dir):
+        if not is_inside(Path(record.path), self.hub_dir):
             raise ModelFileError(f"refusing to record {record.path}: not in the hub cache {self.hub_dir}")
         target.parent.mkdir(parents=True, exist_ok=True)
         _write_json(target, asdict(record))
@@ -168,7 +168,7 @@ class ModelStore:
         try:
             record = PulledFile(**json.loads(path.read_text()))
             usable = (record.name == name and isinstance(record.path, str) and record.is_intact()
-                      and _is_inside(Path(record.path), self.hub_dir))
+                      and is_inside(Path(record.path), self.hub_dir))
         except (OSError, ValueError, TypeError):
             return None
         return record if usable else None
@@ -280,11 +280,11 @@ class ModelStore:
 def discard_cached(pointer: Path, hub_dir: Path) -> None:
     """Changes state: deletes a hub cache snapshot entry and its blob, so huggingface_hub
     will not hand the file out again. Nothing outside `hub_dir` is touched."""
-    if not _is_inside(pointer, hub_dir, follow=False):
+    if not is_inside(pointer, hub_dir, follow=False):
         return
     blob = Path(os.path.realpath(pointer))
     pointer.unlink(missing_ok=True)
-    if blob != pointer and _is_inside(blob, hub_dir):
+    if blob != pointer and is_inside(blob, hub_dir):
         blob.unlink(missing_ok=True)
 
 
@@ -323,7 +323,7 @@ def _is_file(path: Path) -> bool:
         return False
 
 
-def _is_inside(path: Path, root: Path, *, follow: bool = True) -> bool:
+def is_inside(path: Path, root: Path, *, follow: bool = True) -> bool:
     """Whether `path` lies under `root`, symlinks resolved (but for `path`'s own last
     component when follow is False: a link that lives in `root` and points elsewhere)."""
     target = Path(os.path.realpath(path)) if follow else Path(os.path.realpath(path.parent)) / path.name
