@@ -25,6 +25,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import diskcache
 
@@ -247,18 +248,11 @@ class PrefixStateDiskStore:
         reader = value if hasattr(value, "read") else io.BytesIO(value)
         try:
             length, _ = read_header(reader, KIND, self.config.namespace, self.config.size_limit_bytes)
-            (tenant_size,) = struct.unpack("<H", reader.read(2))
-            if tenant_size > min(MAX_TENANT_BYTES, length):
-                raise SealError(f"declares a tenant of {tenant_size} bytes")
-            tenant = reader.read(tenant_size).decode()
-            (num_tokens,) = struct.unpack("<I", reader.read(4))
-            if num_tokens > min(MAX_TOKENS, length // 4):
-                raise SealError(f"declares {num_tokens} tokens")
-            token_ids = list(struct.unpack(f"<{num_tokens}I", reader.read(4 * num_tokens)))
+            tenant, token_ids = _read_head(reader, length)
             if self._key(token_ids, tenant) != key:
                 raise SealError("its tenant and tokens do not match its key")
             return tenant, token_ids
-        except (SealError, struct.error, UnicodeDecodeError) as exc:
+        except SealError as exc:
             self._reject(key, exc)
             return None
         finally:
@@ -353,14 +347,23 @@ def _pack(namespace: str, token_ids: list[int], state: bytes) -> bytes:
             + struct.pack(f"<I{len(token_ids)}I", len(token_ids), *token_ids) + state)
 
 
-def _unpack(payload: bytes) -> tuple[str, list[int], bytes]:
+def _read_head(reader: BinaryIO, length: int) -> tuple[str, list[int]]:
+    """Tenant and tokens from the start of a `length`-byte payload (the layout `_pack` writes),
+    each count bounded before it is read. Raises SealError."""
     try:
-        (tenant_size,) = struct.unpack_from("<H", payload)
-        tenant = payload[2:2 + tenant_size].decode()
-        (num_tokens,) = struct.unpack_from("<I", payload, 2 + tenant_size)
-        start = 6 + tenant_size
-        if tenant_size > MAX_TENANT_BYTES or num_tokens > MAX_TOKENS or start + 4 * num_tokens > len(payload):
-            raise SealError(f"declares a tenant of {tenant_size} bytes and {num_tokens} tokens")
-        return tenant, list(struct.unpack_from(f"<{num_tokens}I", payload, start)), payload[start + 4 * num_tokens:]
+        (tenant_size,) = struct.unpack("<H", reader.read(2))
+        if tenant_size > min(MAX_TENANT_BYTES, length):
+            raise SealError(f"declares a tenant of {tenant_size} bytes")
+        tenant = reader.read(tenant_size).decode()
+        (num_tokens,) = struct.unpack("<I", reader.read(4))
+        if num_tokens > min(MAX_TOKENS, length // 4):
+            raise SealError(f"declares {num_tokens} tokens")
+        return tenant, list(struct.unpack(f"<{num_tokens}I", reader.read(4 * num_tokens)))
     except (struct.error, UnicodeDecodeError) as exc:
         raise SealError(f"unreadable payload: {exc}") from exc
+
+
+def _unpack(payload: bytes) -> tuple[str, list[int], bytes]:
+    reader = io.BytesIO(payload)
+    tenant, token_ids = _read_head(reader, len(payload))
+    return tenant, token_ids, reader.read()
