@@ -5,9 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from localllm.config import Config
-from localllm.models.registry import (
-    is_valid_name, is_valid_quant, load_catalogue, looks_like_hub_ref, split_hub_ref,
-)
+from localllm.models.registry import load_catalogue, looks_like_hub_ref, split_hub_ref, split_model_ref
 from localllm.models.store import ModelStore
 
 
@@ -35,5 +33,4 @@ def is_model_ref(ref: str) -> bool:
     ORG/REPO/FILE.gguf; never a file path (those are for the operator's own configuration)."""
     if looks_like_hub_ref(ref):
         return split_hub_ref(ref) is not None
-    name, sep, quant = ref.partition(":")
-    return is_valid_name(name) and (not sep or is_valid_quant(quant))
+    return split_model_ref(ref) is not None

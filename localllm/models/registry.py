@@ -152,6 +152,14 @@ def is_safe_filename(file: str) -> bool:
             and all(p and p not in (".", "..") and len(p.encode()) <= 255 for p in parts))
 
 
+def split_model_ref(ref: str) -> tuple[str, str | None] | None:
+    """(name, quant or None) for a well-formed `NAME[:QUANT]`; None for anything else."""
+    name, sep, quant = ref.partition(":")
+    if not is_valid_name(name) or (sep and not is_valid_quant(quant)):
+        return None
+    return name, quant or None
+
+
 def split_hub_ref(ref: str) -> tuple[str, str] | None:
     """(repo, file) for a well-formed `ORG/REPO/FILE.gguf`; None for anything else
     (a catalogue name, or a reference with an unsafe repo or file part)."""

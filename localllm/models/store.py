@@ -21,6 +21,7 @@ from pathlib import Path
 
 from localllm.models.registry import (
     ModelSpec, UnknownModel, is_valid_name, is_valid_quant, looks_like_hub_ref, split_hub_ref,
+    split_model_ref,
 )
 
 log = logging.getLogger(__name__)
@@ -118,10 +119,10 @@ class ModelStore:
     @staticmethod
     def _split_ref(ref: str) -> tuple[str, str | None]:
         """`NAME[:QUANT]` -> (name, quant); unsafe names and quants are unknown models."""
-        name, sep, quant = ref.partition(":")
-        if not is_valid_name(name) or (sep and not is_valid_quant(quant)):
+        parts = split_model_ref(ref)
+        if parts is None:
             raise UnknownModel(ref)
-        return name, quant or None
+        return parts
 
     def _record_path(self, name: str, quant: str) -> Path:
         """Where the record of a pull goes; raises ModelFileError for a name or quant that
