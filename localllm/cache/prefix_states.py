@@ -29,7 +29,7 @@ from typing import BinaryIO
 
 import diskcache
 
-from localllm.cache.sealed import SealError, open_cache, read_header, seal, unseal
+from localllm.cache.sealed import SealError, open_cache, read_header, reader_of, seal, unseal
 from localllm.engine.prefix import common_prefix_len
 
 log = logging.getLogger(__name__)
@@ -115,11 +115,9 @@ class PrefixStateDiskStore:
             if value is None:  # evicted, or cleared by another process
                 self._forget(key)
                 return None
-            try:
-                tenant, token_ids, state = _unpack(unseal(value, KIND, self.config.namespace,
-                                                          self.config.size_limit_bytes))
-            finally:
-                getattr(value, "close", lambda: None)()
+            with reader_of(value) as reader:
+                payload = unseal(reader, KIND, self.config.namespace, self.config.size_limit_bytes)
+            tenant, token_ids, state = _unpack(payload)
             if (tenant, token_ids) != expected or self._key(token_ids, tenant) != key:
                 raise SealError("its tenant and tokens do not match its key")
         except SealError as exc:
@@ -245,18 +243,16 @@ class PrefixStateDiskStore:
         value = cache.get(key, read=True)
         if value is None:
             return None
-        reader = value if hasattr(value, "read") else io.BytesIO(value)
         try:
-            length, _ = read_header(reader, KIND, self.config.namespace, self.config.size_limit_bytes)
-            tenant, token_ids = _read_head(reader, length)
+            with reader_of(value) as reader:
+                length, _ = read_header(reader, KIND, self.config.namespace, self.config.size_limit_bytes)
+                tenant, token_ids = _read_head(reader, length)
             if self._key(token_ids, tenant) != key:
                 raise SealError("its tenant and tokens do not match its key")
             return tenant, token_ids
         except SealError as exc:
             self._reject(key, exc)
             return None
-        finally:
-            reader.close()
 
     def _delete(self, key: str) -> None:
         try:

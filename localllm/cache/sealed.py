@@ -108,11 +108,19 @@ def read_header(reader: BinaryIO, kind: bytes, identity: str, max_payload: int) 
     return length, checksum
 
 
+def reader_of(value: object) -> BinaryIO:
+    """A reader over a stored value (bytes, or the file diskcache opens with read=True).
+    Raises SealError for anything else (a planted str or number row)."""
+    if isinstance(value, (bytes, bytearray)):
+        return io.BytesIO(value)
+    if hasattr(value, "read"):
+        return value  # type: ignore[return-value]
+    raise SealError(f"a {type(value).__name__} entry, not sealed bytes (older format?)")
+
+
 def unseal(value: bytes | BinaryIO, kind: bytes, identity: str, max_payload: int) -> bytes:
     """The payload, after checking header, exact length and checksum. Raises SealError."""
-    if not isinstance(value, (bytes, bytearray)) and not hasattr(value, "read"):
-        raise SealError(f"a {type(value).__name__} entry, not sealed bytes (older format?)")
-    reader = io.BytesIO(value) if isinstance(value, (bytes, bytearray)) else value
+    reader = reader_of(value)
     length, checksum = read_header(reader, kind, identity, max_payload)
     payload = reader.read(length)
     if len(payload) != length or reader.read(1):

@@ -239,3 +239,22 @@ def test_a_cache_row_pointing_outside_the_directory_is_neither_read_nor_deleted(
     assert cache.clear() == 1
     cache.close()
     assert outside.read_text() == "not the cache's"
+
+
+def test_a_planted_text_row_under_a_prefix_key_is_rejected_not_fatal_to_the_index(tmp_path: Path):
+    """A str or number row under one of our keys is refused like any foreign entry; before,
+    it failed the index scan (at open: the store switched itself off for good)."""
+    store = store_at(tmp_path)
+    store.save(list(range(1, 9)), b"state")
+    store.flush()
+    with diskcache.Cache(str(tmp_path)) as other:  # a writer of the directory plants rows
+        other.set(store._prefix + "planted-text", "not sealed bytes")
+        other.set(store._prefix + "planted-number", 7)
+    reopened = store_at(tmp_path)
+    reopened.flush()
+    stats = reopened.stats()
+    assert stats["active"] and stats["errors"] == 0 and stats["rejected"] == 2
+    key, shared = reopened.longest(list(range(1, 9)) + [99])
+    assert shared == 8 and reopened.load(key) == b"state"
+    store.close()
+    reopened.close()
