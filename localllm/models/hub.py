@@ -136,14 +136,7 @@ def check_free_space(store: ModelStore, target: PullTarget, *, offline: bool = F
     download then reports what is wrong)."""
     if is_offline(offline) or _cached(store.hub_dir, target) is not None:
         return None
-    from huggingface_hub import get_hf_file_metadata, hf_hub_url
-
-    try:
-        url = hf_hub_url(target.hf_repo, target.file, revision=target.revision, endpoint=endpoint)
-        size = get_hf_file_metadata(url, endpoint=endpoint).size
-    except Exception as exc:  # unreachable hub, missing file: the download says so, with its own message
-        log.info("no size for %s/%s: %s", target.hf_repo, target.file, _first_line(exc))
-        return None
+    size = _hub_size(target.hf_repo, target.file, target.revision, endpoint)
     free = free_disk_bytes(store.hub_dir)
     if size is None or free is None:
         return size
@@ -254,22 +247,28 @@ def _first_line(exc: BaseException) -> str:
 def quant_sizes(spec: ModelSpec, endpoint: str | None = None) -> dict[str, int]:
     """Blocking: each offered quant's file size, the catalogue's when known, else the hub's
     (a HEAD request: X-Linked-Size). A quant the hub cannot size is left out."""
-    from huggingface_hub import get_hf_file_metadata, hf_hub_url
-
     sizes: dict[str, int] = {}
     for quant in spec.quants if spec.hf_repo else []:
         if quant == spec.quant and spec.size_bytes:
             sizes[quant] = spec.size_bytes
             continue
-        try:
-            url = hf_hub_url(spec.hf_repo, spec.file_for(quant), revision=spec.revision, endpoint=endpoint)
-            size = get_hf_file_metadata(url, endpoint=endpoint).size
-        except Exception as exc:  # unreachable hub, missing file: that quant is simply not offered
-            log.info("no size for %s %s: %s", spec.name, quant, _first_line(exc))
-            continue
-        if size:
+        size = _hub_size(spec.hf_repo, spec.file_for(quant), spec.revision, endpoint)  # type: ignore[arg-type]
+        if size:  # a quant the hub cannot size is simply not offered
             sizes[quant] = size
     return sizes
+
+
+def _hub_size(hf_repo: str, file: str, revision: str, endpoint: str | None) -> int | None:
+    """Blocking (one HEAD request): the file's size as the hub gives it; None when the hub
+    is unreachable, the file missing or unsized (callers carry on without it)."""
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url
+
+    try:
+        url = hf_hub_url(hf_repo, file, revision=revision, endpoint=endpoint)
+        return get_hf_file_metadata(url, endpoint=endpoint).size
+    except Exception as exc:  # the download (if any) reports what is wrong, with its own message
+        log.info("no size for %s/%s: %s", hf_repo, file, _first_line(exc))
+        return None
 
 
 def auto_quant(spec: ModelSpec, *, free_vram_bytes: int, free_ram_bytes: int,
