@@ -1,4 +1,4 @@
-"""OpenAI-shaped errors and the middleware that renders every failure as one."""
+"""API errors and the middleware that renders every failure in the shape of the protocol it came in on."""
 from __future__ import annotations
 
 import logging
@@ -42,11 +42,35 @@ class ApiError(Exception):
         self.code = code
         self.headers = headers or {}
 
-    def body(self) -> dict:
+    def body(self, protocol: str = "openai") -> dict:
+        """The error body in `protocol`'s shape (see `protocol_of`)."""
+        if protocol == "anthropic":
+            return {"type": "error", "error": {"type": _ANTHROPIC_TYPES.get(self.status, "api_error"),
+                                               "message": self.message}}
+        if protocol == "ollama":
+            return {"error": self.message}
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
-    def response(self) -> web.Response:
-        return web.json_response(self.body(), status=self.status, headers=self.headers)
+    def response(self, protocol: str = "openai") -> web.Response:
+        return web.json_response(self.body(protocol), status=self.status, headers=self.headers)
+
+
+PROTOCOLS = ("openai", "anthropic", "ollama")
+
+
+def protocol_of(path: str) -> str:
+    """Which protocol's error shape a path answers in: Anthropic's Messages API, Ollama's
+    /api/*, else OpenAI's (every other route, including unknown paths)."""
+    if path == "/v1/messages" or path.startswith("/v1/messages/"):
+        return "anthropic"
+    if path.startswith("/api/"):
+        return "ollama"
+    return "openai"
+
+
+_ANTHROPIC_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+                    404: "not_found_error", 413: "request_too_large", 415: "invalid_request_error",
+                    429: "rate_limit_error", 503: "overloaded_error", 529: "overloaded_error"}
 
 
 def bad_request(message: str, param: str | None = None) -> ApiError:
@@ -63,7 +87,8 @@ _STATUS_TYPES = {
 
 @web.middleware
 async def error_middleware(request: web.Request, handler) -> web.StreamResponse:
-    """Turns ApiError, aiohttp's HTTP errors and anything unexpected into OpenAI errors."""
+    """Turns ApiError, aiohttp's HTTP errors and anything unexpected into errors in the shape of the
+    request's protocol (OpenAI's, Anthropic's or Ollama's)."""
     try:
         return await handler(request)
     except ApiError as exc:
@@ -91,4 +116,4 @@ async def error_middleware(request: web.Request, handler) -> web.StreamResponse:
     metrics = request.app.get(METRICS_KEY)
     if metrics is not None:
         metrics.errors.labels(error.type, str(error.status)).inc()
-    return error.response()
+    return error.response(protocol_of(request.path))
