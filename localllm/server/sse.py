@@ -1,4 +1,5 @@
-"""Server-sent events as OpenAI streams them: `data: {json}` lines, then `data: [DONE]`."""
+"""Server-sent events: OpenAI's `data: {json}` lines ending in `data: [DONE]`, or named events
+(`event: name` before each `data:` line, no [DONE]) as Anthropic's and the Responses API stream them."""
 from __future__ import annotations
 
 import json
@@ -25,10 +26,14 @@ class SseWriter:
     async def start(self) -> None:
         await self.response.prepare(self._request)
 
-    async def send(self, payload: dict) -> None:
-        """Raises ConnectionResetError (or a subclass) once the client has gone."""
-        await self.response.write(b"data: " + json.dumps(payload, ensure_ascii=False).encode() + b"\n\n")
+    async def send(self, payload: dict, event: str | None = None) -> None:
+        """One event, named by an `event:` line when `event` is given. Raises ConnectionResetError
+        (or a subclass) once the client has gone."""
+        head = b"event: " + event.encode() + b"\n" if event else b""
+        await self.response.write(head + b"data: " + json.dumps(payload, ensure_ascii=False).encode() + b"\n\n")
 
-    async def finish(self) -> None:
-        await self.response.write(b"data: [DONE]\n\n")
+    async def finish(self, done: bool = True) -> None:
+        """Ends the stream; `done`: with OpenAI's `data: [DONE]` line (named-event streams have none)."""
+        if done:
+            await self.response.write(b"data: [DONE]\n\n")
         await self.response.write_eof()
