@@ -94,7 +94,7 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 8080
     api_key: str | None = None
-    """When set, every /v1 request needs `Authorization: Bearer <key>` (inference scope)."""
+    """When set, every /v1 request needs `Authorization: Bearer <key>` or `x-api-key: <key>` (inference scope)."""
     admin_api_key: str | None = None
     """A key with admin scope: /admin/* routes and every key's usage in /v1/stats (and inference)."""
     api_key_file: str | None = None

@@ -104,7 +104,7 @@ def cors_headers(allowed: frozenset[str]):
         if origin is not None:
             response.headers.update({
                 "Access-Control-Allow-Origin": origin,
-                "Access-Control-Allow-Headers": "Authorization, Content-Type",
+                "Access-Control-Allow-Headers": "Authorization, Content-Type, x-api-key, anthropic-version",
                 "Access-Control-Allow-Methods": "GET, POST, OPTIONS",
                 "Vary": "Origin",
             })

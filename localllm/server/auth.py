@@ -87,8 +87,14 @@ class KeyRing:
     def identify(self, authorization: str) -> ApiKey | None:
         """The key for an `Authorization: Bearer ...` header, or None. Constant-time compare."""
         scheme, _, token = authorization.partition(" ")
-        given = token.strip().encode()
-        if scheme.lower() != "bearer" or not given:
+        if scheme.lower() != "bearer":
+            return None
+        return self.match(token)
+
+    def match(self, secret: str) -> ApiKey | None:
+        """The key whose secret is `secret` (surrounding spaces ignored), or None. Constant-time compare."""
+        given = secret.strip().encode()
+        if not given:
             return None
         found = None
         for key in self._keys:
@@ -151,7 +157,8 @@ _LIMITED_METHODS = {"POST"}  # generation and embeddings; reads like /v1/models 
 
 @web.middleware
 async def auth_middleware(request: web.Request, handler) -> web.StreamResponse:
-    """Bearer keys on /v1/ and /admin/ (and /metrics if asked), scopes, then per-key limits on POSTs."""
+    """Keys (Bearer or x-api-key) on /v1/ and /admin/ (and /metrics if asked), scopes, then per-key
+    limits on POSTs."""
     keyring = request.app[KEYRING_KEY]
     path = request.path
     if not (path.startswith(("/v1/", "/admin/")) or (path == "/metrics" and keyring.metrics_require_key)):
@@ -188,15 +195,29 @@ def _authenticate(request: web.Request, keyring: KeyRing) -> ApiKey | None:
             raise ApiError(403, "Admin routes answer only on loopback while no API keys are configured.",
                            type="permission_error", code="admin_loopback_only")
         return None
-    key = keyring.identify(request.headers.get("Authorization", ""))
+    key = _presented_key(request, keyring)
     if key is None:
-        raise ApiError(401, "Incorrect or missing API key. Send 'Authorization: Bearer <key>'.",
+        raise ApiError(401, "Incorrect or missing API key. Send 'Authorization: Bearer <key>' or 'x-api-key: <key>'.",
                        type="authentication_error", code="invalid_api_key")
     if admin_route and not key.is_admin:
         raise ApiError(403, f"The key {key.name!r} has no admin scope; {request.path} needs admin_api_key or "
                        "a `name:secret:admin` line in the key file.", type="permission_error",
                        code="insufficient_scope")
     return key
+
+
+def _presented_key(request: web.Request, keyring: KeyRing) -> ApiKey | None:
+    """The key the request names by `Authorization: Bearer` or `x-api-key` (Anthropic's clients send
+    that one, on any route). With both headers, both must name the same key: one wrong credential
+    is never outvoted by a right one."""
+    found = []
+    if "Authorization" in request.headers:
+        found.append(keyring.identify(request.headers["Authorization"]))
+    if "x-api-key" in request.headers:
+        found.append(keyring.match(request.headers["x-api-key"]))
+    if not found or any(key is None or key is not found[0] for key in found):
+        return None
+    return found[0]
 
 
 def reserve_tokens(request: web.Request, prompt_lens: list[int], n: int, max_tokens: int | None,
