@@ -12,7 +12,7 @@ from localllm.cache.response_cache import ResponseCache, ResponseCacheConfig
 from localllm.config import Config
 from localllm.compose import load_model
 from localllm.models.manager import LoadedModel, ModelLoader, ModelManager
-from localllm.server import admin_routes, model_routes, openai_routes
+from localllm.server import admin_routes, misc_routes, model_routes, openai_routes
 from localllm.server.auth import KEYRING_KEY, KeyRing, auth_middleware
 from localllm.server.browser_guard import browser_guard, is_listed, listed_origins
 from localllm.server.errors import error_middleware
@@ -29,7 +29,8 @@ def create_app(config: Config, *, loaded: LoadedModel | None = None, loader: Mod
     model and leaves it running on shutdown (tests share one model load); otherwise the
     default model loads in the background while /health already answers."""
     keyring = KeyRing(config.server)  # first: a key source without keys is a ConfigError (fail closed)
-    middlewares = [error_middleware, browser_guard(config.server), auth_middleware]  # guard: Host, Origin
+    middlewares = [error_middleware, browser_guard(config.server), auth_middleware,  # guard: Host, Origin
+                   misc_routes.unknown_route_middleware]
     origins = listed_origins(config.server.cors_origins)
     if origins:
         middlewares.insert(0, cors_middleware(origins))
@@ -52,6 +53,7 @@ def create_app(config: Config, *, loaded: LoadedModel | None = None, loader: Mod
     openai_routes.setup(app)
     admin_routes.setup(app)
     model_routes.setup(app)
+    misc_routes.setup(app)
     return app
 
 

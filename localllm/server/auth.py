@@ -153,15 +153,18 @@ def is_loopback_peer(request: web.Request) -> bool:
 
 KEYRING_KEY = web.AppKey("keyring", KeyRing)
 _LIMITED_METHODS = {"POST"}  # generation and embeddings; reads like /v1/models are not counted
+KEYED_PATHS = frozenset({"/tokenize", "/detokenize", "/apply-template"})
+"""llama-server's routes outside /v1/ (misc_routes.py): keyed like /v1/."""
 
 
 @web.middleware
 async def auth_middleware(request: web.Request, handler) -> web.StreamResponse:
-    """Keys (Bearer or x-api-key) on /v1/ and /admin/ (and /metrics if asked), scopes, then per-key
-    limits on POSTs."""
+    """Keys (Bearer or x-api-key) on /v1/, /admin/ and KEYED_PATHS (and /metrics if asked), scopes, then
+    per-key limits on POSTs."""
     keyring = request.app[KEYRING_KEY]
     path = request.path
-    if not (path.startswith(("/v1/", "/admin/")) or (path == "/metrics" and keyring.metrics_require_key)):
+    if not (path.startswith(("/v1/", "/admin/")) or path in KEYED_PATHS
+            or (path == "/metrics" and keyring.metrics_require_key)):
         return await handler(request)
     key = _authenticate(request, keyring)
     request[KEY_ID] = key.name if key else ANONYMOUS

@@ -75,7 +75,12 @@ async def embeddings(request: web.Request) -> web.Response:
 
 
 async def list_models(request: web.Request) -> web.Response:
-    """Served models with their state (loaded / loading / failed), then local ones not loaded."""
+    return web.json_response({"object": "list", "data": await model_entries(request)})
+
+
+async def model_entries(request: web.Request) -> list[dict]:
+    """Served models with their state (loaded / loading / failed), then local ones not loaded:
+    /v1/models' list, and what GET /v1/models/{id} looks an id up in."""
     manager = request.app[MODEL_KEY]
     data, names = [], set()
     for served in manager.models:
@@ -87,7 +92,7 @@ async def list_models(request: web.Request) -> web.Response:
     for name in await asyncio.to_thread(local_model_names, request.app[CONFIG_KEY]):
         if name not in names:
             data.append({"id": name, "object": "model", "created": 0, "owned_by": "localllm", "status": "available"})
-    return web.json_response({"object": "list", "data": data})
+    return data
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:

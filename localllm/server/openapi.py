@@ -32,6 +32,12 @@ PATHS: dict[str, dict[str, dict]] = {
     "/v1/completions": {"post": _op("Text completion (OpenAI)", body=True, stream=True, errors=_GENERATION_ERRORS)},
     "/v1/embeddings": {"post": _op("Embeddings (OpenAI)", body=True, errors=_GENERATION_ERRORS)},
     "/v1/models": {"get": _op("Models served", errors=(401, 503))},
+    "/v1/models/{model_id}": {"get": _op("One model, as /v1/models lists it (OpenAI)", errors=(401, 404))},
+    "/tokenize": {"post": _op("Text to token ids, optionally with pieces (llama-server)", body=True,
+                              errors=(400, 401, 404, 503))},
+    "/detokenize": {"post": _op("Token ids to text (llama-server)", body=True, errors=(400, 401, 404, 503))},
+    "/apply-template": {"post": _op("Render chat messages with the model's template, no generation "
+                                    "(llama-server)", body=True, errors=(400, 401, 404, 503))},
     "/v1/stats": {"get": _op("Engine, slot and per-key statistics (JSON)", errors=(401, 503))},
     "/health": {"get": _op("Liveness: the process answers")},
     "/ready": {"get": _op("Readiness: model loaded and engine loop running", errors=(503,))},
