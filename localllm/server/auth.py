@@ -1,7 +1,7 @@
 """API keys with scopes (inference, admin), per-key limits (rate_limits.py) and per-key usage.
 
 Auth fails closed: once a key source is configured (api_key, admin_api_key, api_key_file)
-the server needs a key on /v1 and /admin, and a source that yields no key is an error,
+the server needs a key on /v1, /api (Ollama's) and /admin, and a source that yields no key is an error,
 never "no auth". Without any key source (single user on loopback), admin routes answer
 only to loopback peers.
 """
@@ -152,6 +152,11 @@ def is_loopback_peer(request: web.Request) -> bool:
 
 
 KEYRING_KEY = web.AppKey("keyring", KeyRing)
+KEYED_PREFIXES = ("/v1/", "/api/", "/admin/")
+OPEN_PATHS = frozenset({"/api/version"})
+"""Answer without a key, like /health: Ollama clients probe them to find the server; they reveal nothing."""
+ADMIN_API_PATHS = frozenset({"/api/pull", "/api/delete", "/api/create", "/api/copy", "/api/push"})
+"""Ollama's model administration: admin scope, like /admin/models/*."""
 _LIMITED_METHODS = {"POST"}  # generation and embeddings; reads like /v1/models are not counted
 KEYED_PATHS = frozenset({"/tokenize", "/detokenize", "/apply-template"})
 """llama-server's routes outside /v1/ (misc_routes.py): keyed like /v1/."""
@@ -159,12 +164,12 @@ KEYED_PATHS = frozenset({"/tokenize", "/detokenize", "/apply-template"})
 
 @web.middleware
 async def auth_middleware(request: web.Request, handler) -> web.StreamResponse:
-    """Keys (Bearer or x-api-key) on /v1/, /admin/ and KEYED_PATHS (and /metrics if asked), scopes, then
-    per-key limits on POSTs."""
+    """Keys (Bearer or x-api-key) on /v1/, /api/, /admin/ and KEYED_PATHS (and /metrics if asked), scopes,
+    then per-key limits on POSTs."""
     keyring = request.app[KEYRING_KEY]
     path = request.path
-    if not (path.startswith(("/v1/", "/admin/")) or path in KEYED_PATHS
-            or (path == "/metrics" and keyring.metrics_require_key)):
+    keyed = (path.startswith(KEYED_PREFIXES) and path not in OPEN_PATHS) or path in KEYED_PATHS
+    if not (keyed or (path == "/metrics" and keyring.metrics_require_key)):
         return await handler(request)
     key = _authenticate(request, keyring)
     request[KEY_ID] = key.name if key else ANONYMOUS
@@ -184,8 +189,9 @@ async def auth_middleware(request: web.Request, handler) -> web.StreamResponse:
 
 
 def needs_admin(request: web.Request) -> bool:
-    """/admin/*, and /v1/plan while rpc_servers is set: planning then connects to the RPC peers."""
-    if request.path.startswith("/admin/"):
+    """/admin/*, Ollama's pull/delete, and /v1/plan while rpc_servers is set: planning then connects
+    to the RPC peers."""
+    if request.path.startswith("/admin/") or request.path in ADMIN_API_PATHS:
         return True
     return request.path == "/v1/plan" and bool(request.app[CONFIG_KEY].engine.rpc_servers)
 

@@ -6,7 +6,7 @@ import dataclasses
 import logging
 import threading
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from aiohttp import web
 
@@ -127,7 +127,31 @@ async def pull_model(request: web.Request) -> web.StreamResponse:
     is being pulled, 429 past MAX_PULLS, 507 when the file would not fit the free disk.
     A client that leaves cancels the pull: its partial file is deleted, nothing registered."""
     body = await read_json(request)
-    ref, quant = body.get("model"), body.get("quant")
+    job = await start_pull(request, body.get("model"), body.get("quant"))
+    return await stream_pull(request, job, SseWriter(request))
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PullJob:
+    """A pull that passed its checks and holds its slot in PULLS_KEY until `stream_pull` ends it."""
+    store: ModelStore
+    target: PullTarget
+    key: tuple[str, str]
+    cancel: threading.Event
+
+
+class EventWriter(Protocol):
+    """How a pull's events reach the client: SSE here, NDJSON (or one JSON answer) for Ollama's /api/pull."""
+    response: web.StreamResponse
+
+    async def start(self) -> None: ...
+    async def send(self, payload: dict) -> None: ...
+    async def finish(self) -> None: ...
+
+
+async def start_pull(request: web.Request, ref: object, quant: object) -> PullJob:
+    """Checks a pull request (the errors listed in `pull_model`) and takes its slot; the caller
+    must hand the job to `stream_pull`, which releases the slot when the pull ends."""
     if not isinstance(ref, str) or not ref or (quant is not None and not isinstance(quant, str)):
         raise bad_request("model must be a name or ORG/REPO/FILE.gguf; quant a string", "model")
     if quant is not None and not is_valid_quant(quant):
@@ -160,15 +184,18 @@ async def pull_model(request: web.Request) -> web.StreamResponse:
     except BaseException:
         pulls.pop(key, None)
         raise
-    return await _stream_pull(request, store, target, key, cancel)
+    return PullJob(store, target, key, cancel)
 
 
-async def _stream_pull(request: web.Request, store: ModelStore, target: PullTarget,
-                       key: tuple[str, str], cancel: threading.Event) -> web.StreamResponse:
-    """Runs the pull on its own thread, forwarding its events; the slot in PULLS_KEY is held
-    until the thread has ended (cancelled or not), so a new pull never races its cleanup."""
+async def stream_pull(request: web.Request, job: PullJob, writer: EventWriter,
+                      convert: Callable[[dict[str, Any]], list[dict[str, Any]]] = lambda e: [e]
+                      ) -> web.StreamResponse:
+    """Runs the pull on its own thread, forwarding its events (each through `convert`, into the
+    wire's shape); the slot in PULLS_KEY is held until the thread has ended (cancelled or not),
+    so a new pull never races its cleanup."""
     config = request.app[CONFIG_KEY]
     pulls = request.app[PULLS_KEY]
+    store, target, cancel = job.store, job.target, job.cancel
     events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
     loop = asyncio.get_running_loop()
 
@@ -194,13 +221,13 @@ async def _stream_pull(request: web.Request, store: ModelStore, target: PullTarg
             return {"status": "error", "message": f"the pull of {target.name} failed; see the server log"}
 
     task = _on_thread(run, name=f"pull {target.name}")
-    task.add_done_callback(lambda _: pulls.pop(key, None))
-    sse = SseWriter(request)
+    task.add_done_callback(lambda _: pulls.pop(job.key, None))
     try:
-        await sse.start()
-        await _forward(request, sse, events, task)
-        await sse.send(task.result())
-        await sse.finish()
+        await writer.start()
+        await _forward(request, writer, events, task, convert)
+        for payload in convert(task.result()):
+            await writer.send(payload)
+        await writer.finish()
     except ConnectionError:
         cancel.set()  # the thread stops at its next chunk; hf deletes the partial file
         if not task.done():
@@ -208,11 +235,12 @@ async def _stream_pull(request: web.Request, store: ModelStore, target: PullTarg
     except asyncio.CancelledError:  # the handler itself was cancelled (shutdown, handler_cancellation)
         cancel.set()
         raise
-    return sse.response
+    return writer.response
 
 
-async def _forward(request: web.Request, sse: SseWriter, events: asyncio.Queue[dict[str, Any]],
-                   task: asyncio.Future[dict[str, Any]]) -> None:
+async def _forward(request: web.Request, writer: EventWriter, events: asyncio.Queue[dict[str, Any]],
+                   task: asyncio.Future[dict[str, Any]],
+                   convert: Callable[[dict[str, Any]], list[dict[str, Any]]]) -> None:
     """Sends the pull's progress events until it ends; raises ConnectionResetError once the
     client has gone, even while no event flows (a stalled hub, a long sha256)."""
     while not task.done() or not events.empty():
@@ -225,7 +253,8 @@ async def _forward(request: web.Request, sse: SseWriter, events: asyncio.Queue[d
             if not getter.done():
                 getter.cancel()
         if getter.done() and not getter.cancelled():
-            await sse.send(getter.result())
+            for payload in convert(getter.result()):
+                await writer.send(payload)
 
 
 def _on_thread(fn: Callable[[], T], name: str = "pull") -> asyncio.Future[T]:

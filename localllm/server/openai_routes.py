@@ -49,15 +49,28 @@ async def embeddings(request: web.Request) -> web.Response:
     body = await read_json(request)
     model = await require_model(request, body.get("model"))
     inputs = embedding_inputs(body.get("input"))
-    if len(inputs) > MAX_EMBEDDING_INPUTS:
-        raise bad_request(f"at most {MAX_EMBEDDING_INPUTS} inputs per request", "input")
     encoding = body.get("encoding_format", "float")
     if encoding not in ("float", "base64"):
         raise bad_request("encoding_format must be float or base64", "encoding_format")
     if body.get("dimensions") is not None:
         raise bad_request("dimensions is not supported: this model has a fixed embedding size", "dimensions")
+    vectors, num_tokens = await embed_inputs(request, model, inputs, keep_alive(body))
+    data = [{"object": "embedding", "index": i,
+             "embedding": base64.b64encode(v.astype("<f4").tobytes()).decode() if encoding == "base64" else v.tolist()}
+            for i, v in enumerate(vectors)]
+    return web.json_response({"object": "list", "data": data, "model": model.name,
+                              "usage": {"prompt_tokens": num_tokens, "total_tokens": num_tokens}})
+
+
+async def embed_inputs(request: web.Request, model: LoadedModel, inputs: list[str | list[int]],
+                       keep_alive_s: float | None) -> tuple[list, int]:
+    """The one embedding path of every protocol: bounds, lease, per-key token limits, the engine's
+    pooled and normalised vectors, and what the request log and usage read. Returns (vectors,
+    number of input tokens)."""
+    if len(inputs) > MAX_EMBEDDING_INPUTS:
+        raise bad_request(f"at most {MAX_EMBEDDING_INPUTS} inputs per request", "input")
     try:
-        with request.app[MODEL_KEY].lease(model, keep_alive(body)):
+        with request.app[MODEL_KEY].lease(model, keep_alive_s):
             vectors, num_tokens = await model.engine.embed(
                 inputs, max_total_tokens=MAX_EMBEDDING_TOKENS_PER_REQUEST,
                 on_tokens=functools.partial(reserve_embedding_tokens, request))  # tokens per minute
@@ -67,11 +80,7 @@ async def embeddings(request: web.Request) -> web.Response:
         raise queue_full() from None
     request[USAGE_TOKENS] = request[PROMPT_TOKENS] = num_tokens
     request[MODEL_NAME] = model.name
-    data = [{"object": "embedding", "index": i,
-             "embedding": base64.b64encode(v.astype("<f4").tobytes()).decode() if encoding == "base64" else v.tolist()}
-            for i, v in enumerate(vectors)]
-    return web.json_response({"object": "list", "data": data, "model": model.name,
-                              "usage": {"prompt_tokens": num_tokens, "total_tokens": num_tokens}})
+    return vectors, num_tokens
 
 
 async def list_models(request: web.Request) -> web.Response:

@@ -1,0 +1,52 @@
+"""Newline-delimited JSON streams, as Ollama's /api/* sends them: one JSON object per line."""
+from __future__ import annotations
+
+import json
+
+from aiohttp import web
+
+from localllm.server.request_log import REQUEST_ID
+
+
+class NdjsonWriter:
+    """Same interface as SseWriter (start, send, finish, response), so streams can share code."""
+
+    def __init__(self, request: web.Request, extra_headers: dict[str, str] | None = None) -> None:
+        self._request = request
+        self.response = web.StreamResponse(headers={
+            "Content-Type": "application/x-ndjson",
+            "Cache-Control": "no-cache",
+            "X-Accel-Buffering": "no",  # tell proxies not to buffer the stream
+            **({"X-Request-Id": request[REQUEST_ID]} if REQUEST_ID in request else {}),
+            **(extra_headers or {}),
+        })
+
+    async def start(self) -> None:
+        await self.response.prepare(self._request)
+
+    async def send(self, payload: dict) -> None:
+        """Raises ConnectionResetError (or a subclass) once the client has gone."""
+        await self.response.write(json.dumps(payload, ensure_ascii=False).encode() + b"\n")
+
+    async def finish(self) -> None:
+        await self.response.write_eof()
+
+
+class LastEventWriter:
+    """A stream answered as one JSON object (Ollama's `stream: false`): the last event sent, with
+    status 500 when it is an `{"error": ...}` line. Nothing is sent before `finish`."""
+
+    def __init__(self, extra_headers: dict[str, str] | None = None) -> None:
+        self._headers = extra_headers or {}
+        self._last: dict = {}
+        self.response: web.StreamResponse = web.json_response({})
+
+    async def start(self) -> None:
+        pass
+
+    async def send(self, payload: dict) -> None:
+        self._last = payload
+
+    async def finish(self) -> None:
+        status = 500 if "error" in self._last else 200
+        self.response = web.json_response(self._last, status=status, headers=self._headers)
