@@ -1,0 +1,322 @@
+"""The four families' call formats as streaming parsers (see calls.py for the shared rules).
+
+- hermes:  `<tool_call>{"name": N, "arguments": {...}}</tool_call>`, anywhere in the text, any number.
+- mistral: `[TOOL_CALLS][{"name": N, "arguments": {...}, "id": "abc123XYZ"}, ...]` (Nemo, Small 3.x)
+           and `[TOOL_CALLS]N[ARGS]{...}` / `[TOOL_CALLS]N[CALL_ID]abc123XYZ[ARGS]{...}` (Devstral,
+           Ministral 3, Mistral Small 3.2), anywhere in the text.
+- llama3:  the reply (after optional whitespace and `<|python_tag|>`) is a JSON call object
+           `{"name": N, "parameters": {...}}` (or a list of them); several may follow, separated by
+           whitespace or `;`. A reply that starts otherwise is text.
+- generic: the reply is one JSON object `{"tool_calls": [{"name", "arguments"}]}`,
+           `{"tool_call": {...}}` or `{"response": "text"}` (the response becomes content).
+"""
+from __future__ import annotations
+
+import json
+import re
+
+from localllm.chat.calls import (
+    MAX_ID_CHARS,
+    MAX_NAME_CHARS,
+    WS,
+    JsonScan,
+    StreamParser,
+    call_from,
+    loads,
+    loads_many,
+    partial_suffix,
+)
+
+PYTHON_TAG = "<|python_tag|>"
+_NAME_RUN = re.compile(r"[A-Za-z0-9_.:-]*")
+_ID_RUN = re.compile(r"[A-Za-z0-9_-]*")
+_ARGS, _CALL_ID = "[ARGS]", "[CALL_ID]"
+
+
+def _loads_or_none(text: str) -> object:
+    try:
+        return loads(text)
+    except ValueError:
+        return None
+
+
+class OpenerParser(StreamParser):
+    """A family whose calls start with a marker anywhere in the text (hermes, mistral)."""
+
+    opener = ""
+
+    def __init__(self, arguments_key: str) -> None:
+        super().__init__(arguments_key)
+        self._state = "text"
+
+    def _step(self) -> bool:
+        if self._state == "text":
+            return self._step_text()
+        return self._step_call()
+
+    def _step_call(self) -> bool:
+        raise NotImplementedError
+
+    def _step_text(self) -> bool:
+        if not self._skip_gap():
+            return False
+        i = self._buf.find(self.opener)
+        if i >= 0:
+            head = self._buf[:i]
+            text = head.rstrip(WS)  # whitespace before a call is dropped, unless it is no call
+            self._text(text)
+            self._raw, self._buf = head[len(text):] + self.opener, self._buf[i + len(self.opener):]
+            self._state = "open"
+            return True
+        if self._closed:
+            text = self._buf
+        else:  # hold what may start an opener, and trailing whitespace that may precede one
+            text = self._buf[:len(self._buf) - partial_suffix(self._buf, self.opener)].rstrip(WS)
+        self._text(text)
+        self._buf = self._buf[len(text):]
+        return False
+
+    def _finish(self, consumed: int, ok: bool) -> bool:
+        if ok:
+            self._emitted(consumed)
+        else:
+            self._give_back(consumed)
+        self._state = "text"
+        return True
+
+    def _scan_value(self) -> int | None:
+        """Where the JSON value at the start of the buffer ends; None: wait for more. On
+        truncation (end of output, or too long) or non-JSON, the call is given back."""
+        end = self._scan.end(self._buf)
+        if end is None and not (self._closed or self._too_long()):
+            return None
+        if end is None or end < 0:
+            self._finish(len(self._buf) if end is None else 0, ok=False)
+            return None
+        return end
+
+
+class HermesParser(OpenerParser):
+    opener, closer = "<tool_call>", "</tool_call>"
+
+    def __init__(self, arguments_key: str = "arguments") -> None:
+        super().__init__(arguments_key)
+        self._scan_from = 0
+
+    def _step_call(self) -> bool:
+        self._state = "body"
+        j = self._buf.find(self.closer, self._scan_from)
+        if j >= 0 or self._closed or self._too_long():
+            self._scan_from = 0
+        if j >= 0:
+            return self._finish(j + len(self.closer), self._block(self._buf[:j]))
+        if self._closed:  # lenient: a complete call whose closer never came still counts
+            return self._finish(len(self._buf), self._block(self._buf))
+        if self._too_long():
+            return self._finish(len(self._buf), ok=False)
+        self._scan_from = max(0, len(self._buf) - len(self.closer) + 1)
+        return False
+
+    def _block(self, body: str) -> bool:
+        values = loads_many(body)
+        if not values:
+            return False
+        items: list[object] = []
+        for value in values:
+            items.extend(value if isinstance(value, list) else [value])
+        return self.calls_in(items)
+
+
+class MistralParser(OpenerParser):
+    opener = "[TOOL_CALLS]"
+
+    def __init__(self, arguments_key: str = "arguments") -> None:
+        super().__init__(arguments_key)
+        self._scan = JsonScan()
+        self._name = ""
+        self._id: str | None = None
+
+    def _step_call(self) -> bool:
+        if self._state == "open":
+            return self._step_open()
+        if self._state == "named":
+            return self._step_named()
+        if self._state == "args" and self._scan.pos == 0 and not self._lstrip_into_raw():
+            return self._state == "text"
+        end = self._scan_value()
+        if end is None:
+            return self._state == "text"
+        value = _loads_or_none(self._buf[:end])
+        if self._state == "array":
+            return self._finish(end, isinstance(value, list) and self.calls_in(value, keep_ids=True))
+        call = call_from({"name": self._name, "arguments": value, "id": self._id}, self.arguments_key)
+        if isinstance(value, dict) and call is not None:
+            self._calls([call], keep_ids=True)
+            return self._finish(end, ok=True)
+        return self._finish(end, ok=False)
+
+    def _lstrip_into_raw(self) -> bool:
+        stripped = self._buf.lstrip(WS)
+        self._raw += self._buf[:len(self._buf) - len(stripped)]
+        self._buf = stripped
+        if stripped:
+            return True
+        if self._closed:
+            self._finish(0, ok=False)
+        return False
+
+    def _step_open(self) -> bool:
+        if not self._lstrip_into_raw():
+            return self._state == "text"
+        self._scan = JsonScan()
+        self._state = "array" if self._buf[0] == "[" else "named"
+        return True
+
+    def _step_named(self) -> bool:
+        header = _named_header(self._buf)
+        if header is None or (header == "more" and self._closed):
+            return self._finish(0, ok=False)
+        if header == "more":
+            return False
+        self._name, self._id, length = header
+        self._raw, self._buf = self._raw + self._buf[:length], self._buf[length:]
+        self._state = "args"
+        return True
+
+
+def _named_header(buf: str) -> tuple[str, str | None, int] | str | None:
+    """`NAME[ARGS]` or `NAME[CALL_ID]ID[ARGS]` at the start of buf: (name, id, length),
+    "more" while buf may still become one, None when it cannot."""
+    n = _NAME_RUN.match(buf).end()  # type: ignore[union-attr]
+    rest = buf[n:]
+    if n > MAX_NAME_CHARS or (n == 0 and rest):
+        return None
+    if not rest or _ARGS.startswith(rest) and len(rest) < len(_ARGS) or _CALL_ID.startswith(rest):
+        return "more"
+    if rest.startswith(_ARGS):
+        return buf[:n], None, n + len(_ARGS)
+    if not rest.startswith(_CALL_ID):
+        return None
+    start = n + len(_CALL_ID)
+    k = _ID_RUN.match(buf, start).end() - start  # type: ignore[union-attr]
+    tail = buf[start + k:]
+    if k > MAX_ID_CHARS or (k == 0 and tail):
+        return None
+    if not tail or (_ARGS.startswith(tail) and len(tail) < len(_ARGS)):
+        return "more"
+    if tail.startswith(_ARGS):
+        return buf[:n], buf[start:start + k], start + k + len(_ARGS)
+    return None
+
+
+class JsonReplyParser(StreamParser):
+    """A family whose reply is JSON from its first character (llama3, generic)."""
+
+    separators = WS
+
+    def __init__(self, arguments_key: str) -> None:
+        super().__init__(arguments_key)
+        self._state = "start"
+        self._scan = JsonScan()
+
+    def _step(self) -> bool:
+        if self._state == "plain":
+            if self._skip_gap():
+                self._text(self._buf)
+                self._buf = ""
+            return False
+        if self._state == "start":
+            return self._step_start()
+        end = self._scan.end(self._buf)
+        if end is None and not (self._closed or self._too_long()):
+            return False
+        if end is None or end < 0:  # truncated, too long, or not JSON: text
+            self._give_back(len(self._buf) if end is None else 0)
+            self._state = "plain"
+            return True
+        if self._reply(_loads_or_none(self._buf[:end])):
+            self._emitted(end)
+            self._state = self._after_reply()
+        else:
+            self._give_back(end)
+            self._state = "plain"
+        return True
+
+    def _step_start(self) -> bool:
+        if not self._skip_gap():
+            return False
+        stripped = self._buf.lstrip(self.separators if self.num_calls else WS)
+        if not stripped:
+            if self._closed:
+                self._give_back(len(self._buf))
+                self._state = "plain"
+            return False
+        verdict = self._prefix(stripped)
+        if verdict != "go":
+            return verdict == "again"
+        if stripped[0] == "{" or (stripped[0] == "[" and self.num_calls == 0):
+            self._raw += self._buf[:len(self._buf) - len(stripped)]
+            self._buf, self._scan, self._state = stripped, JsonScan(), "object"
+            return True
+        self._give_back(0)
+        self._state = "plain"
+        return True
+
+    def _prefix(self, stripped: str) -> str:
+        """A prefix allowed before the JSON: "go" (none here), "again" (consumed one, or gave
+        up and switched to plain text: step again) or "wait" (need more text)."""
+        return "go"
+
+    def _reply(self, value: object) -> bool:
+        raise NotImplementedError
+
+    def _after_reply(self) -> str:
+        return "plain"
+
+
+class Llama3Parser(JsonReplyParser):
+    separators = WS + ";"
+
+    def __init__(self, arguments_key: str = "parameters") -> None:
+        super().__init__(arguments_key)
+        self._tagged = False
+
+    def _prefix(self, stripped: str) -> str:
+        if self._tagged:
+            return "go"
+        if stripped.startswith(PYTHON_TAG):
+            self._raw += self._buf[:len(self._buf) - len(stripped)] + PYTHON_TAG
+            self._buf, self._tagged = stripped[len(PYTHON_TAG):], True
+            return "again"
+        if PYTHON_TAG.startswith(stripped):
+            if not self._closed:
+                return "wait"
+            self._give_back(len(self._buf))
+            self._state = "plain"
+            return "again"
+        return "go"
+
+    def _reply(self, value: object) -> bool:
+        return self.calls_in(value)
+
+    def _after_reply(self) -> str:
+        self._tagged = False
+        return "start"
+
+
+class GenericParser(JsonReplyParser):
+    def __init__(self, arguments_key: str = "arguments") -> None:
+        super().__init__(arguments_key)
+
+    def _reply(self, value: object) -> bool:
+        if not isinstance(value, dict):
+            return False
+        if "tool_calls" in value:
+            return self.calls_in(value["tool_calls"])
+        if "tool_call" in value:
+            return isinstance(value["tool_call"], dict) and self.calls_in(value["tool_call"])
+        if "response" in value:
+            response = value["response"]
+            self._text(response if isinstance(response, str) else json.dumps(response, ensure_ascii=False))
+            return True
+        return False

@@ -1,0 +1,308 @@
+"""chat/output.py: each family's model output -> content, reasoning and tool calls, the same for
+every way the output can arrive in pieces (whole, every split into two, one character at a time).
+
+Outputs are the ones llama.cpp's tests/test-chat.cpp expects each family's models to write
+(Hermes 2 Pro / Qwen2.5 `<tool_call>`, Llama 3.x JSON, Mistral Nemo `[TOOL_CALLS][...]`, Mistral
+Small 3.2 / Devstral `[TOOL_CALLS]name[ARGS]`, QwQ / DeepSeek-R1 `</think>` with the prompt's
+`<think>` forced open), plus malformed and truncated ones.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+
+import pytest
+
+from localllm.chat.families import FAMILIES, GENERIC, HERMES, LLAMA3, MISTRAL, Family, with_reasoning
+from localllm.chat.output import OutputParser, fold, tool_calls
+from localllm.chat.types import (
+    OutputEvent,
+    ReasoningDelta,
+    TextDelta,
+    ToolCall,
+    ToolCallArguments,
+    ToolCallStarted,
+)
+
+QWEN3 = with_reasoning(HERMES)
+GENERATED_ID = re.compile(r"call_[A-Za-z0-9]{24}")
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    family: Family
+    output: str
+    content: str = ""
+    reasoning: str = ""
+    calls: list[tuple[str, dict]] = field(default_factory=list)
+    ids: list[str] | None = None
+    """The model's own call ids (mistral), else generated ones are expected."""
+    starts_in_reasoning: bool = False
+    parse_tools: bool = True
+    parse_reasoning: bool = True
+
+    def parser(self) -> OutputParser:
+        return OutputParser(self.family, parse_tools=self.parse_tools,
+                            starts_in_reasoning=self.starts_in_reasoning, parse_reasoning=self.parse_reasoning)
+
+
+def run(case: Case, chunks: list[str]) -> list[OutputEvent]:
+    parser = case.parser()
+    events: list[OutputEvent] = []
+    for chunk in chunks:
+        events.extend(parser.feed(chunk))
+    events.extend(parser.close())
+    return events
+
+
+def splits(text: str):
+    yield "whole", [text]
+    for i in range(1, len(text)):
+        yield f"at {i}", [text[:i], text[i:]]
+    yield "characters", list(text)
+
+
+def check_events(events: list[OutputEvent], case: Case) -> None:
+    """Every event stream is well formed: no empty deltas, each call started once, in index
+    order, before its arguments; the argument pieces make one JSON object."""
+    started: list[int] = []
+    for event in events:
+        if isinstance(event, (TextDelta, ReasoningDelta)):
+            assert event.text, events
+        elif isinstance(event, ToolCallStarted):
+            assert event.index == len(started), events
+            started.append(event.index)
+        else:
+            assert isinstance(event, ToolCallArguments)
+            assert started and event.index == started[-1], events
+    for call in tool_calls(events):
+        assert isinstance(json.loads(call.arguments), dict)
+    if case.ids is None:
+        assert all(GENERATED_ID.fullmatch(call.id) for call in tool_calls(events)), events
+
+
+def check(case: Case) -> None:
+    for how, chunks in splits(case.output):
+        events = run(case, chunks)
+        check_events(events, case)
+        answer = fold(events)
+        got = (answer.content, answer.reasoning, [(c.name, json.loads(c.arguments)) for c in answer.tool_calls])
+        assert got == (case.content, case.reasoning, case.calls), f"{case.name}, split {how}"
+        if case.ids is not None:
+            assert [c.id for c in answer.tool_calls] == case.ids, f"{case.name}, split {how}"
+
+
+HELLO = "Hello, world!\nWhat's up?"
+SPECIAL = ("special_function", {"arg1": 1})
+WITH_OPT = ("special_function_with_opt", {"arg1": 1, "arg2": 2})
+
+HERMES_CASES = [
+    Case("plain", HERMES, HELLO, content=HELLO),
+    Case("one call (Hermes 2 Pro)", HERMES,
+         '<tool_call>\n{"name": "special_function", "arguments": {"arg1": 1}}</tool_call>', calls=[SPECIAL]),
+    Case("text then call", HERMES,
+         HELLO + '<tool_call>\n{"name": "special_function", "arguments": {"arg1": 1}}</tool_call>',
+         content=HELLO, calls=[SPECIAL]),
+    Case("two calls, newlines between (Qwen2.5)", HERMES,
+         '<tool_call>\n{"name": "special_function", "arguments": {"arg1": 1}}\n</tool_call>\n'
+         '<tool_call>\n{"name": "special_function_with_opt", "arguments": {"arg1": 1, "arg2": 2}}\n</tool_call>\n',
+         calls=[SPECIAL, WITH_OPT]),
+    Case("text, call, text", HERMES,
+         'Let me check.\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris <tool_call>"}}\n'
+         '</tool_call>\nDone.', content="Let me check.\nDone.", calls=[("get_weather", {"city": "Paris <tool_call>"})]),
+    Case("arguments as a JSON string, unicode", HERMES,
+         '<tool_call>{"name": "say", "arguments": "{\\"text\\": \\"h\\u00e9 \\u2603\\"}"}</tool_call>',
+         calls=[("say", {"text": "hé ☃"})]),
+    Case("no arguments", HERMES, '<tool_call>{"name": "now"}</tool_call>', calls=[("now", {})]),
+    Case("two calls in one block", HERMES,
+         '<tool_call>\n{"name": "a", "arguments": {}}\n{"name": "b", "arguments": {"x": [1, 2]}}\n</tool_call>',
+         calls=[("a", {}), ("b", {"x": [1, 2]})]),
+    Case("closer never written", HERMES, 'Sure.\n<tool_call>\n{"name": "a", "arguments": {"k": "v"}}\n',
+         content="Sure.", calls=[("a", {"k": "v"})]),
+    Case("malformed JSON is text", HERMES, 'A <tool_call>{"name": "a", "arguments": {]}</tool_call> B',
+         content='A <tool_call>{"name": "a", "arguments": {]}</tool_call> B'),
+    Case("name not a string is text", HERMES, '<tool_call>{"name": 3, "arguments": {}}</tool_call>',
+         content='<tool_call>{"name": 3, "arguments": {}}</tool_call>'),
+    Case("arguments not an object is text", HERMES, '<tool_call>{"name": "a", "arguments": [1]}</tool_call>',
+         content='<tool_call>{"name": "a", "arguments": [1]}</tool_call>'),
+    Case("NaN is not JSON", HERMES, '<tool_call>{"name": "a", "arguments": {"x": NaN}}</tool_call>',
+         content='<tool_call>{"name": "a", "arguments": {"x": NaN}}</tool_call>'),
+    Case("a bad call among good ones", HERMES,
+         '<tool_call>{"name": "a", "arguments": {}}</tool_call>\n<tool_call>oops</tool_call>\n'
+         '<tool_call>{"name": "b", "arguments": {}}</tool_call>',
+         content="<tool_call>oops</tool_call>", calls=[("a", {}), ("b", {})]),
+    Case("truncated call (max_tokens) is text", HERMES,
+         'Hi <tool_call>\n{"name": "a", "arguments": {"k": "v',
+         content='Hi <tool_call>\n{"name": "a", "arguments": {"k": "v'),
+    Case("opener prefix at the end is text", HERMES, "a < b <tool", content="a < b <tool"),
+    Case("near-openers are text", HERMES, "<tool_calls> <tool_cal> </tool_call>",
+         content="<tool_calls> <tool_cal> </tool_call>"),
+    Case("parse_tools off", HERMES, 'x <tool_call>{"name": "a", "arguments": {}}</tool_call>',
+         content='x <tool_call>{"name": "a", "arguments": {}}</tool_call>', parse_tools=False),
+]
+
+LLAMA3_CASES = [
+    Case("plain", LLAMA3, HELLO, content=HELLO),
+    Case("bare call (Llama 3.1)", LLAMA3, '{"name": "special_function", "parameters": {"arg1": 1}}',
+         calls=[SPECIAL]),
+    Case("python tag", LLAMA3, '<|python_tag|>{"name": "special_function", "parameters": {"arg1": 1}}',
+         calls=[SPECIAL]),
+    Case("type function, arguments key", LLAMA3,
+         '\n{"type": "function", "name": "special_function", "arguments": {"arg1": 1}}\n', calls=[SPECIAL]),
+    Case("several calls separated by ;", LLAMA3,
+         '{"name": "special_function", "parameters": {"arg1": 1}}; '
+         '{"name": "special_function_with_opt", "parameters": {"arg1": 1, "arg2": 2}}', calls=[SPECIAL, WITH_OPT]),
+    Case("a list of calls", LLAMA3, '[{"name": "a", "parameters": {}}, {"name": "b", "parameters": {}}]',
+         calls=[("a", {}), ("b", {})]),
+    Case("call then text", LLAMA3, '{"name": "a", "parameters": {"q": "}"}}\nI called a.',
+         content="I called a.", calls=[("a", {"q": "}"})]),
+    Case("JSON that is no call is text", LLAMA3, '{"answer": 42, "name": null}',
+         content='{"answer": 42, "name": null}'),
+    Case("a call after text is text", LLAMA3, 'Sure: {"name": "a", "parameters": {}}',
+         content='Sure: {"name": "a", "parameters": {}}'),
+    Case("truncated call is text", LLAMA3, '<|python_tag|>{"name": "a", "parameters": {"q": [1, ',
+         content='<|python_tag|>{"name": "a", "parameters": {"q": [1, '),
+    Case("python tag then no JSON is text", LLAMA3, '<|python_tag|>brave_search.call(query="x")',
+         content='<|python_tag|>brave_search.call(query="x")'),
+    Case("parse_tools off", LLAMA3, '{"name": "a", "parameters": {}}', content='{"name": "a", "parameters": {}}',
+         parse_tools=False),
+]
+
+MISTRAL_CASES = [
+    Case("plain", MISTRAL, HELLO, content=HELLO),
+    Case("JSON list with id (Nemo)", MISTRAL,
+         '[TOOL_CALLS][{"name": "special_function", "arguments": {"arg1": 1}, "id": "123456789"}]',
+         calls=[SPECIAL], ids=["123456789"]),
+    Case("JSON list, two calls, space after opener", MISTRAL,
+         '[TOOL_CALLS] [{"name": "a", "arguments": {"x": "[TOOL_CALLS]"}, "id": "abcDEF123"}, '
+         '{"name": "b", "arguments": {}, "id": "ghiJKL456"}]',
+         calls=[("a", {"x": "[TOOL_CALLS]"}), ("b", {})], ids=["abcDEF123", "ghiJKL456"]),
+    Case("name[ARGS] (Devstral)", MISTRAL, '[TOOL_CALLS]special_function[ARGS]{"arg1": 1}', calls=[SPECIAL]),
+    Case("text then name[ARGS]", MISTRAL, HELLO + '[TOOL_CALLS]special_function[ARGS]{"arg1": 1}',
+         content=HELLO, calls=[SPECIAL]),
+    Case("two calls with [CALL_ID] (Mistral Small 3.2)", MISTRAL,
+         '[TOOL_CALLS]special_function[CALL_ID]000000001[ARGS]{"arg1": 1}'
+         '[TOOL_CALLS]special_function_with_opt[CALL_ID]000000002[ARGS]{"arg1": 1, "arg2": 2}',
+         calls=[SPECIAL, WITH_OPT], ids=["000000001", "000000002"]),
+    Case("opener with no call is text", MISTRAL, "See [TOOL_CALLS] here [TOOL", content="See [TOOL_CALLS] here [TOOL"),
+    Case("bad name is text", MISTRAL, '[TOOL_CALLS]bad name[ARGS]{}', content='[TOOL_CALLS]bad name[ARGS]{}'),
+    Case("list with a non-call is text", MISTRAL, '[TOOL_CALLS][{"name": "a", "arguments": {}}, 3]',
+         content='[TOOL_CALLS][{"name": "a", "arguments": {}}, 3]'),
+    Case("truncated is text", MISTRAL, 'ok [TOOL_CALLS]f[ARGS]{"a": "', content='ok [TOOL_CALLS]f[ARGS]{"a": "'),
+]
+
+GENERIC_CASES = [
+    Case("plain", GENERIC, HELLO, content=HELLO),
+    Case("tool_calls", GENERIC,
+         '{"tool_calls": [{"name": "special_function", "arguments": {"arg1": 1}}, '
+         '{"name": "special_function_with_opt", "arguments": {"arg1": 1, "arg2": 2}}]}',
+         calls=[SPECIAL, WITH_OPT]),
+    Case("tool_call", GENERIC, ' {"tool_call": {"name": "special_function", "arguments": {"arg1": 1}}}\n',
+         calls=[SPECIAL]),
+    Case("response", GENERIC, '{"response": "Hello, \\"world\\"!"}', content='Hello, "world"!'),
+    Case("other JSON is text", GENERIC, '{"answer": 1}', content='{"answer": 1}'),
+    Case("empty tool_calls is text", GENERIC, '{"tool_calls": []}', content='{"tool_calls": []}'),
+    Case("truncated is text", GENERIC, '{"tool_calls": [{"name": "a", "argu',
+         content='{"tool_calls": [{"name": "a", "argu'),
+]
+
+REASONING_CASES = [
+    Case("think block then text (Qwen3)", QWEN3, "<think>\nI'm\nthinking\n</think>\n\n" + HELLO,
+         content=HELLO, reasoning="I'm\nthinking"),
+    Case("forced open (QwQ)", QWEN3, "Let me think about this...\n</think>\nThe answer is 42.",
+         content="The answer is 42.", reasoning="Let me think about this...", starts_in_reasoning=True),
+    Case("forced open, empty reasoning (DeepSeek-R1)", QWEN3, "</think>" + HELLO, content=HELLO,
+         starts_in_reasoning=True),
+    Case("forced open on a family without markers", HERMES, "I'm\nthinking</think>" + HELLO,
+         content=HELLO, reasoning="I'm\nthinking", starts_in_reasoning=True),
+    Case("reasoning then call", QWEN3,
+         "<think>\nI'm\nthinking\n</think>\n\n"
+         '<tool_call>\n{"name": "special_function", "arguments": {"arg1": 1}}\n</tool_call>',
+         reasoning="I'm\nthinking", calls=[SPECIAL]),
+    Case("call opener inside reasoning is reasoning", QWEN3,
+         '<think>Maybe <tool_call>{"name": "a"}</tool_call>?</think>OK',
+         content="OK", reasoning='Maybe <tool_call>{"name": "a"}</tool_call>?'),
+    Case("never closed: all reasoning", QWEN3, "<think>\nStill thinking </thi", reasoning="Still thinking </thi"),
+    Case("forced open, never closed", QWEN3, "Hmm, so", reasoning="Hmm, so", starts_in_reasoning=True),
+    Case("no think block", QWEN3, "  " + HELLO, content="  " + HELLO),
+    Case("think later in the text is content", QWEN3, "Hi <think>x</think>", content="Hi <think>x</think>"),
+    Case("family without markers keeps them", HERMES, "<think>x</think>y", content="<think>x</think>y"),
+    Case("parse_reasoning off keeps the text", QWEN3, "<think>x</think>y", content="<think>x</think>y",
+         parse_reasoning=False),
+    Case("parse_reasoning off, forced open: opener put back", QWEN3, "x\n</think>y", content="<think>x\n</think>y",
+         parse_reasoning=False, starts_in_reasoning=True),
+    Case("reasoning on a llama3 family", with_reasoning(LLAMA3),
+         '<think>call it</think>\n{"name": "a", "parameters": {}}', reasoning="call it", calls=[("a", {})]),
+    Case("reasoning on a mistral family", with_reasoning(MISTRAL),
+         "<think>x</think>[TOOL_CALLS]f[ARGS]{}", reasoning="x", calls=[("f", {})]),
+]
+
+ALL_CASES = HERMES_CASES + LLAMA3_CASES + MISTRAL_CASES + GENERIC_CASES + REASONING_CASES
+
+
+@pytest.mark.parametrize("case", ALL_CASES, ids=[f"{c.family.name}-{c.name}" for c in ALL_CASES])
+def test_every_split_folds_to_the_same_answer(case: Case) -> None:
+    check(case)
+
+
+def test_families_covered() -> None:
+    assert {c.family.name for c in ALL_CASES} == set(FAMILIES)
+
+
+def feed_all(parser: OutputParser, *chunks: str) -> list[list[OutputEvent]]:
+    return [parser.feed(chunk) for chunk in chunks]
+
+
+def test_text_goes_out_as_soon_as_it_cannot_open_a_call() -> None:
+    parser = OutputParser(HERMES, parse_tools=True)
+    assert feed_all(parser, "Hello", " <to", "y>", " <tool_call>", '{"name": "f"}') == [
+        [TextDelta("Hello")], [], [TextDelta(" <toy>")], [], []]
+    started, arguments = parser.feed("</tool_call>")
+    assert isinstance(started, ToolCallStarted) and (started.index, started.name) == (0, "f")
+    assert arguments == ToolCallArguments(0, "{}")
+    assert parser.feed(" bye") == [TextDelta(" bye")]  # text came before the call: the gap stays
+    assert parser.close() == []
+
+
+def test_streaming_order_per_family() -> None:
+    llama = OutputParser(LLAMA3, parse_tools=True)
+    assert llama.feed("Sure") == [TextDelta("Sure")]  # not JSON: passed on at once
+    mistral = OutputParser(MISTRAL, parse_tools=True)
+    assert mistral.feed("ok [TOOL") == [TextDelta("ok")]
+    assert mistral.feed("S]") == [TextDelta(" [TOOLS]")]
+    reasoning = OutputParser(QWEN3, parse_tools=True)
+    assert reasoning.feed("<thi") == []
+    assert reasoning.feed("nk>step one ") == [ReasoningDelta("step one")]
+    assert reasoning.feed("</th") == []
+    assert reasoning.feed("ink>\nAnswer") == [TextDelta("Answer")]
+    assert reasoning.close() == []
+
+
+def test_fold_helpers() -> None:
+    events = [TextDelta("a"), ToolCallStarted(1, "call_2", "g"), ToolCallStarted(0, "call_1", "f"),
+              ToolCallArguments(0, '{"x": '), ToolCallArguments(1, "{}"), ToolCallArguments(0, "1}"),
+              ReasoningDelta("r"), TextDelta("b")]
+    assert tool_calls(events) == [ToolCall("call_1", "f", '{"x": 1}'), ToolCall("call_2", "g", "{}")]
+    answer = fold(events)
+    assert (answer.content, answer.reasoning) == ("ab", "r")
+
+
+def test_ids_are_fresh_per_call() -> None:
+    case = HERMES_CASES[3]
+    ids = [c.id for c in fold(run(case, [case.output])).tool_calls + fold(run(case, [case.output])).tool_calls]
+    assert len(set(ids)) == 4
+
+
+@pytest.mark.parametrize("text", [
+    "[" * 100_000, "{" * 100_000 + "}" * 100_000, '"\\' * 1000, "\x00\ud800\uffff",
+    '{"name": "a", "arguments": {"x": 1e999}}', '{"name": "a", "arguments": {"x": ' + "9" * 5000 + "}}",
+])
+@pytest.mark.parametrize("family", [HERMES, LLAMA3, MISTRAL, GENERIC, QWEN3])
+def test_hostile_output_never_raises_and_comes_back_as_text(family: Family, text: str) -> None:
+    for output in (text, "<tool_call>" + text + "</tool_call>", "[TOOL_CALLS]" + text, "<think>" + text):
+        parser = OutputParser(family, parse_tools=True)
+        answer = fold(parser.feed(output) + parser.close())
+        assert not answer.tool_calls
+        assert answer.content + answer.reasoning in (output, output.strip(), text.strip(), text)
