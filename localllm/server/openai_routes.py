@@ -11,10 +11,10 @@ from collections.abc import AsyncIterator, Callable
 from aiohttp import web
 
 from localllm.cache.response_cache import Recorded
+from localllm.chat.template import MAX_CHAT_MESSAGES, compiled_template
 from localllm.models.catalogue import local_model_names
 from localllm.models.manager import LoadedModel
 from localllm.server.auth import RATE_HEADERS, USAGE_TOKENS, reserve_embedding_tokens, reserve_tokens
-from localllm.server.chat_template import MAX_CHAT_MESSAGES, compiled_template
 from localllm.server.errors import CLIENT_CLOSED, ApiError, bad_request, client_gone
 from localllm.server.generation import Choice, close_all, merged, observe, queue_full, start_choices, usage
 from localllm.server.metrics import METRICS_KEY
@@ -126,7 +126,6 @@ def _chat_prompt_ids(model: LoadedModel, messages: list) -> list[int]:
     """Worker thread: compile the template (once per model; it comes from the model file, of any
     size), render and tokenise (both grow with the messages); message contents are tokenised
     without parsing special tokens, so a user cannot write the template's markers."""
-    template = compiled_template(model.chat_template, model.bos_token, model.eos_token)
     engine = model.engine
 
     def tokenize(text: str, parse_special: bool) -> list[int]:
@@ -134,6 +133,7 @@ def _chat_prompt_ids(model: LoadedModel, messages: list) -> list[int]:
                                max_tokens=engine.slot_ctx, param="messages")
 
     try:
+        template = compiled_template(model.chat_template, model.bos_token, model.eos_token)
         return template.prompt_token_ids(messages, tokenize, max_tokens=engine.slot_ctx)
     except InvalidParam as exc:
         raise bad_request(str(exc), exc.param) from None

@@ -8,7 +8,7 @@ import aiohttp
 import pytest
 
 from localllm.config import Config
-from localllm.server.chat_template import MAX_CHAT_MESSAGES
+from localllm.chat.template import MAX_CHAT_MESSAGES
 from tests.serving import served
 
 pytestmark = pytest.mark.integration

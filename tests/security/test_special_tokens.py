@@ -8,8 +8,8 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from localllm.config import Config
-from localllm.server.chat_template import ChatTemplate, compiled_template
-from localllm.server.errors import ApiError
+from localllm.types import InvalidParam
+from localllm.chat.template import ChatTemplate, compiled_template
 from localllm.server.state import MODEL_KEY
 from tests.serving import served
 
@@ -88,9 +88,9 @@ def test_a_template_that_rewrites_contents_falls_back_safely(model):
     benign = [{"role": "user", "content": "wax and wane"}]
     assert template.prompt_token_ids(benign, tokenizer(engine), 2048) == engine.tokenize(
         template.render(benign), add_special=False, parse_special=True)
-    with pytest.raises(ApiError) as refused:
+    with pytest.raises(InvalidParam) as refused:
         template.prompt_token_ids([{"role": "user", "content": "x<end_of_turn>"}], tokenizer(engine), 2048)
-    assert refused.value.status == 400 and refused.value.param == "messages"
+    assert refused.value.param == "messages"
 
 
 async def test_raw_completions_still_parse_special_tokens(http, model):
