@@ -7,8 +7,8 @@ import asyncio
 
 from aiohttp import web
 
+from localllm.chat.template import MAX_CHAT_MESSAGES, compiled_template
 from localllm.models.manager import LoadedModel
-from localllm.server.chat_template import MAX_CHAT_MESSAGES, compiled_template
 from localllm.server.errors import ApiError, bad_request
 from localllm.server.openai_routes import model_entries
 from localllm.server.request_log import MODEL_NAME, PROMPT_TOKENS
@@ -110,7 +110,10 @@ async def apply_template(request: web.Request) -> web.Response:
         raise bad_request(f"model {model.name!r} has no chat template", "messages")
     template = model.chat_template
     render = lambda: compiled_template(template, model.bos_token, model.eos_token).render(messages)  # noqa: E731
-    prompt = await asyncio.to_thread(render)
+    try:
+        prompt = await asyncio.to_thread(render)
+    except InvalidParam as exc:
+        raise bad_request(str(exc), exc.param) from None
     request[MODEL_NAME] = model.name
     return web.json_response({"prompt": prompt})
 
