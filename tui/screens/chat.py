@@ -43,6 +43,19 @@ class ReplyStats:
         return " · ".join(parts)
 
 
+def show_delta(reply: ChatMessage, delta: dict) -> bool:
+    """Put one choice's delta on screen, each kind in its own place; True if it carried output."""
+    reasoning, content = delta.get("reasoning_content"), delta.get("content")
+    fragments = delta.get("tool_calls")
+    if isinstance(reasoning, str) and reasoning:
+        reply.append_reasoning(reasoning)
+    if isinstance(content, str) and content:
+        reply.append(content)
+    for fragment in fragments if isinstance(fragments, list) else []:
+        reply.add_tool_call(fragment)
+    return bool(reasoning or content or fragments)
+
+
 class ChatScreen(Screen):
     CSS_PATH = "../styles/chat.tcss"
     BINDINGS = [Binding("escape", "stop", "Stop"), Binding("ctrl+l", "clear", "New")]
@@ -115,12 +128,10 @@ class ChatScreen(Screen):
         try:
             async for chunk in self.app.client.chat(model, list(self.history), max_tokens=self.app.max_tokens):
                 for choice in chunk.get("choices") or []:
-                    piece = (choice.get("delta") or {}).get("content")
-                    if piece:
+                    if show_delta(reply, choice.get("delta") or {}):
                         stats.last_token_s = time.monotonic()
                         stats.first_token_s = stats.first_token_s or stats.last_token_s
                         stats.num_chunks += 1
-                        reply.append(piece)
                     finish = choice.get("finish_reason") or finish
                 if chunk.get("usage"):
                     stats.num_completion_tokens = chunk["usage"].get("completion_tokens")
@@ -139,7 +150,10 @@ class ChatScreen(Screen):
     def _finish(self, reply: ChatMessage, stats: ReplyStats, outcome: str) -> None:
         self.streaming = False
         self.outcome = outcome
-        if reply.body:
+        reply.finish()
+        if reply.body or reply.reasoning_text or reply.tool_calls:
+            # only the text goes back: reasoning is not resent (OpenAI's rule), and calls the
+            # TUI cannot run would need tool results the next request cannot give
             self.history.append({"role": "assistant", "content": reply.body})
         else:
             self.history.pop()  # nothing came back: forget the question too, so roles keep alternating
