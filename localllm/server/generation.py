@@ -45,19 +45,6 @@ class Choice:
         self.error = delta.error or self.error
 
 
-def usage(choices: list[Choice], n: int) -> dict:
-    """OpenAI usage; each prompt counts once, however many (n) choices sample from it."""
-    firsts = choices[::n]
-    prompt_tokens = sum(c.num_prompt_tokens for c in firsts)
-    completion_tokens = sum(c.num_generated_tokens for c in choices)
-    return {
-        "prompt_tokens": prompt_tokens,
-        "completion_tokens": completion_tokens,
-        "total_tokens": prompt_tokens + completion_tokens,
-        "prompt_tokens_details": {"cached_tokens": sum(c.num_cached_tokens for c in firsts)},
-    }
-
-
 async def start_choices(engine: AsyncEngine, gen: GenerationRequest, add_special: bool, cache_namespace: str = "",
                         reserve: Callable[[list[list[int]]], None] | None = None) -> list[RequestStream]:
     """Queues every choice, or none: every prompt is tokenised (off the event loop) and checked

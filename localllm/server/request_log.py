@@ -3,7 +3,7 @@ unless `log_prompts` is on and the level is debug.
 
 The middleware reads what the handlers leave on the request; the keys below are for them:
 `KEY_ID` and `USAGE_TOKENS` (auth.py) already exist; generation handlers set `MODEL_NAME`,
-`PROMPT_TOKENS`, `COMPLETION_TOKENS` and `TTFT_S` (seconds from receipt to the first token)
+`PROMPT_TOKENS`, `COMPLETION_TOKENS`, `TTFT_S` and `PROTOCOL` (seconds from receipt to the first token)
 when they know them, and may replace `REQUEST_ID` by their completion id. Missing values
 print as `-`.
 """
@@ -33,6 +33,9 @@ PROMPT_TOKENS = web.RequestKey("prompt_tokens", int)
 COMPLETION_TOKENS = web.RequestKey("completion_tokens", int)
 TTFT_S = web.RequestKey("ttft_s", float)
 """Seconds from RECEIVED_S to the first generated token."""
+PROTOCOL = web.RequestKey("protocol", str)
+"""Which protocol adapter served a generation: "openai.chat", "openai.completions",
+"openai.responses", "anthropic", "ollama" (set by server/chat_path.py)."""
 
 QUIET_PATHS = frozenset({"/health", "/ready", "/metrics"})
 """Probes and scrapes: logged at debug level only."""
@@ -79,12 +82,13 @@ async def request_log_middleware(request: web.Request, handler) -> web.StreamRes
 
 
 def format_line(request: web.Request, status: int, duration_s: float) -> str:
-    """`id=... method=... path=... status=... model=... key=... prompt_tokens=... ...`."""
+    """`id=... method=... path=... protocol=... status=... model=... key=... prompt_tokens=... ...`."""
     ttft_s = request.get(TTFT_S)
     fields = {
         "id": request.get(REQUEST_ID),
         "method": request.method,
         "path": request.path,
+        "protocol": request.get(PROTOCOL),
         "status": status,
         "model": request.get(MODEL_NAME),
         "key": request.get(KEY_ID),

@@ -7,13 +7,13 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from localllm.server import openai_routes
+from localllm.server import chat_path
 from tests.api.fake_model import api_config, api_server
 from tests.api.loop_probe import record_loop_calls
 
 
 async def test_the_response_cache_key_is_computed_off_the_event_loop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    on_loop = record_loop_calls(monkeypatch, openai_routes, "key_for")
+    on_loop = record_loop_calls(monkeypatch, chat_path, "key_for")
     config = api_config(tmp_path, cache_enabled=True, cache_dir=str(tmp_path / "cache"))
     body = {"messages": [{"role": "user", "content": "hi"}], "temperature": 0, "max_tokens": 4}
     async with api_server(config) as server, aiohttp.ClientSession(base_url=str(server.make_url("/"))) as http:

@@ -21,7 +21,7 @@ from localllm.server.request_log import MODEL_NAME, request_log_middleware
 from tests.serving import served
 
 pytestmark = pytest.mark.integration
-FIELDS = ["id", "method", "path", "status", "model", "key", "prompt_tokens", "completion_tokens", "tokens",
+FIELDS = ["id", "method", "path", "protocol", "status", "model", "key", "prompt_tokens", "completion_tokens", "tokens",
           "ttft_ms", "duration_ms"]
 FORGED = "\nlocalllm.requests: request id=forged status=200\x1b[2K\r"
 
