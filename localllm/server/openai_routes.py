@@ -9,6 +9,7 @@ from aiohttp import web
 
 from localllm.chat.types import TextDelta
 from localllm.models.catalogue import local_model_names
+from localllm.models.manager import LoadedModel
 from localllm.server.auth import USAGE_TOKENS, reserve_embedding_tokens
 from localllm.server.chat_path import (
     ChatCall, ChoiceResult, Failed, Finished, Logprobs, Usage, open_chat, open_completion,
