@@ -10,10 +10,11 @@ import sys
 from pathlib import Path
 from typing import Callable
 
+from localllm.chat.families import detect_family
 from localllm.config import Config, ConfigError
 from localllm.models.gguf import GGUFError, read_gguf
 from localllm.models.catalogue import open_store
-from localllm.models.registry import CatalogueError, UnknownModel
+from localllm.models.registry import CatalogueError, ModelSpec, UnknownModel
 from localllm.models.store import ModelFileError, ModelStore
 
 COMMANDS = ("pull", "list", "show", "rm", "plan")
@@ -155,10 +156,24 @@ def _show(args: argparse.Namespace, config: Config, store: ModelStore) -> int:
         ("sliding window", str(info.sliding_window or "-")), ("vocabulary", str(info.vocab_size)),
         ("weights", f"{info.tensor_bytes / MIB:,.0f} MiB in {len(info.tensors)} tensors"),
         ("chat template", template),
+        *_tool_rows(spec.chat_template if spec and spec.chat_template else info.chat_template, spec),
     ]
     for key, value in rows:
         print(f"{key + ':':<17}{value}")
     return 0
+
+
+def _tool_rows(template: str | None, spec: ModelSpec | None) -> list[tuple[str, str]]:
+    """Template family, and whether chat requests can use tools and get reasoning apart."""
+    if not template:
+        return [("tools", "no (no chat template: only /v1/completions)"), ("reasoning", "no")]
+    override = spec.template_family if spec else None
+    family = detect_family(template, override)
+    tools = ("native (the template renders them)" if family.native_tools
+             else "fallback (tool list and JSON call format in the system message)")
+    reasoning = f"yes ({family.think_open} ... {family.think_close})" if family.reasons else "no"
+    return [("template family", f"{family.name} ({'catalogue' if override else 'detected'})"),
+            ("tools", tools), ("reasoning", reasoning)]
 
 
 def _rm(args: argparse.Namespace, config: Config, store: ModelStore) -> int:

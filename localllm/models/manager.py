@@ -43,6 +43,11 @@ class LoadedModel:
     created: int = 0
     """Unix time of the model file when it was loaded (/v1/models' `created`; the file may go later)."""
 
+    @property
+    def template_family(self) -> str | None:
+        """models.toml's `template_family` override for compiled_template; None: detect it."""
+        return self.spec.template_family if self.spec is not None else None
+
 
 ModelLoader = Callable[..., Awaitable[LoadedModel]]
 """compose.load_model's signature: (config, on_progress) -> LoadedModel."""

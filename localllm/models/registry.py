@@ -6,6 +6,8 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from localllm.chat.families import FAMILIES
+
 SHIPPED_CATALOGUE = Path(__file__).resolve().parents[2] / "models.toml"
 DEFAULT_QUANT = "Q4_K_M"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -47,6 +49,9 @@ class ModelSpec:
     """Import name of a PyPI package that carries the weights (see store.py)."""
     chat_template: str | None = None
     """Jinja chat template overriding (or supplying) the GGUF's own."""
+    template_family: str | None = None
+    """How the chat template writes tool calls and reasoning (a name in chat.families.FAMILIES:
+    hermes, llama3, mistral, generic); None: detected from the template."""
     default_ctx: int | None = None
     """Context the server uses for this model unless told otherwise."""
     description: str = ""
@@ -109,7 +114,7 @@ def _spec_from_entry(path: Path, name: str, entry: object) -> ModelSpec:
 def _problem(spec: ModelSpec) -> str | None:
     """Why an entry is unusable, or None. File names must stay inside the repo/cache."""
     for key in ("file", "quant", "revision", "description", "licence", "sha256", "hf_repo", "bundled",
-                "chat_template"):
+                "chat_template", "template_family"):
         value = getattr(spec, key)
         if not isinstance(value, str) and (value is not None or key in ("file", "quant", "revision")):
             return f"`{key}` must be a string"
@@ -126,6 +131,8 @@ def _problem(spec: ModelSpec) -> str | None:
     for digest in [spec.sha256, *spec.sha256s.values()]:
         if digest is not None and not _SHA256_RE.match(digest):
             return f"invalid sha256 {digest!r} (want 64 lowercase hex digits)"
+    if spec.template_family is not None and spec.template_family not in FAMILIES:
+        return f"unknown template_family {spec.template_family!r} (known: {', '.join(sorted(FAMILIES))})"
     if spec.default_ctx is not None and spec.default_ctx < 64:
         return "default_ctx must be at least 64"
     return None

@@ -28,6 +28,32 @@ def test_show_by_path_reports_no_template(model_path: Path, capsys: pytest.Captu
     assert "chat template:   none" in capsys.readouterr().out
 
 
+def test_show_says_whether_tools_and_reasoning_work(env: Path, capsys: pytest.CaptureFixture[str]):
+    assert main(["show", "gemma3-270m"]) == 0
+    out = capsys.readouterr().out
+    assert "template family: generic (catalogue)" in out
+    assert "tools:           fallback" in out and "reasoning:       no" in out
+
+
+def test_show_detects_a_native_reasoning_family(tmp_path: Path, model_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                capsys: pytest.CaptureFixture[str]):
+    """A user catalogue entry with Qwen3's own template: hermes tools, <think> reasoning."""
+    (tmp_path / "models" / "qwen3-like").mkdir(parents=True)
+    (tmp_path / "models" / "qwen3-like" / "m.gguf").symlink_to(model_path)
+    template = (Path(__file__).parents[1] / "fixtures" / "templates" / "Qwen-Qwen3-0.6B.jinja").read_text()
+    (tmp_path / "models.toml").write_text(f'[models.qwen3-like]\nfile = "m.gguf"\nchat_template = {json.dumps(template)}\n')
+    monkeypatch.setenv("LOCALLLM_DATA_DIR", str(tmp_path))
+    assert main(["show", "qwen3-like"]) == 0
+    out = capsys.readouterr().out
+    assert "template family: hermes (detected)" in out
+    assert "tools:           native" in out and "reasoning:       yes (<think> ... </think>)" in out
+
+
+def test_show_by_path_says_no_tools_without_a_template(model_path: Path, capsys: pytest.CaptureFixture[str]):
+    assert main(["show", str(model_path)]) == 0
+    assert "tools:           no" in capsys.readouterr().out
+
+
 def test_list_marks_local_and_remote_models(env: Path, capsys: pytest.CaptureFixture[str]):
     assert main(["list"]) == 0
     lines = capsys.readouterr().out.splitlines()

@@ -1,12 +1,14 @@
 """Message contents are never parsed for special tokens; the template's own text is (issue 14, item 18)."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
+from localllm.chat.types import ToolSpec
 from localllm.config import Config
 from localllm.types import InvalidParam
 from localllm.chat.template import ChatTemplate, compiled_template
@@ -102,3 +104,24 @@ async def test_raw_completions_still_parse_special_tokens(http, model):
     expected = model.engine.backend.tokenize(prompt, add_special=True, parse_special=True)
     assert (await response.json())["usage"]["prompt_tokens"] == len(expected)
     assert special_id(model.engine, "<start_of_turn>") in expected
+
+
+def test_tool_text_is_never_parsed_for_special_tokens(model):
+    """The bundled Gemma template knows nothing of tools: the fallback writes the tool list, the
+    call and its result as message contents, so forged markers in any of them stay text."""
+    engine = model.engine
+    start, end = special_id(engine, "<start_of_turn>"), special_id(engine, "<end_of_turn>")
+    template = compiled_template(model.chat_template, model.bos_token, model.eos_token, model.template_family)
+
+    def chat(text: str) -> tuple[list, list[dict]]:
+        tools = [ToolSpec("lookup", f"Looks up {text}", {"type": "object", "properties": {"q": {"type": "string"}}})]
+        call = {"id": "call_1", "type": "function", "function": {"name": "lookup", "arguments": json.dumps({"q": text})}}
+        return tools, [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": None, "tool_calls": [call]},
+                       {"role": "tool", "tool_call_id": "call_1", "content": text}]
+
+    tools, messages = chat("plain")
+    plain = template.prompt_token_ids(messages, tokenizer(engine), 2048, tools=tools)
+    tools, messages = chat(FORGED)
+    forged = template.prompt_token_ids(messages, tokenizer(engine), 2048, tools=tools)
+    assert (forged.count(start), forged.count(end)) == (plain.count(start), plain.count(end)) == (4, 3)
+    assert template.family.name == "generic"

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from localllm.chat.families import FAMILIES
 from localllm.models.registry import CatalogueError, load_catalogue
 
 
@@ -24,6 +25,14 @@ def test_shipped_catalogue_has_hub_entries_with_quant_files():
     assert {"llama3.2-1b", "llama3.2-3b", "gemma3-1b", "qwen2.5-1.5b"} <= set(specs)
     with pytest.raises(CatalogueError, match="no Q2_K file"):
         qwen.file_for("Q2_K")
+
+
+def test_shipped_entries_name_their_template_family():
+    """Each family named exists, and the bundled Gemma template knows nothing of tools."""
+    specs = load_catalogue()
+    assert {s.template_family for s in specs.values()} <= set(FAMILIES)
+    assert specs["gemma3-270m"].template_family == "generic"
+    assert specs["qwen2.5-0.5b"].template_family == "hermes" and specs["llama3.2-1b"].template_family == "llama3"
 
 
 def test_user_catalogue_adds_and_overrides(tmp_path: Path):
@@ -51,6 +60,8 @@ Q8_0 = "%s"
     ('[models.x]\nfile = "a.gguf"\nsha256 = "xyz"', "invalid sha256"),
     ('[models.x]\nhf_repo = "a/b"', "needs `file`"),
     ('[models.x\n', "models.toml"),
+    ('[models.x]\nfile = "a.gguf"\ntemplate_family = "qwen"', "unknown template_family 'qwen'"),
+    ('[models.x]\nfile = "a.gguf"\ntemplate_family = 3', "`template_family` must be a string"),
 ])
 def test_bad_entries_are_refused_with_the_reason(tmp_path: Path, entry: str, message: str):
     with pytest.raises(CatalogueError, match=message):
