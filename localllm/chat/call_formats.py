@@ -28,6 +28,7 @@ from localllm.chat.calls import (
 )
 
 PYTHON_TAG = "<|python_tag|>"
+CALLS_OPENER = '{"tool_calls"'
 _NAME_RUN = re.compile(r"[A-Za-z0-9_.:-]*")
 _ID_RUN = re.compile(r"[A-Za-z0-9_-]*")
 _ARGS, _CALL_ID = "[ARGS]", "[CALL_ID]"
@@ -58,23 +59,11 @@ class OpenerParser(StreamParser):
         raise NotImplementedError
 
     def _step_text(self) -> bool:
-        if not self._skip_gap():
+        if not self._skip_gap() or not self._text_until(self.opener):
             return False
-        i = self._buf.find(self.opener)
-        if i >= 0:
-            head = self._buf[:i]
-            text = head.rstrip(WS)  # whitespace before a call is dropped, unless it is no call
-            self._text(text)
-            self._raw, self._buf = head[len(text):] + self.opener, self._buf[i + len(self.opener):]
-            self._state = "open"
-            return True
-        if self._closed:
-            text = self._buf
-        else:  # hold what may start an opener, and trailing whitespace that may precede one
-            text = self._buf[:len(self._buf) - partial_suffix(self._buf, self.opener)].rstrip(WS)
-        self._text(text)
-        self._buf = self._buf[len(text):]
-        return False
+        self._raw, self._buf = self._raw + self.opener, self._buf[len(self.opener):]
+        self._state = "open"
+        return True
 
     def _finish(self, consumed: int, ok: bool) -> bool:
         if ok:
@@ -91,7 +80,7 @@ class OpenerParser(StreamParser):
         if end is None and not (self._closed or self._too_long()):
             return None
         if end is None or end < 0:
-            self._finish(len(self._buf) if end is None else 0, ok=False)
+            self._finish(len(self._buf) if end is None else self._scan.pos, ok=False)
             return None
         return end
 
@@ -213,6 +202,8 @@ class JsonReplyParser(StreamParser):
     """A family whose reply is JSON from its first character (llama3, generic)."""
 
     separators = WS
+    text_state = "plain"
+    """Where text goes once the reply is not (or no longer) JSON calls."""
 
     def __init__(self, arguments_key: str) -> None:
         super().__init__(arguments_key)
@@ -227,19 +218,21 @@ class JsonReplyParser(StreamParser):
             return False
         if self._state == "start":
             return self._step_start()
+        if self._state == "text":
+            return self._step_text()
         end = self._scan.end(self._buf)
         if end is None and not (self._closed or self._too_long()):
             return False
-        if end is None or end < 0:  # truncated, too long, or not JSON: text
-            self._give_back(len(self._buf) if end is None else 0)
-            self._state = "plain"
+        if end is None or end < 0:  # truncated, too long, or not JSON (too deep): text
+            self._give_back(len(self._buf) if end is None else self._scan.pos)
+            self._state = self.text_state
             return True
         if self._reply(_loads_or_none(self._buf[:end])):
             self._emitted(end)
             self._state = self._after_reply()
         else:
             self._give_back(end)
-            self._state = "plain"
+            self._state = self.text_state
         return True
 
     def _step_start(self) -> bool:
@@ -249,7 +242,7 @@ class JsonReplyParser(StreamParser):
         if not stripped:
             if self._closed:
                 self._give_back(len(self._buf))
-                self._state = "plain"
+                self._state = self.text_state
             return False
         verdict = self._prefix(stripped)
         if verdict != "go":
@@ -259,7 +252,7 @@ class JsonReplyParser(StreamParser):
             self._buf, self._scan, self._state = stripped, JsonScan(), "object"
             return True
         self._give_back(0)
-        self._state = "plain"
+        self._state = self.text_state
         return True
 
     def _prefix(self, stripped: str) -> str:
@@ -270,8 +263,11 @@ class JsonReplyParser(StreamParser):
     def _reply(self, value: object) -> bool:
         raise NotImplementedError
 
+    def _step_text(self) -> bool:
+        raise NotImplementedError
+
     def _after_reply(self) -> str:
-        return "plain"
+        return self.text_state
 
 
 class Llama3Parser(JsonReplyParser):
@@ -292,7 +288,7 @@ class Llama3Parser(JsonReplyParser):
             if not self._closed:
                 return "wait"
             self._give_back(len(self._buf))
-            self._state = "plain"
+            self._state = self.text_state
             return "again"
         return "go"
 
@@ -305,12 +301,25 @@ class Llama3Parser(JsonReplyParser):
 
 
 class GenericParser(JsonReplyParser):
+    """The whole reply as one JSON object, or text followed by `{"tool_calls": [...]}` (the
+    fallback writes earlier calls after their text that way, so models copy it)."""
+
+    text_state = "text"
+
     def __init__(self, arguments_key: str = "arguments") -> None:
         super().__init__(arguments_key)
+
+    def _step_text(self) -> bool:
+        if not self._skip_gap() or not self._text_until(CALLS_OPENER):
+            return False
+        self._scan, self._state = JsonScan(), "object"
+        return True
 
     def _reply(self, value: object) -> bool:
         if not isinstance(value, dict):
             return False
+        if self._has_text or self.num_calls:  # after text: only the calls object is a call
+            return list(value)[:1] == ["tool_calls"] and self.calls_in(value["tool_calls"])
         if "tool_calls" in value:
             return self.calls_in(value["tool_calls"])
         if "tool_call" in value:

@@ -263,6 +263,25 @@ class StreamParser(CallParser):
                 self._buf = stripped
         return True
 
+    def _text_until(self, opener: str) -> bool:
+        """Pass on the text before `opener`; True once the buffer starts with it (the whitespace
+        before it dropped, kept in raw in case it is no call). Holds back a trailing piece that
+        may start the opener, and trailing whitespace that may precede one."""
+        i = self._buf.find(opener)
+        if i >= 0:
+            head = self._buf[:i]
+            text = head.rstrip(WS)
+            self._text(text)
+            self._raw, self._buf = head[len(text):], self._buf[i:]
+            return True
+        if self._closed:
+            text = self._buf
+        else:
+            text = self._buf[:len(self._buf) - partial_suffix(self._buf, opener)].rstrip(WS)
+        self._text(text)
+        self._buf = self._buf[len(text):]
+        return False
+
     def _give_back(self, consumed: int) -> None:
         """Not a call: the raw text and `consumed` characters of the buffer go out as text."""
         self._text(self._raw + self._buf[:consumed])

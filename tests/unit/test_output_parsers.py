@@ -206,6 +206,14 @@ GENERIC_CASES = [
     Case("empty tool_calls is text", GENERIC, '{"tool_calls": []}', content='{"tool_calls": []}'),
     Case("truncated is text", GENERIC, '{"tool_calls": [{"name": "a", "argu',
          content='{"tool_calls": [{"name": "a", "argu'),
+    Case("text then calls, as the fallback renders earlier calls", GENERIC,
+         'Let me look.\n{"tool_calls": [{"name": "special_function", "arguments": {"arg1": 1}}]}',
+         content="Let me look.", calls=[SPECIAL]),
+    Case("after text only a calls object counts", GENERIC,
+         'So {"response": "x"} and {"tool_calls": 5} and {"tool_calls": [{"name": "a", "arguments": {}}]} end',
+         content='So {"response": "x"} and {"tool_calls": 5} and end', calls=[("a", {})]),
+    Case("too deep after text is text", GENERIC, 'x {"tool_calls"' + "[" * 300 + " y",
+         content='x {"tool_calls"' + "[" * 300 + " y"),
 ]
 
 REASONING_CASES = [
