@@ -6,19 +6,20 @@ reconstruction)."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 
 from localllm.chat.output import OutputParser, fold
-from localllm.chat.template import ChatTemplate, InvalidParam
+from localllm.chat.template import ChatTemplate, InvalidParam, prompt_opens_reasoning
 from localllm.chat.types import ToolSpec
 
 TEMPLATES = sorted((Path(__file__).parents[1] / "fixtures" / "templates").glob("*.jinja"))
 END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<|eom_id|>", "<EOS>", "<｜end▁of▁sentence｜>", "<end_of_turn>")
 TOOLS = [ToolSpec("get_weather", "Weather for a city", {"type": "object", "properties": {"city": {"type": "string"}}}),
          ToolSpec("now", "The time", {"type": "object", "properties": {}})]
-CALLS = [("abcDEF123", "get_weather", {"city": 'Paris "<tool_call>" [TOOL_CALLS] </think> ☃'}),
+CALLS = [("abcDEF123", "get_weather", {"city": 'Paris "<tool_call>" [TOOL_CALLS] <think> ☃'}),
          ("ghiJKL456", "now", {})]
 
 
@@ -28,8 +29,9 @@ def assistant_turn(template: ChatTemplate, calls: list[tuple[str, str, dict]]) -
     made = {"role": "assistant", "content": None, "tool_calls": [
         {"id": i, "type": "function", "function": {"name": n, "arguments": json.dumps(a)}} for i, n, a in calls]}
     before, after = template.render(question, tools=TOOLS), template.render([*question, made], tools=TOOLS)
-    start = next(i for i, (x, y) in enumerate(zip(before, after, strict=False)) if x != y)
-    turn = after[start:]
+    if prompt_opens_reasoning(before, template.family):  # QwQ, R1: the prompt ends "<think>\n", a past turn not
+        before = before.rstrip()[:-len(template.family.think_open or "")]
+    turn = after[len(os.path.commonprefix([before, after])):]
     return turn[:min(turn.find(end) for end in END_OF_TURN if end in turn)]
 
 
