@@ -24,7 +24,6 @@ from localllm.chat.calls import (
     call_from,
     loads,
     loads_many,
-    partial_suffix,
 )
 
 PYTHON_TAG = "<|python_tag|>"
