@@ -103,8 +103,8 @@ class MessageEvents:
         """Closes the open block; the stop reason and the final usage (cumulative counts)."""
         delta = {"stop_reason": stop_reason(finish_reason), "stop_sequence": None}
         empty = self._open_block("text", {"type": "text", "text": ""}) if self._index < 0 else []  # as message_body
-        return [*empty, *self._close(), ("message_delta", {"type": "message_delta", "delta": delta, "usage": usage_body(usage)}),
-                ("message_stop", {"type": "message_stop"})]
+        ending = {"type": "message_delta", "delta": delta, "usage": usage_body(usage)}
+        return [*empty, *self._close(), ("message_delta", ending), ("message_stop", {"type": "message_stop"})]
 
     def _delta(self, kind: str, block: dict, delta: dict) -> list[Event]:
         if not next(iter(v for k, v in delta.items() if k != "type")):

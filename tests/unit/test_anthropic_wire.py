@@ -76,17 +76,20 @@ def test_tool_use_and_tool_result_become_tool_calls_and_tool_messages():
 @pytest.mark.parametrize("choice, expected", [
     ({"type": "auto"}, {"tool_choice": "auto"}),
     ({"type": "none"}, {"tool_choice": "none"}),
-    ({"type": "tool", "name": "get_weather"}, {"tool_choice": {"type": "function", "function": {"name": "get_weather"}}}),
+    ({"type": "tool", "name": "get_weather"},
+     {"tool_choice": {"type": "function", "function": {"name": "get_weather"}}}),
     ({"type": "auto", "disable_parallel_tool_use": False}, {"tool_choice": "auto", "parallel_tool_calls": True}),
 ])
 def test_tool_choice(choice: dict, expected: dict):
-    chat = chat_body({**BASE, "messages": [{"role": "user", "content": "x"}], "tools": [WEATHER], "tool_choice": choice})
+    chat = chat_body({**BASE, "messages": [{"role": "user", "content": "x"}], "tools": [WEATHER],
+                      "tool_choice": choice})
     assert {k: chat[k] for k in expected} == expected
 
 
 def test_consecutive_turns_of_one_role_are_combined():
     chat = chat_body({**BASE, "messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"},
-                                           {"role": "assistant", "content": "c"}, {"role": "assistant", "content": "d"}]})
+                                           {"role": "assistant", "content": "c"},
+                                           {"role": "assistant", "content": "d"}]})
     assert chat["messages"] == [{"role": "user", "content": "a\n\nb"}, {"role": "assistant", "content": "c\n\nd"}]
 
 
@@ -97,7 +100,8 @@ def test_thinking_and_output_format():
     assert chat_body({**BASE, "messages": messages, "thinking": {"type": "disabled"}}
                      )["chat_template_kwargs"] == {"enable_thinking": False}
     schema = {"type": "object", "properties": {"a": {"type": "integer"}}}
-    chat = chat_body({**BASE, "messages": messages, "output_config": {"format": {"type": "json_schema", "schema": schema}}})
+    chat = chat_body({**BASE, "messages": messages,
+                      "output_config": {"format": {"type": "json_schema", "schema": schema}}})
     assert chat["response_format"] == {"type": "json_schema", "json_schema": {"name": "output", "schema": schema}}
 
 
