@@ -37,6 +37,9 @@ def chat_body(body: dict, *, count_only: bool = False) -> dict:
         chat["chat_template_kwargs"] = {"enable_thinking": thinking}
     if count_only:
         return chat
+    if chat["messages"][-1]["role"] == "assistant":  # as Anthropic answers for its newer models
+        raise bad_request("messages: the last message must be a user message; prefilling the assistant's reply "
+                          "is not supported by this server", "messages")
     chat["max_tokens"] = _max_tokens(body.get("max_tokens"))
     for name in ("temperature", "top_p", "top_k", "stream"):
         if body.get(name) is not None:

@@ -2,11 +2,17 @@
 Anthropic's shape, and x-api-key auth, in seconds and without llama.cpp."""
 from __future__ import annotations
 
+import json
+import time
 from pathlib import Path
 
 import aiohttp
+import pytest
+from aiohttp.test_utils import TestServer
 
-from tests.api.fake_model import REPLY, api_config, api_server
+from localllm.compose import start_served
+from localllm.server.app import create_app
+from tests.api.fake_model import REPLY, ScriptedBackend, api_config, api_server
 
 
 async def test_x_api_key_is_a_key_header_everywhere_and_auth_stays_closed(tmp_path: Path):
@@ -31,3 +37,144 @@ async def test_x_api_key_is_a_key_header_everywhere_and_auth_stays_closed(tmp_pa
         assert admin.status == 403
         admin = await http.post("/admin/models/load", json={"model": "scripted"}, headers={"x-api-key": "a"})
         assert admin.status == 200
+
+
+HELLO = {"model": "scripted", "max_tokens": 32, "messages": [{"role": "user", "content": "hi"}]}
+
+
+def assert_anthropic_error(body: dict, kind: str) -> str:
+    """Anthropic's error shape exactly; returns the message."""
+    assert body["type"] == "error" and set(body) == {"type", "error"}, body
+    assert set(body["error"]) == {"type", "message"} and body["error"]["type"] == kind, body
+    assert body["error"]["message"]
+    return body["error"]["message"]
+
+
+async def read_events(response: aiohttp.ClientResponse) -> list[tuple[str, dict]]:
+    """Every event of a named-event SSE body; asserts the framing (`event:` then `data:`, blank line)."""
+    raw = (await response.read()).decode()
+    assert raw.endswith("\n\n") and "[DONE]" not in raw, raw[-40:]
+    events = []
+    for block in raw.split("\n\n")[:-1]:
+        head, data = block.split("\n")
+        assert head.startswith("event: ") and data.startswith("data: "), block
+        events.append((head[len("event: "):], json.loads(data[len("data: "):])))
+    return events
+
+
+async def test_a_message_in_anthropics_shape(http: aiohttp.ClientSession):
+    response = await http.post("/v1/messages", json=HELLO, headers={"anthropic-version": "2023-06-01"})
+    body = await response.json()
+    assert response.status == 200, body
+    assert body["id"].startswith("msg_") and body["type"] == "message" and body["role"] == "assistant"
+    assert body["model"] == "scripted" and body["content"] == [{"type": "text", "text": REPLY}]
+    assert body["stop_reason"] == "end_turn" and body["stop_sequence"] is None
+    prompt = len("<user>hi\n<assistant>")  # the scripted tokenizer: one token per character
+    assert body["usage"]["input_tokens"] + body["usage"]["cache_read_input_tokens"] == prompt
+    assert body["usage"]["output_tokens"] == len(REPLY) + 1  # and the end-of-generation token
+    assert response.headers["request-id"] == response.headers["X-Request-Id"]
+    short = await (await http.post("/v1/messages", json={**HELLO, "max_tokens": 2})).json()
+    assert short["content"] == [{"type": "text", "text": REPLY[:2]}] and short["stop_reason"] == "max_tokens"
+
+
+async def test_a_streamed_message_sends_anthropics_events(http: aiohttp.ClientSession):
+    response = await http.post("/v1/messages", json={**HELLO, "stream": True})
+    assert response.status == 200 and response.content_type == "text/event-stream"
+    events = await read_events(response)
+    names = [name for name, _ in events]
+    assert names[:3] == ["message_start", "ping", "content_block_start"]
+    assert names[-3:] == ["content_block_stop", "message_delta", "message_stop"]
+    assert all(payload["type"] == name for name, payload in events)
+    start = events[0][1]["message"]
+    assert start["id"].startswith("msg_") and start["content"] == [] and start["stop_reason"] is None
+    text = "".join(p["delta"]["text"] for n, p in events if n == "content_block_delta")
+    assert text == REPLY
+    delta = events[-2][1]
+    assert delta["delta"] == {"stop_reason": "end_turn", "stop_sequence": None}
+    assert delta["usage"]["output_tokens"] == len(REPLY) + 1
+
+
+async def test_count_tokens_counts_the_rendered_prompt(http: aiohttp.ClientSession):
+    body = {"model": "scripted", "messages": [{"role": "user", "content": "hi"}]}  # no max_tokens needed
+    plain = await http.post("/v1/messages/count_tokens", json=body)
+    assert plain.status == 200 and await plain.json() == {"input_tokens": len("<user>hi\n<assistant>")}
+    with_system = await http.post("/v1/messages/count_tokens", json={**body, "system": "Be brief."})
+    assert await with_system.json() == {"input_tokens": len("<system>Be brief.\n<user>hi\n<assistant>")}
+
+
+@pytest.mark.parametrize("change, status, kind, words", [
+    ({"max_tokens": None}, 400, "invalid_request_error", "max_tokens: Field required"),
+    ({"model": "missing-model"}, 404, "not_found_error", "missing-model"),  # the scripted loader knows no missing*
+    ({"messages": [{"role": "user", "content": [{"type": "image", "source": {"type": "base64"}}]}]}, 400,
+     "invalid_request_error", "image blocks are not supported"),
+    ({"messages": [{"role": "user", "content": [{"type": "video"}]}]}, 400, "invalid_request_error", "video"),
+    ({"temperature": "hot"}, 400, "invalid_request_error", "temperature"),
+    ({"stream": "yes"}, 400, "invalid_request_error", "stream"),
+])
+async def test_bad_requests_answer_in_anthropics_error_shape(http: aiohttp.ClientSession, change: dict,
+                                                               status: int, kind: str, words: str):
+    body = {key: value for key, value in {**HELLO, **change}.items() if value is not None}
+    response = await http.post("/v1/messages", json=body)
+    assert response.status == status
+    assert words in assert_anthropic_error(await response.json(), kind)
+
+
+async def test_transport_errors_answer_in_anthropics_shape(http: aiohttp.ClientSession):
+    as_text = await http.post("/v1/messages", data="{}", headers={"Content-Type": "text/plain"})
+    assert as_text.status == 415 and assert_anthropic_error(await as_text.json(), "invalid_request_error")
+    not_json = await http.post("/v1/messages", data="{", headers={"Content-Type": "application/json"})
+    assert not_json.status == 400 and assert_anthropic_error(await not_json.json(), "invalid_request_error")
+    unknown = await http.post("/v1/messages/batches", json=HELLO)
+    assert unknown.status == 404 and assert_anthropic_error(await unknown.json(), "not_found_error")
+    counted = await http.post("/v1/messages/count_tokens", json={"model": "scripted", "messages": []})
+    assert counted.status == 400 and assert_anthropic_error(await counted.json(), "invalid_request_error")
+
+
+async def test_keys_and_limits_apply_in_anthropics_shape(tmp_path: Path):
+    config = api_config(tmp_path, api_key="k", rate_limit_rpm=1)
+    async with api_server(config) as server, aiohttp.ClientSession(base_url=str(server.make_url("/"))) as http:
+        anonymous = await http.post("/v1/messages", json=HELLO)
+        assert anonymous.status == 401 and assert_anthropic_error(await anonymous.json(), "authentication_error")
+        wrong = await http.post("/v1/messages", json=HELLO, headers={"x-api-key": "nope"})
+        assert wrong.status == 401 and assert_anthropic_error(await wrong.json(), "authentication_error")
+        right = await http.post("/v1/messages", json=HELLO, headers={"x-api-key": "k"})
+        assert right.status == 200 and (await right.json())["content"][0]["text"] == REPLY
+        limited = await http.post("/v1/messages", json=HELLO, headers={"x-api-key": "k"})
+        assert limited.status == 429 and limited.headers["Retry-After"]
+        assert_anthropic_error(await limited.json(), "rate_limit_error")
+        stats = await (await http.get("/v1/stats", headers={"x-api-key": "k"})).json()
+        assert "default" in json.dumps(stats)
+
+
+class FailingBackend(ScriptedBackend):
+    """Answers two tokens, then every decode fails (the engine reports an error mid-answer)."""
+
+    def __init__(self, num_ctx: int) -> None:
+        super().__init__(num_ctx)
+        self.num_decodes = 0
+
+    def decode(self, chunks):
+        self.num_decodes += 1
+        if self.num_decodes > 2:
+            raise RuntimeError("scripted decode failure")
+        return super().decode(chunks)
+
+
+async def test_an_engine_failure_mid_stream_is_an_error_event(tmp_path: Path):
+    config = api_config(tmp_path)
+    loaded = await start_served(FailingBackend(config.engine.ctx), config, name="scripted",
+                                path=Path("/models/m.gguf"), spec=None, identity="scripted:fail",
+                                started_s=time.monotonic())
+    server = TestServer(create_app(config, loaded=loaded), host="127.0.0.1")
+    await server.start_server()
+    try:
+        async with aiohttp.ClientSession(base_url=str(server.make_url("/"))) as http:
+            response = await http.post("/v1/messages", json={**HELLO, "stream": True})
+            events = await read_events(response)
+            assert [n for n, _ in events][:3] == ["message_start", "ping", "content_block_start"]
+            name, payload = events[-1]
+            assert name == "error" and "message_stop" not in [n for n, _ in events]
+            assert_anthropic_error(payload, "api_error")
+    finally:
+        await server.close()
+        await loaded.engine.stop()

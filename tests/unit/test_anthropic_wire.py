@@ -89,8 +89,9 @@ def test_tool_choice(choice: dict, expected: dict):
 def test_consecutive_turns_of_one_role_are_combined():
     chat = chat_body({**BASE, "messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"},
                                            {"role": "assistant", "content": "c"},
-                                           {"role": "assistant", "content": "d"}]})
-    assert chat["messages"] == [{"role": "user", "content": "a\n\nb"}, {"role": "assistant", "content": "c\n\nd"}]
+                                           {"role": "assistant", "content": "d"}, {"role": "user", "content": "e"}]})
+    assert chat["messages"] == [{"role": "user", "content": "a\n\nb"}, {"role": "assistant", "content": "c\n\nd"},
+                                {"role": "user", "content": "e"}]
 
 
 def test_thinking_and_output_format():
@@ -122,6 +123,8 @@ def test_thinking_and_output_format():
     ({"messages": [{"role": "user", "content": [{"type": "tool_result", "content": "x"}]}]}, "tool_use_id"),
     ({"messages": [{"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t",
                                                  "content": [{"type": "image"}]}]}]}, "image blocks"),
+    ({"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "The answer is ("}]},
+     "prefilling"),
     ({"system": [{"type": "image"}]}, "system.0"),
     ({"tools": [{"name": "a"}]}, "tools.0.input_schema"),
     ({"tools": [{"type": "web_search_20250305", "name": "web_search"}]}, "server tools"),
