@@ -11,11 +11,11 @@ from localllm.server.anthropic_events import MessageEvents, error_event, message
 from localllm.server.anthropic_wire import chat_body
 from localllm.server.chat_path import Failed, Finished, Logprobs, open_chat, render_chat
 from localllm.server.errors import CLIENT_CLOSED
-from localllm.server.request_log import REQUEST_ID
+from localllm.server.request_log import PROTOCOL, REQUEST_ID
 from localllm.server.schemas import read_json
 from localllm.server.sse import SseWriter
 
-PROTOCOL = "anthropic"
+PROTOCOL_NAME = "anthropic"
 
 
 def setup(app: web.Application) -> None:
@@ -24,8 +24,9 @@ def setup(app: web.Application) -> None:
 
 
 async def messages(request: web.Request) -> web.StreamResponse:
+    request[PROTOCOL] = PROTOCOL_NAME  # also on the log line of a request refused before the path
     chat = chat_body(await read_json(request))
-    async with open_chat(request, chat, protocol=PROTOCOL) as call:
+    async with open_chat(request, chat, protocol=PROTOCOL_NAME) as call:
         msg_id = message_id()
         headers = {**call.headers, **_request_id(request)}
         if chat.get("stream"):
@@ -36,6 +37,7 @@ async def messages(request: web.Request) -> web.StreamResponse:
 
 async def count_tokens(request: web.Request) -> web.Response:
     """The prompt's tokens as the template renders it (system, messages and tools), nothing generated."""
+    request[PROTOCOL] = PROTOCOL_NAME
     rendered = await render_chat(request, chat_body(await read_json(request), count_only=True))
     return web.json_response({"input_tokens": len(rendered.token_ids)})
 

@@ -3,6 +3,7 @@ Anthropic's shape, and x-api-key auth, in seconds and without llama.cpp."""
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 
@@ -138,12 +139,29 @@ async def test_keys_and_limits_apply_in_anthropics_shape(tmp_path: Path):
         wrong = await http.post("/v1/messages", json=HELLO, headers={"x-api-key": "nope"})
         assert wrong.status == 401 and assert_anthropic_error(await wrong.json(), "authentication_error")
         right = await http.post("/v1/messages", json=HELLO, headers={"x-api-key": "k"})
-        assert right.status == 200 and (await right.json())["content"][0]["text"] == REPLY
+        answer = await right.json()
+        assert right.status == 200 and answer["content"][0]["text"] == REPLY
+        assert right.headers["x-ratelimit-limit-requests"] == "1"
         limited = await http.post("/v1/messages", json=HELLO, headers={"x-api-key": "k"})
         assert limited.status == 429 and limited.headers["Retry-After"]
         assert_anthropic_error(await limited.json(), "rate_limit_error")
         stats = await (await http.get("/v1/stats", headers={"x-api-key": "k"})).json()
-        assert "default" in json.dumps(stats)
+        used = answer["usage"]
+        assert stats["keys"]["default"] == {"requests": 1, "rate_limited": 1, "tokens": used["input_tokens"]
+                                            + used["cache_read_input_tokens"] + used["output_tokens"]}
+
+
+async def test_the_log_line_and_metrics_name_the_protocol(tmp_path: Path, caplog: pytest.LogCaptureFixture):
+    caplog.set_level(logging.INFO, logger="localllm.requests")
+    async with api_server(api_config(tmp_path)) as server, \
+            aiohttp.ClientSession(base_url=str(server.make_url("/"))) as http:
+        for path, body in (("/v1/messages", HELLO), ("/v1/messages", {**HELLO, "stream": True}),
+                           ("/v1/messages/count_tokens", HELLO), ("/v1/messages", {**HELLO, "max_tokens": None})):
+            await (await http.post(path, json=body)).read()
+        metrics = await (await http.get("/metrics")).text()
+    lines = [r.getMessage() for r in caplog.records if r.name == "localllm.requests" and "path=/v1/" in r.getMessage()]
+    assert [line.split(" protocol=")[1].split(" ")[0] for line in lines] == ["anthropic"] * 4
+    assert 'localllm_requests_total{endpoint="anthropic",status="ok"} 2.0' in metrics
 
 
 class FailingBackend(ScriptedBackend):
