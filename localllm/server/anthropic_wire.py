@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import json
 
-from localllm.server.chat_template import MAX_CHAT_MESSAGES
+from localllm.chat.messages import MAX_CHAT_MESSAGES, MAX_TOOLS
 from localllm.server.errors import ApiError, bad_request
 
 MAX_CONTENT_BLOCKS = 4096
 """Content blocks in one request (every message's, tool results' and the system prompt's together)."""
-MAX_TOOLS = 128
 JOIN = "\n\n"
 """Between the text blocks of one turn: Anthropic's blocks are separate paragraphs."""
 
