@@ -28,6 +28,8 @@ from localllm.chat.calls import (
 
 PYTHON_TAG = "<|python_tag|>"
 CALLS_OPENER = '{"tool_calls"'
+FENCE = "```"
+MAX_FENCE_CHARS = 16
 _NAME_RUN = re.compile(r"[A-Za-z0-9_.:-]*")
 _ID_RUN = re.compile(r"[A-Za-z0-9_-]*")
 _ARGS, _CALL_ID = "[ARGS]", "[CALL_ID]"
@@ -52,6 +54,8 @@ class OpenerParser(StreamParser):
     def _step(self) -> bool:
         if self._state == "text":
             return self._step_text()
+        if self._state == "fence":
+            return self._step_fence_close()
         return self._step_call()
 
     def _step_call(self) -> bool:
@@ -208,6 +212,7 @@ class JsonReplyParser(StreamParser):
         super().__init__(arguments_key)
         self._state = "start"
         self._scan = JsonScan()
+        self._fenced = False
 
     def _step(self) -> bool:
         if self._state == "plain":
@@ -219,6 +224,8 @@ class JsonReplyParser(StreamParser):
             return self._step_start()
         if self._state == "text":
             return self._step_text()
+        if self._state == "fence":
+            return self._step_fence_close()
         end = self._scan.end(self._buf)
         if end is None and not (self._closed or self._too_long()):
             return False
@@ -228,7 +235,7 @@ class JsonReplyParser(StreamParser):
             return True
         if self._reply(_loads_or_none(self._buf[:end])):
             self._emitted(end)
-            self._state = self._after_reply()
+            self._state = "fence" if self._fenced else self._after_reply()
         else:
             self._give_back(end)
             self._state = self.text_state
@@ -243,15 +250,40 @@ class JsonReplyParser(StreamParser):
                 self._give_back(len(self._buf))
                 self._state = self.text_state
             return False
-        verdict = self._prefix(stripped)
-        if verdict != "go":
-            return verdict == "again"
+        for prefix in (self._fence_open, self._prefix):
+            verdict = prefix(stripped)
+            if verdict != "go":
+                return verdict == "again"
         if stripped[0] == "{" or (stripped[0] == "[" and self.num_calls == 0):
             self._raw += self._buf[:len(self._buf) - len(stripped)]
             self._buf, self._scan, self._state = stripped, JsonScan(), "object"
             return True
         self._give_back(0)
         self._state = self.text_state
+        return True
+
+    def _fence_open(self, stripped: str) -> str:
+        """A Markdown fence (```` ``` ```` or ```` ```json ````) around the reply, as small models write."""
+        if self._fenced or self.num_calls or not stripped.startswith("`"):
+            return "go"
+        newline = stripped.find("\n")
+        if newline < 0:
+            could_be = FENCE.startswith(stripped[:3]) and len(stripped) <= MAX_FENCE_CHARS
+            return "wait" if could_be and not self._closed else "go"
+        if not stripped.startswith(FENCE) or stripped[3:newline].strip().lower() not in ("", "json"):
+            return "go"
+        self._raw += self._buf[:len(self._buf) - len(stripped)] + stripped[:newline + 1]
+        self._buf, self._fenced = stripped[newline + 1:], True
+        return "again"
+
+    def _step_fence_close(self) -> bool:
+        stripped = self._buf.lstrip(WS)
+        if len(stripped) < len(FENCE) and FENCE.startswith(stripped) and not self._closed:
+            return False
+        if stripped.startswith(FENCE):
+            self._buf = stripped[len(FENCE):]
+        self._fenced = False
+        self._state = self._after_reply()
         return True
 
     def _prefix(self, stripped: str) -> str:
