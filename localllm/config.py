@@ -119,6 +119,11 @@ class ServerConfig:
     """Answer exact repeats of deterministic requests from the on-disk response cache."""
     cache_size_mib: int = 512
     cache_ttl_s: float = 7 * 24 * 3600.0
+    responses_store_size_mib: int = 256
+    """Disk space for stored /v1/responses answers (`store`, the default), which a later request
+    continues with `previous_response_id`; each key sees only its own. 0: nothing is stored."""
+    responses_store_ttl_s: float = 30 * 24 * 3600.0
+    """How long a stored response can be continued or read back (OpenAI keeps them 30 days)."""
     kv_cache_min_tokens: int = 512
     """Prompts at least this long have their KV state saved to disk for reuse (the prefix states;
     0: off)."""
@@ -149,6 +154,9 @@ class ServerConfig:
         _check(math.isfinite(self.max_keep_alive_s) and self.max_keep_alive_s >= 0, "max_keep_alive_s",
                "must be 0 or more seconds")
         _check(self.max_loaded_models >= 1, "max_loaded_models", "must be at least 1")
+        _check(self.responses_store_size_mib >= 0, "responses_store_size_mib", "must be 0 (off) or more")
+        _check(math.isfinite(self.responses_store_ttl_s) and self.responses_store_ttl_s > 0, "responses_store_ttl_s",
+               "must be a positive number of seconds")
         for name in ("api_key", "admin_api_key"):
             value = getattr(self, name)
             _check(value is None or value != "", name, "is empty: remove it, or set a key (auth never turns off)")

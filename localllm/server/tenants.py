@@ -31,3 +31,9 @@ def cache_namespace(request: web.Request, body: dict) -> str:
     if not owner and salt is None:
         return SHARED
     return hashlib.sha256(json.dumps([owner, salt]).encode()).hexdigest()[:32]
+
+
+def owner(request: web.Request) -> str:
+    """Who owns what a request stores (Responses kept for previous_response_id): the key's name
+    while keys are configured, else SHARED. Not a cache: share_cache_across_keys does not share it."""
+    return request.get(KEY_ID, "") if request.app[KEYRING_KEY].enabled else SHARED

@@ -1,0 +1,111 @@
+"""OpenAI's Responses API: POST /v1/responses (plain and streamed), GET and DELETE
+/v1/responses/{id}. An adapter over the one chat path (chat_path.open_chat): the body is mapped
+to a chat body (responses_input), the call's events to Response objects and stream events
+(responses_output); stored answers (responses_store) let a follow-up continue by
+previous_response_id."""
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from localllm.server.chat_path import ChatCall, Failed, Finished, open_chat
+from localllm.server.errors import CLIENT_CLOSED, ApiError
+from localllm.server.responses_input import ResponsesRequest, parse_request, with_history
+from localllm.server.responses_output import (
+    StreamTranslator, new_id, output_items, response_object, status_of,
+)
+from localllm.server.responses_store import RESPONSE_STORE_KEY, StoredResponse, setup_store
+from localllm.server.schemas import read_json
+from localllm.server.sse import SseWriter
+from localllm.server.state import CONFIG_KEY
+from localllm.server.tenants import owner
+
+PROTOCOL = "openai.responses"
+Keep = Callable[[dict], Awaitable[None]]
+"""Stores a finished Response (when the request asked for it)."""
+
+
+def setup(app: web.Application) -> None:
+    setup_store(app, app[CONFIG_KEY])
+    app.router.add_post("/v1/responses", create_response)
+    app.router.add_get("/v1/responses/{response_id}", retrieve_response)
+    app.router.add_delete("/v1/responses/{response_id}", delete_response)
+
+
+async def create_response(request: web.Request) -> web.StreamResponse:
+    parsed = parse_request(await read_json(request))
+    store, tenant = request.app[RESPONSE_STORE_KEY], owner(request)
+    history: list[dict] = []
+    if parsed.previous_response_id is not None:
+        previous = await asyncio.to_thread(store.get, tenant, parsed.previous_response_id)
+        if previous is None:
+            raise ApiError(404, f"Previous response with id {parsed.previous_response_id!r} not found (unknown, "
+                           "expired, deleted, stored with store: false, or another key's).",
+                           param="previous_response_id", code="previous_response_not_found")
+        history = previous.conversation
+    chat_body = with_history(parsed, history)
+
+    async def keep(response: dict) -> None:
+        """Before the client sees the end, so a follow-up it sends at once finds it."""
+        if parsed.store and response["status"] != "failed":
+            conversation = history + parsed.items + response["output"]
+            await asyncio.to_thread(store.put, tenant, StoredResponse(response, conversation))
+
+    response_id = new_id("resp")
+    async with open_chat(request, chat_body, protocol=PROTOCOL) as call:
+        if parsed.stream:
+            return await _stream(request, call, parsed, response_id, keep)
+        result = (await call.collect())[0]
+        status = status_of(result.finish_reason) if result.finish_reason is not None else "incomplete"
+        response = response_object(response_id, call.created, call.model, parsed.echo, status=status,
+                                   output=output_items(result), usage=call.usage())
+        await keep(response)
+        return web.json_response(response, headers=call.headers)
+
+
+async def _stream(request: web.Request, call: ChatCall, parsed: ResponsesRequest, response_id: str,
+                  keep: Keep) -> web.StreamResponse:
+    sse = SseWriter(request, call.headers)
+    await sse.start()
+    translator = StreamTranslator(response_id, call.created, call.model, parsed.echo)
+    try:
+        await _send(sse, translator.started())
+        async for _, event in call.events():
+            if isinstance(event, Finished):
+                events = translator.finished(event.finish_reason, call.usage())
+                await keep(translator.response)  # type: ignore[arg-type]
+            elif isinstance(event, Failed):
+                events = translator.failed(event.message)
+            else:
+                events = translator.feed(event)
+            await _send(sse, events)
+        await sse.finish(done=False)  # the Responses stream has no [DONE] line
+    except ConnectionError:  # client went away; the path's exit aborts the rest
+        request[CLIENT_CLOSED] = True
+    return sse.response
+
+
+async def _send(sse: SseWriter, events: list[dict]) -> None:
+    for event in events:
+        await sse.send(event, event=event["type"])
+
+
+async def retrieve_response(request: web.Request) -> web.Response:
+    response_id = request.match_info["response_id"]
+    stored = await asyncio.to_thread(request.app[RESPONSE_STORE_KEY].get, owner(request), response_id)
+    if stored is None:
+        raise _not_found(response_id)
+    return web.json_response(stored.response)
+
+
+async def delete_response(request: web.Request) -> web.Response:
+    response_id = request.match_info["response_id"]
+    if not await asyncio.to_thread(request.app[RESPONSE_STORE_KEY].delete, owner(request), response_id):
+        raise _not_found(response_id)
+    return web.json_response({"id": response_id, "object": "response.deleted", "deleted": True})
+
+
+def _not_found(response_id: str) -> ApiError:
+    return ApiError(404, f"Response with id {response_id[:200]!r} not found.", code="response_not_found")

@@ -1,0 +1,202 @@
+"""The Responses API's pure mappings: request body -> chat body, results and output events ->
+Response objects and stream events, checked with the openai SDK's own types and stream state."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pytest
+from openai._models import construct_type_unchecked
+from openai._types import omit
+from openai.lib.streaming.responses._responses import ResponseStreamState
+from openai.types.responses import Response, ResponseStreamEvent
+
+from localllm.chat.types import ReasoningDelta, TextDelta, ToolCall, ToolCallArguments, ToolCallStarted
+from localllm.server.errors import ApiError
+from localllm.server.responses_input import parse_request, with_history
+from localllm.server.responses_output import StreamTranslator, output_items, response_object
+from localllm.server.responses_store import ResponseStore, StoredResponse
+
+WEATHER = {"type": "function", "name": "get_weather", "description": "Weather for a city",
+           "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}
+
+
+@dataclass
+class Usage:
+    prompt_tokens: int = 12
+    completion_tokens: int = 5
+    cached_tokens: int = 3
+
+
+@dataclass
+class Result:
+    content: str = ""
+    reasoning: str | None = None
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    finish_reason: str = "stop"
+
+
+def chat_body(body: dict, history: list[dict] | None = None) -> dict:
+    return with_history(parse_request(body), history or [])
+
+
+def test_string_input_instructions_and_fields_map_to_a_chat_body():
+    chat = chat_body({"model": "m", "input": "Hi", "instructions": "Be brief.", "max_output_tokens": 20,
+                      "temperature": 0, "top_p": 0.5, "reasoning": {"effort": "low"}, "stream": True})
+    assert chat == {"model": "m", "messages": [{"role": "system", "content": "Be brief."},
+                                               {"role": "user", "content": "Hi"}],
+                    "max_tokens": 20, "temperature": 0, "top_p": 0.5, "reasoning_effort": "low", "stream": True}
+
+
+def test_items_map_to_messages_with_tool_calls_and_results():
+    items = [
+        {"role": "developer", "content": "Use tools."},
+        {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Weather in "},
+                                                        {"type": "input_text", "text": "Paris?"}]},
+        {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "Checking."}]},
+        {"type": "function_call", "call_id": "c1", "name": "get_weather", "arguments": '{"city":"Paris"}'},
+        {"type": "function_call", "call_id": "c2", "name": "get_weather", "arguments": '{"city":"Lyon"}'},
+        {"type": "function_call_output", "call_id": "c1", "output": "sunny"},
+        {"type": "function_call_output", "call_id": "c2", "output": [{"type": "input_text", "text": "rain"}]},
+        {"type": "reasoning", "id": "rs_1", "summary": []},
+    ]
+    messages = chat_body({"input": items})["messages"]
+    call = lambda i, city: {"id": i, "type": "function",  # noqa: E731
+                            "function": {"name": "get_weather", "arguments": f'{{"city":"{city}"}}'}}
+    assert messages == [
+        {"role": "developer", "content": "Use tools."},
+        {"role": "user", "content": "Weather in Paris?"},
+        {"role": "assistant", "content": "Checking.", "tool_calls": [call("c1", "Paris"), call("c2", "Lyon")]},
+        {"role": "tool", "tool_call_id": "c1", "content": "sunny"},
+        {"role": "tool", "tool_call_id": "c2", "content": "rain"},
+    ]
+
+
+def test_history_comes_before_the_new_input_and_instructions_first():
+    history = [{"type": "message", "role": "user", "content": "My name is Ada."},
+               {"type": "message", "role": "assistant", "status": "completed", "id": "msg_1",
+                "content": [{"type": "output_text", "text": "Hello Ada.", "annotations": []}]}]
+    messages = chat_body({"input": "What is my name?", "instructions": "Answer."}, history)["messages"]
+    assert [m["content"] for m in messages] == ["Answer.", "My name is Ada.", "Hello Ada.", "What is my name?"]
+
+
+def test_tools_tool_choice_and_text_format_map_to_chat_shapes():
+    schema = {"type": "object", "properties": {"x": {"type": "integer"}}}
+    chat = chat_body({"input": "x", "tools": [WEATHER], "tool_choice": {"type": "function", "name": "get_weather"},
+                      "parallel_tool_calls": False,
+                      "text": {"format": {"type": "json_schema", "name": "pick", "schema": schema, "strict": True}}})
+    assert chat["tools"] == [{"type": "function", "function": {k: WEATHER[k] for k in ("name", "description",
+                                                                                       "parameters")}}]
+    assert chat["tool_choice"] == {"type": "function", "function": {"name": "get_weather"}}
+    assert chat["parallel_tool_calls"] is False
+    assert chat["response_format"] == {"type": "json_schema", "json_schema": {"name": "pick", "schema": schema,
+                                                                              "strict": True}}
+    assert "response_format" not in chat_body({"input": "x", "text": {"format": {"type": "text"}}})
+    assert chat_body({"input": "x", "tool_choice": "required"})["tool_choice"] == "required"
+
+
+@pytest.mark.parametrize(("body", "param", "words"), [
+    ({"input": "x", "background": True}, "background", "background"),
+    ({"input": "x", "tools": [{"type": "web_search"}]}, "tools", "web_search"),
+    ({"input": [{"role": "user", "content": [{"type": "input_file", "file_id": "f"}]}]}, "input", "files"),
+    ({"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "u"}]}]}, "input", "images"),
+    ({"input": [{"type": "item_reference", "id": "msg_1"}]}, "input", "item_reference"),
+    ({"input": [{"type": "function_call", "name": "f", "arguments": "{}"}]}, "input", "call_id"),
+    ({"input": [{"role": "robot", "content": "x"}]}, "input", "role"),
+    ({"input": 5}, "input", "string"),
+    ({"input": "x", "tool_choice": {"type": "file_search"}}, "tool_choice", "tool_choice"),
+    ({"input": "x", "text": {"format": {"type": "xml"}}}, "text", "json_schema"),
+    ({"input": "x", "max_output_tokens": 0}, "max_output_tokens", "positive"),
+    ({"input": "x", "store": "yes"}, "store", "boolean"),
+    ({"input": "x", "metadata": {"k": 1}}, "metadata", "metadata"),
+    ({"input": "x", "previous_response_id": ""}, "previous_response_id", "response id"),
+    ({}, "input", "required"),
+])
+def test_bad_input_is_a_400_naming_the_field(body: dict, param: str, words: str):
+    with pytest.raises(ApiError) as caught:
+        chat_body(body)
+    assert caught.value.status == 400 and caught.value.param == param and words in caught.value.message
+
+
+ECHO = parse_request({"input": "x", "tools": [WEATHER], "metadata": {"a": "b"}}).echo
+
+
+def test_whole_answers_validate_as_sdk_responses():
+    calls = [ToolCall("call_1", "get_weather", '{"city":"Paris"}')]
+    for result in (Result("Hello."), Result("\n", tool_calls=calls, finish_reason="tool_calls"),
+                   Result("Part", reasoning="Thinking", finish_reason="length")):
+        obj = response_object("resp_1", 1, "m", ECHO, status="completed", output=output_items(result), usage=Usage())
+        response = Response.model_validate(obj)  # strict: every required field, right types
+        assert response.usage.input_tokens_details.cached_tokens == 3
+    assert [i["type"] for i in output_items(Result("\n", tool_calls=calls))] == ["function_call"]
+    assert output_items(Result("Part", finish_reason="length"))[0]["status"] == "incomplete"
+    assert response.output_text == "Part" and response.tools[0].name == "get_weather"
+
+
+def run_stream(events: list, finish: str = "stop") -> tuple[list[dict], ResponseStreamState]:
+    translator = StreamTranslator("resp_1", 1, "m", ECHO)
+    wire = translator.started()
+    for event in events:
+        wire += translator.feed(event)
+    wire += translator.finished(finish, Usage())
+    state = ResponseStreamState(input_tools=[WEATHER], text_format=omit)  # the SDK's own checks
+    for event in wire:
+        state.handle_event(construct_type_unchecked(type_=ResponseStreamEvent, value=event))
+    assert [e["sequence_number"] for e in wire] == list(range(len(wire)))
+    return wire, state
+
+
+def test_text_stream_follows_openais_event_sequence():
+    wire, state = run_stream([TextDelta("Hel"), TextDelta("lo")])
+    assert [e["type"] for e in wire] == [
+        "response.created", "response.in_progress", "response.output_item.added", "response.content_part.added",
+        "response.output_text.delta", "response.output_text.delta", "response.output_text.done",
+        "response.content_part.done", "response.output_item.done", "response.completed"]
+    assert wire[6]["text"] == "Hello" and wire[0]["response"]["output"] == []
+    final = Response.model_validate(wire[-1]["response"])
+    assert final.output_text == "Hello" and final.status == "completed"
+    assert state._completed_response.output_text == "Hello"
+
+
+def test_tool_call_stream_drops_stray_whitespace_and_streams_arguments():
+    wire, state = run_stream([TextDelta("\n"), ToolCallStarted(0, "call_1", "get_weather"),
+                              ToolCallArguments(0, '{"city":'), ToolCallArguments(0, '"Paris"}')], "tool_calls")
+    types = [e["type"] for e in wire]
+    assert types[2:] == ["response.output_item.added", "response.function_call_arguments.delta",
+                         "response.function_call_arguments.delta", "response.function_call_arguments.done",
+                         "response.output_item.done", "response.completed"]
+    item = wire[-1]["response"]["output"][0]
+    assert (item["call_id"], item["name"], item["arguments"]) == ("call_1", "get_weather", '{"city":"Paris"}')
+    assert Response.model_validate(wire[-1]["response"]).output[0].type == "function_call"
+
+
+def test_reasoning_then_text_and_length_limit_end_incomplete():
+    wire, _ = run_stream([ReasoningDelta("hmm"), TextDelta("An")], "length")
+    assert [e["type"] for e in wire if "reasoning" in e["type"]] == ["response.reasoning_text.delta",
+                                                                    "response.reasoning_text.done"]
+    final = Response.model_validate(wire[-1]["response"])
+    assert wire[-1]["type"] == "response.incomplete" and final.incomplete_details.reason == "max_output_tokens"
+    assert [o.type for o in final.output] == ["reasoning", "message"] and final.output[1].status == "incomplete"
+
+
+def test_empty_answer_is_still_one_message_and_failure_is_response_failed():
+    wire, _ = run_stream([])
+    assert Response.model_validate(wire[-1]["response"]).output[0].content[0].text == ""
+    translator = StreamTranslator("resp_1", 1, "m", ECHO)
+    wire = translator.started() + translator.feed(TextDelta("Hi")) + translator.failed("engine error")
+    assert wire[-1]["type"] == "response.failed"
+    failed = Response.model_validate(wire[-1]["response"])
+    assert failed.status == "failed" and failed.error.message == "engine error"
+
+
+def test_store_is_per_owner_bounded_and_survives_garbage(tmp_path):
+    store = ResponseStore(tmp_path / "store", 2**20, 60.0)
+    stored = StoredResponse({"id": "resp_1", "output": []}, [{"type": "message", "role": "user", "content": "x"}])
+    assert store.put("alice", stored)
+    assert store.get("alice", "resp_1") == stored
+    assert store.get("bob", "resp_1") is None and not store.delete("bob", "resp_1")
+    assert store.get("alice", "resp_2") is None
+    assert not store.put("alice", StoredResponse({"id": "resp_big"}, [{"t": "x" * 2**19}]))  # > size/4
+    assert store.delete("alice", "resp_1") and store.get("alice", "resp_1") is None
+    off = ResponseStore(tmp_path / "off", 0, 60.0)
+    assert not off.is_active and not off.put("alice", stored) and off.get("alice", "resp_1") is None
+    store.close()
