@@ -7,8 +7,8 @@ import asyncio
 
 from aiohttp import web
 
-from localllm.chat.template import MAX_CHAT_MESSAGES, compiled_template
 from localllm.models.manager import LoadedModel
+from localllm.server.chat_path import render_chat
 from localllm.server.errors import ApiError, bad_request
 from localllm.server.openai_routes import model_entries
 from localllm.server.request_log import MODEL_NAME, PROMPT_TOKENS
@@ -97,25 +97,11 @@ async def detokenize(request: web.Request) -> web.Response:
 
 async def apply_template(request: web.Request) -> web.Response:
     """{"messages", ...} (a chat completions body) -> {"prompt": the rendered chat template},
-    rendered as /v1/chat/completions renders it; nothing is generated."""
-    body = await read_json(request)
-    model = await require_model(request, body.get("model"))
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise bad_request("messages must be a non-empty list", "messages")
-    if len(messages) > MAX_CHAT_MESSAGES:
-        raise bad_request(f"messages has {len(messages)} entries; at most {MAX_CHAT_MESSAGES} are accepted",
-                          "messages")
-    if not model.chat_template:
-        raise bad_request(f"model {model.name!r} has no chat template", "messages")
-    template = model.chat_template
-    render = lambda: compiled_template(template, model.bos_token, model.eos_token).render(messages)  # noqa: E731
-    try:
-        prompt = await asyncio.to_thread(render)
-    except InvalidParam as exc:
-        raise bad_request(str(exc), exc.param) from None
-    request[MODEL_NAME] = model.name
-    return web.json_response({"prompt": prompt})
+    rendered and validated as /v1/chat/completions renders it; nothing is generated."""
+    rendered = await render_chat(request, await read_json(request))
+    request[MODEL_NAME] = rendered.model
+    request[PROMPT_TOKENS] = len(rendered.token_ids)
+    return web.json_response({"prompt": rendered.text})
 
 
 def _flag(body: dict, name: str, default: bool) -> bool:

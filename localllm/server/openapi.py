@@ -37,6 +37,11 @@ PATHS: dict[str, dict[str, dict]] = {
                                               errors=(400, 401, 404, 503))},
     "/v1/models": {"get": _op("Models served", errors=(401, 503))},
     "/v1/models/{model_id}": {"get": _op("One model, as /v1/models lists it (OpenAI)", errors=(401, 404))},
+    "/v1/responses": {"post": _op("Responses API (OpenAI): input items, instructions, function tools, "
+                                  "text.format, previous_response_id", body=True, stream=True,
+                                  errors=_GENERATION_ERRORS)},
+    "/v1/responses/{response_id}": {"get": _op("A stored response (OpenAI)", errors=(401, 404)),
+                                    "delete": _op("Delete a stored response (OpenAI)", errors=(401, 404))},
     "/tokenize": {"post": _op("Text to token ids, optionally with pieces (llama-server)", body=True,
                               errors=(400, 401, 404, 503))},
     "/detokenize": {"post": _op("Token ids to text (llama-server)", body=True, errors=(400, 401, 404, 503))},
