@@ -1,0 +1,77 @@
+"""/v1/responses over a scripted backend: wire shapes, the named-event SSE framing, the
+conversation a follow-up continues, the store's bounds, and the request log's protocol."""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from tests.api.fake_model import REPLY, api_config, api_server
+from tests.api.test_http_surface import assert_openai_error
+
+
+def read_named_events(raw: str) -> list[dict]:
+    """Every event of a Responses stream; asserts each is `event: TYPE` + `data: {..., "type": TYPE}`."""
+    assert raw.endswith("\n\n") and "[DONE]" not in raw
+    events = []
+    for block in raw.split("\n\n")[:-1]:
+        name_line, data_line = block.split("\n")
+        payload = json.loads(data_line.removeprefix("data: "))
+        assert name_line == f"event: {payload['type']}"
+        events.append(payload)
+    return events
+
+
+async def test_plain_response_shape_and_log_protocol(http: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture):
+    caplog.set_level(logging.INFO, logger="localllm.requests")
+    response = await http.post("/v1/responses", json={"input": "hi", "metadata": {"run": "1"}})
+    assert response.status == 200 and response.headers["X-LocalLLM-Cache"] in ("miss", "bypass")
+    body = await response.json()
+    assert body["object"] == "response" and body["status"] == "completed" and body["metadata"] == {"run": "1"}
+    message = body["output"][0]
+    assert message["type"] == "message" and message["content"][0]["text"] == REPLY
+    usage = body["usage"]
+    assert usage["output_tokens"] == len(REPLY) and usage["total_tokens"] == usage["input_tokens"] + len(REPLY)
+    lines = [r.getMessage() for r in caplog.records if r.name == "localllm.requests"]
+    assert any("path=/v1/responses" in line and "protocol=openai.responses" in line for line in lines)
+
+
+async def test_stream_framing_and_follow_up_sees_the_whole_conversation(http: aiohttp.ClientSession):
+    first = await http.post("/v1/responses", json={"input": "hi", "stream": True})
+    assert first.headers["Content-Type"].startswith("text/event-stream")
+    events = read_named_events(await first.text())
+    assert events[-1]["type"] == "response.completed"
+    response_id = events[-1]["response"]["id"]
+    assert "".join(e["delta"] for e in events if e["type"] == "response.output_text.delta") == REPLY
+    follow = await (await http.post("/v1/responses", json={"previous_response_id": response_id, "input": "more"})).json()
+    prompt = (await (await http.post("/apply-template", json={"messages": [
+        {"role": "user", "content": "hi"}, {"role": "assistant", "content": REPLY},
+        {"role": "user", "content": "more"}]})).json())["prompt"]
+    assert follow["usage"]["input_tokens"] == len(prompt)  # the scripted tokenizer: one token per character
+    stored = await (await http.get(f"/v1/responses/{response_id}")).json()
+    assert stored == events[-1]["response"]
+
+
+async def test_unknown_previous_response_and_missing_input(http: aiohttp.ClientSession):
+    response = await http.post("/v1/responses", json={"previous_response_id": "resp_nope", "input": "x"})
+    assert response.status == 404
+    assert assert_openai_error(await response.json(), "previous_response_id")["code"] == "previous_response_not_found"
+    response = await http.post("/v1/responses", json={"model": "scripted"})
+    assert response.status == 400
+    assert_openai_error(await response.json(), "input")
+    missing = await http.get("/v1/responses/resp_nope")
+    assert missing.status == 404 and (await http.delete("/v1/responses/resp_nope")).status == 404
+
+
+async def test_store_false_and_store_off_keep_nothing(tmp_path: Path):
+    async with api_server(api_config(tmp_path, responses_store_size_mib=0)) as server, \
+            aiohttp.ClientSession(base_url=str(server.make_url("/"))) as http:
+        created = await (await http.post("/v1/responses", json={"input": "hi"})).json()
+        assert (await http.get(f"/v1/responses/{created['id']}")).status == 404
+    async with api_server(api_config(tmp_path / "on")) as server, \
+            aiohttp.ClientSession(base_url=str(server.make_url("/"))) as http:
+        created = await (await http.post("/v1/responses", json={"input": "hi", "store": False})).json()
+        assert created["store"] is False and (await http.get(f"/v1/responses/{created['id']}")).status == 404
