@@ -34,7 +34,8 @@ async def test_plain_response_shape_and_log_protocol(http: aiohttp.ClientSession
     message = body["output"][0]
     assert message["type"] == "message" and message["content"][0]["text"] == REPLY
     usage = body["usage"]
-    assert usage["output_tokens"] == len(REPLY) and usage["total_tokens"] == usage["input_tokens"] + len(REPLY)
+    assert usage["output_tokens"] == len(REPLY) + 1  # the end-of-generation token counts too
+    assert usage["total_tokens"] == usage["input_tokens"] + usage["output_tokens"]
     lines = [r.getMessage() for r in caplog.records if r.name == "localllm.requests"]
     assert any("path=/v1/responses" in line and "protocol=openai.responses" in line for line in lines)
 
