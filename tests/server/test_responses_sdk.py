@@ -71,6 +71,10 @@ async def test_streaming_with_the_sdk_helper_and_json_schema(alice: openai.Async
     assert [e.sequence_number for e in events] == list(range(len(events)))
     assert final.output_parsed.answer in ("yes", "no") and final.status == "completed"
     assert final.usage.total_tokens == final.usage.input_tokens + final.usage.output_tokens
+    # Stored before the stream's last event: a follow-up sent at once finds it.
+    follow = await alice.responses.create(model=MODEL, previous_response_id=final.id, input="Why?",
+                                          max_output_tokens=2, temperature=0)
+    assert follow.usage.input_tokens > final.usage.input_tokens + final.usage.output_tokens
 
 
 async def test_streamed_length_limit_ends_incomplete(alice: openai.AsyncOpenAI):
