@@ -40,6 +40,8 @@ PATHS: dict[str, dict[str, dict]] = {
     "/v1/responses": {"post": _op("Responses API (OpenAI): input items, instructions, function tools, "
                                   "text.format, previous_response_id", body=True, stream=True,
                                   errors=_GENERATION_ERRORS)},
+    "/v1/responses/input_tokens": {"post": _op("Count a Responses request's input tokens (OpenAI)", body=True,
+                                               errors=(400, 401, 404, 503))},
     "/v1/responses/{response_id}": {"get": _op("A stored response (OpenAI)", errors=(401, 404)),
                                     "delete": _op("Delete a stored response (OpenAI)", errors=(401, 404))},
     "/tokenize": {"post": _op("Text to token ids, optionally with pieces (llama-server)", body=True,

@@ -1,5 +1,5 @@
 """OpenAI's Responses API: POST /v1/responses (plain and streamed), GET and DELETE
-/v1/responses/{id}. An adapter over the one chat path (chat_path.open_chat): the body is mapped
+/v1/responses/{id}, POST /v1/responses/input_tokens. An adapter over the one chat path (chat_path.open_chat): the body is mapped
 to a chat body (responses_input), the call's events to Response objects and stream events
 (responses_output); stored answers (responses_store) let a follow-up continue by
 previous_response_id."""
@@ -10,12 +10,13 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from localllm.server.chat_path import ChatCall, Failed, Finished, open_chat
+from localllm.server.chat_path import ChatCall, Failed, Finished, open_chat, render_chat
 from localllm.server.errors import CLIENT_CLOSED, ApiError
 from localllm.server.responses_input import ResponsesRequest, parse_request, with_history
 from localllm.server.responses_output import (
     StreamTranslator, new_id, output_items, response_object, status_of,
 )
+from localllm.server.request_log import MODEL_NAME, PROMPT_TOKENS
 from localllm.server.responses_store import RESPONSE_STORE_KEY, StoredResponse, setup_store
 from localllm.server.schemas import read_json
 from localllm.server.sse import SseWriter
@@ -30,6 +31,7 @@ Keep = Callable[[dict], Awaitable[None]]
 def setup(app: web.Application) -> None:
     setup_store(app, app[CONFIG_KEY])
     app.router.add_post("/v1/responses", create_response)
+    app.router.add_post("/v1/responses/input_tokens", count_input_tokens)
     app.router.add_get("/v1/responses/{response_id}", retrieve_response)
     app.router.add_delete("/v1/responses/{response_id}", delete_response)
 
@@ -37,14 +39,7 @@ def setup(app: web.Application) -> None:
 async def create_response(request: web.Request) -> web.StreamResponse:
     parsed = parse_request(await read_json(request))
     store, tenant = request.app[RESPONSE_STORE_KEY], owner(request)
-    history: list[dict] = []
-    if parsed.previous_response_id is not None:
-        previous = await asyncio.to_thread(store.get, tenant, parsed.previous_response_id)
-        if previous is None:
-            raise ApiError(404, f"Previous response with id {parsed.previous_response_id!r} not found (unknown, "
-                           "expired, deleted, stored with store: false, or another key's).",
-                           param="previous_response_id", code="previous_response_not_found")
-        history = previous.conversation
+    history = await _history(request, parsed)
     chat_body = with_history(parsed, history)
 
     async def keep(response: dict) -> None:
@@ -63,6 +58,29 @@ async def create_response(request: web.Request) -> web.StreamResponse:
                                    output=output_items(result), usage=call.usage())
         await keep(response)
         return web.json_response(response, headers=call.headers)
+
+
+async def count_input_tokens(request: web.Request) -> web.Response:
+    """POST /v1/responses/input_tokens: the prompt's size, rendered as a create would render it."""
+    parsed = parse_request(await read_json(request))
+    rendered = await render_chat(request, with_history(parsed, await _history(request, parsed)))
+    request[MODEL_NAME] = rendered.model
+    request[PROMPT_TOKENS] = len(rendered.token_ids)
+    return web.json_response({"object": "response.input_tokens", "input_tokens": len(rendered.token_ids)})
+
+
+async def _history(request: web.Request, parsed: ResponsesRequest) -> list[dict]:
+    """The stored conversation previous_response_id continues (empty without one); 404 when the
+    caller's key has no such response."""
+    if parsed.previous_response_id is None:
+        return []
+    store = request.app[RESPONSE_STORE_KEY]
+    previous = await asyncio.to_thread(store.get, owner(request), parsed.previous_response_id)
+    if previous is None:
+        raise ApiError(404, f"Previous response with id {parsed.previous_response_id[:200]!r} not found (unknown, "
+                       "expired, deleted, stored with store: false, or another key's).",
+                       param="previous_response_id", code="previous_response_not_found")
+    return previous.conversation
 
 
 async def _stream(request: web.Request, call: ChatCall, parsed: ResponsesRequest, response_id: str,

@@ -107,6 +107,9 @@ async def test_previous_response_id_continues_the_conversation(alice: openai.Asy
     assert follow.usage.input_tokens == full.usage.input_tokens
     assert follow.usage.input_tokens > first.usage.input_tokens + first.usage.output_tokens
     assert follow.usage.input_tokens_details.cached_tokens > 0  # the first turn's prompt was reused
+    counted = await alice.responses.input_tokens.count(model=MODEL, previous_response_id=first.id,
+                                                       input="What is my name?")
+    assert counted.input_tokens == follow.usage.input_tokens
     third = await alice.responses.create(model=MODEL, previous_response_id=follow.id, input="Thanks.",
                                          max_output_tokens=4, temperature=0)
     assert third.usage.input_tokens > follow.usage.input_tokens + follow.usage.output_tokens  # a chain
