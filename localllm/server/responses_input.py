@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from localllm.server.chat_template import MAX_CHAT_MESSAGES
+from localllm.chat.template import MAX_CHAT_MESSAGES
 from localllm.server.errors import bad_request
 
 PASSED_THROUGH = ("model", "temperature", "top_p", "parallel_tool_calls", "seed", "top_k", "min_p",
