@@ -167,12 +167,13 @@ async def start_served(backend: ModelBackend, config: Config, *, name: str, path
     engine = await asyncio.to_thread(engine_for, backend, name, config, identity)
     await engine.start()
     template = (spec.chat_template if spec else None) or backend.metadata("tokenizer.chat_template")
+    tool_use = None if spec and spec.chat_template else backend.metadata("tokenizer.chat_template.tool_use")
     load_s = time.monotonic() - started_s
     log.info("loaded %s (%s) in %.1f s: %d slots, %d KV cells, %d threads",
              name, backend.describe(), load_s, config.engine.parallel, backend.num_ctx, config.engine.num_threads)
     created = int(path.stat().st_mtime) if path.exists() else 0
     return LoadedModel(name, path, spec, engine, template, backend.bos_text(), backend.eos_text(), load_s,
-                       identity, created)
+                       identity, created, tool_use_template=tool_use)
 
 
 async def load_model(config: Config, on_progress: Callable[[float], None] | None = None) -> LoadedModel:

@@ -258,21 +258,25 @@ def template_kwargs(body: dict) -> dict:
     """Extra template variables of a chat body: `chat_template_kwargs` (e.g. enable_thinking)
     and `reasoning_effort`. Names are identifiers and may not replace what the server passes."""
     raw = body.get("chat_template_kwargs")
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict) or len(raw) > MAX_TEMPLATE_KWARGS:
-        raise InvalidParam("chat_template_kwargs", f"chat_template_kwargs must be an object of at most "
-                           f"{MAX_TEMPLATE_KWARGS} entries")
-    for key in raw:
-        if not _KWARG_NAME_RE.match(key) or key in RESERVED_TEMPLATE_NAMES:
-            raise InvalidParam("chat_template_kwargs", f"chat_template_kwargs key {key[:64]!r} is not an identifier "
-                               "the template may receive")
-    kwargs = dict(raw)
+    kwargs = dict(check_template_kwargs({} if raw is None else raw))
     effort = body.get("reasoning_effort")
     if effort is not None:
         if effort not in ("minimal", "low", "medium", "high"):
             raise InvalidParam("reasoning_effort", "reasoning_effort must be minimal, low, medium or high")
         kwargs.setdefault("reasoning_effort", effort)
+    return kwargs
+
+
+def check_template_kwargs(kwargs: object) -> dict:
+    """`kwargs` if it is an object of at most MAX_TEMPLATE_KWARGS identifiers that do not replace
+    what the server passes the template; else InvalidParam("chat_template_kwargs")."""
+    if not isinstance(kwargs, dict) or len(kwargs) > MAX_TEMPLATE_KWARGS:
+        raise InvalidParam("chat_template_kwargs", f"chat_template_kwargs must be an object of at most "
+                           f"{MAX_TEMPLATE_KWARGS} entries")
+    for key in kwargs:
+        if not isinstance(key, str) or not _KWARG_NAME_RE.match(key) or key in RESERVED_TEMPLATE_NAMES:
+            raise InvalidParam("chat_template_kwargs", f"chat_template_kwargs key {str(key)[:64]!r} is not an "
+                               "identifier the template may receive")
     return kwargs
 
 

@@ -30,7 +30,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from localllm.chat.fallback import with_tools_in_messages
 from localllm.chat.families import Family, detect_family
-from localllm.chat.messages import MAX_CHAT_MESSAGES, normalise_messages, tool_dicts
+from localllm.chat.messages import MAX_CHAT_MESSAGES, check_template_kwargs, normalise_messages, tool_dicts
 from localllm.chat.types import ToolSpec
 from localllm.types import InvalidParam
 
@@ -60,6 +60,8 @@ class _Inputs:
     kwargs: dict
     checked: list[tuple[str, list[str]]]
     """(param, user strings) the template may write into its own text: refused if special."""
+    continue_final: bool = False
+    """Render without a generation prompt and end the text with the final message's content."""
 
 
 class ChatTemplate:
@@ -82,23 +84,33 @@ class ChatTemplate:
         self.system_role = self._has_system_role()
 
     def render(self, messages: Sequence[dict], *, tools: Sequence[ToolSpec] = (),
-               template_kwargs: dict | None = None) -> str:
-        return self._render(self._inputs(messages, tools, template_kwargs))
+               template_kwargs: dict | None = None, continue_final_message: bool = False) -> str:
+        inputs = self._inputs(messages, tools, template_kwargs, continue_final_message)
+        text = self._render(inputs)
+        return _cut_after_final(text, inputs) if continue_final_message else text
 
     def prompt_token_ids(self, messages: Sequence[dict], tokenize: Tokenize, max_tokens: int, *,
-                         tools: Sequence[ToolSpec] = (), template_kwargs: dict | None = None) -> list[int]:
-        return self.prompt(messages, tokenize, max_tokens, tools=tools, template_kwargs=template_kwargs).token_ids
+                         tools: Sequence[ToolSpec] = (), template_kwargs: dict | None = None,
+                         continue_final_message: bool = False) -> list[int]:
+        return self.prompt(messages, tokenize, max_tokens, tools=tools, template_kwargs=template_kwargs,
+                           continue_final_message=continue_final_message).token_ids
 
     def prompt(self, messages: Sequence[dict], tokenize: Tokenize, max_tokens: int, *,
-               tools: Sequence[ToolSpec] = (), template_kwargs: dict | None = None) -> RenderedPrompt:
+               tools: Sequence[ToolSpec] = (), template_kwargs: dict | None = None,
+               continue_final_message: bool = False) -> RenderedPrompt:
         """The rendered prompt as text and tokens: the template's own text with special tokens
         parsed, message contents without, so a user cannot forge turn markers. Slow: call off the
-        loop. InvalidParam as soon as the prompt passes `max_tokens` (one slot's context)."""
-        inputs = self._inputs(messages, tools, template_kwargs)
+        loop. InvalidParam as soon as the prompt passes `max_tokens` (one slot's context).
+        `continue_final_message`: the final message is an assistant's reply to continue (a
+        prefill, as Anthropic's API and llama-server allow): no generation prompt, and the
+        prompt ends where that content ends."""
+        inputs = self._inputs(messages, tools, template_kwargs, continue_final_message)
         for param, strings in inputs.checked:
             _refuse_special_text(strings, tokenize, param)
         text = self._render(inputs)
         segments = self._segments(text, inputs)
+        if continue_final_message:
+            text, segments = _continued(text, segments, inputs)
         if segments is None:  # the template rewrites contents: safe only if none holds special text
             for i, message in enumerate(inputs.messages):
                 if tokenize(message["content"], True) != tokenize(message["content"], False):
@@ -114,19 +126,25 @@ class ChatTemplate:
                                    "request slot's context holds.")
         return RenderedPrompt(text, token_ids, prompt_opens_reasoning(text, self.family))
 
-    def _inputs(self, messages: Sequence[dict], tools: Sequence[ToolSpec], template_kwargs: dict | None) -> _Inputs:
+    def _inputs(self, messages: Sequence[dict], tools: Sequence[ToolSpec], template_kwargs: dict | None,
+                continue_final: bool = False) -> _Inputs:
         normalised = normalise_messages(list(messages))
-        kwargs = {**DEFAULT_TEMPLATE_KWARGS, **(template_kwargs or {})}
-        checked = [("chat_template_kwargs", list(_strings(template_kwargs or {})))]
+        final = normalised[-1]
+        if continue_final and (final["role"] != "assistant" or final.get("tool_calls") or not final["content"]):
+            raise InvalidParam("messages", "only a final assistant message with text content and no tool calls "
+                               "can be continued")
+        template_kwargs = check_template_kwargs(template_kwargs or {})
+        kwargs = {**DEFAULT_TEMPLATE_KWARGS, **template_kwargs}
+        checked = [("chat_template_kwargs", list(_strings(template_kwargs)))]
         tool_list = tool_dicts(list(tools))
         if not self.family.native_tools:
             normalised = with_tools_in_messages(normalised, tool_list, system_role=self.system_role)
-            return _Inputs(normalised, None, kwargs, checked)
+            return _Inputs(normalised, None, kwargs, checked, continue_final)
         if self.family.name == "mistral":
             normalised = _mistral_call_ids(normalised)
         calls = [m.get("tool_calls", []) for m in normalised] + [m.get("tool_call_id", "") for m in normalised]
         checked += [("tools", list(_strings(tool_list))), ("messages", list(_strings(calls)))]
-        return _Inputs(normalised, tool_list or None, kwargs, checked)
+        return _Inputs(normalised, tool_list or None, kwargs, checked, continue_final)
 
     def _segments(self, text: str, inputs: _Inputs) -> list[tuple[str, bool]] | None:
         """The rendered prompt as (text, is_message_content) pieces, or None.
@@ -140,13 +158,13 @@ class ChatTemplate:
         parts = re.split(f"{nonce}(\\d{{5}}){nonce}", self._render(inputs, marked))
         return _match(text, parts, [m["content"] for m in inputs.messages])
 
-    def _render(self, inputs: _Inputs, messages: list[dict] | None = None, *, add_generation_prompt: bool = True) -> str:
+    def _render(self, inputs: _Inputs, messages: list[dict] | None = None) -> str:
         try:
             return self._template.render({
                 **inputs.kwargs,
                 "messages": inputs.messages if messages is None else messages,
                 "tools": inputs.tools,
-                "add_generation_prompt": add_generation_prompt,
+                "add_generation_prompt": not inputs.continue_final,
                 "bos_token": self.bos_token,
                 "eos_token": self.eos_token,
             })
@@ -169,6 +187,26 @@ def prompt_opens_reasoning(text: str, family: Family) -> bool:
     """The prompt ends inside a reasoning block (DeepSeek-R1's and Qwen3's generation prompts
     end with `<think>\\n`): the model's output starts as reasoning."""
     return family.think_open is not None and text.rstrip().endswith(family.think_open)
+
+
+def _continued(text: str, segments: list[tuple[str, bool]] | None,
+               inputs: _Inputs) -> tuple[str, list[tuple[str, bool]] | None]:
+    """The render and its pieces cut after the final message's content (the last content piece)."""
+    last = max((i for i, (_, is_content) in enumerate(segments or ()) if is_content), default=None)
+    if segments is None or last is None or segments[last][0] not in _variants(inputs.messages[-1]["content"]):
+        return _cut_after_final(text, inputs), None
+    segments = segments[:last + 1]
+    return "".join(piece for piece, _ in segments), segments
+
+
+def _cut_after_final(text: str, inputs: _Inputs) -> str:
+    """Hugging Face's continue_final_message: the text up to the last occurrence of the final content."""
+    for variant in _variants(inputs.messages[-1]["content"]):
+        end = text.rfind(variant)
+        if variant and end >= 0:
+            return text[:end + len(variant)]
+    raise InvalidParam("messages", "the chat template does not write the final message's content, so it "
+                       "cannot be continued")
 
 
 def _match(text: str, parts: list[str], contents: list[str]) -> list[tuple[str, bool]] | None:

@@ -43,10 +43,19 @@ class LoadedModel:
     created: int = 0
     """Unix time of the model file when it was loaded (/v1/models' `created`; the file may go later)."""
 
+    tool_use_template: str | None = None
+    """The GGUF's `tokenizer.chat_template.tool_use` (Hermes 2 Pro, Command R carry one): llama.cpp
+    renders requests with tools with it. None when absent or when the catalogue sets the template."""
+
     @property
     def template_family(self) -> str | None:
         """models.toml's `template_family` override for compiled_template; None: detect it."""
         return self.spec.template_family if self.spec is not None else None
+
+    def template_source(self, *, tools: bool) -> str | None:
+        """The Jinja source to render a chat with: the tool-use variant for a request with tools
+        where the model file has one, else `chat_template`."""
+        return self.tool_use_template if tools and self.tool_use_template else self.chat_template
 
 
 ModelLoader = Callable[..., Awaitable[LoadedModel]]
