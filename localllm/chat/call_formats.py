@@ -110,6 +110,11 @@ class HermesParser(OpenerParser):
         return False
 
     def _block(self, body: str) -> bool:
+        if body.lstrip(WS).startswith("<function="):  # Qwen3-Coder / Qwen3.5 write XML inside the block
+            calls = xml_calls(body, self.schemas)
+            if calls:
+                self._calls(calls, keep_ids=False)
+            return bool(calls)
         values = loads_many(body)
         if not values:
             return False
@@ -117,6 +122,51 @@ class HermesParser(OpenerParser):
         for value in values:
             items.extend(value if isinstance(value, list) else [value])
         return self.calls_in(items)
+
+
+_XML_FUNCTION = re.compile(r"\s*<function=([^>\n]{1,256})>\n?(.*?)</function>\s*", re.DOTALL)
+_XML_PARAMETER = re.compile(r"\s*<parameter=([^>\n]{1,256})>\n?(.*?)\n?</parameter>\s*", re.DOTALL)
+
+
+def xml_calls(body: str, schemas: dict[str, dict]) -> list[tuple[str, str, str | None]] | None:
+    """`<function=NAME><parameter=KEY>VALUE</parameter>...</function>`, one or more, or None
+    when the body is anything else. One newline on each side of a value is the format's, not
+    the value's. Values are text unless the tool's schema says the parameter is not a string."""
+    calls: list[tuple[str, str, str | None]] = []
+    pos = 0
+    while pos < len(body):
+        function = _XML_FUNCTION.match(body, pos)
+        if function is None:
+            return None
+        name, inner, arguments = function.group(1).strip(), function.group(2), {}
+        properties = (schemas.get(name) or {}).get("properties")
+        properties = properties if isinstance(properties, dict) else {}
+        at = 0
+        while at < len(inner):
+            parameter = _XML_PARAMETER.match(inner, at)
+            if parameter is None:
+                if inner[at:].strip(WS):
+                    return None
+                break
+            key = parameter.group(1).strip()
+            arguments[key] = _typed(parameter.group(2), properties.get(key))
+            at = parameter.end()
+        if not name:
+            return None
+        calls.append((name, json.dumps(arguments, ensure_ascii=False), None))
+        pos = function.end()
+    return calls
+
+
+def _typed(value: str, schema: object) -> object:
+    kind = schema.get("type") if isinstance(schema, dict) else None
+    kinds = kind if isinstance(kind, list) else [kind]
+    if kind is None or "string" in kinds:
+        return value
+    try:
+        return loads(value.strip(WS))
+    except ValueError:
+        return value
 
 
 class MistralParser(OpenerParser):

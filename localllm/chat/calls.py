@@ -158,6 +158,8 @@ class CallParser:
 
     def __init__(self, arguments_key: str = "arguments") -> None:
         self.arguments_key = arguments_key
+        self.schemas: dict[str, dict] = {}
+        """Tool name -> parameters schema, for formats whose values carry no JSON types (XML)."""
         self.num_calls = 0
         self._has_text = False
         self._events: list[OutputEvent] = []

@@ -20,6 +20,7 @@ is plain text.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from localllm.chat.call_formats import GenericParser, HermesParser, Llama3Parser, MistralParser
@@ -32,23 +33,28 @@ from localllm.chat.types import (
     ToolCall,
     ToolCallArguments,
     ToolCallStarted,
+    ToolSpec,
 )
 
 _CALL_PARSERS = {"hermes": HermesParser, "llama3": Llama3Parser, "mistral": MistralParser, "generic": GenericParser}
 
 
-def call_parser(family: Family, parse_tools: bool) -> CallParser:
+def call_parser(family: Family, parse_tools: bool, tools: Sequence[ToolSpec] = ()) -> CallParser:
     if not parse_tools:
         return CallParser(family.arguments_key)
-    return _CALL_PARSERS.get(family.name, GenericParser)(family.arguments_key)
+    parser = _CALL_PARSERS.get(family.name, GenericParser)(family.arguments_key)
+    parser.schemas = {tool.name: tool.parameters for tool in tools}
+    return parser
 
 
 class OutputParser:
     """Splits one choice's output into reasoning, text and tool calls as it streams."""
 
     def __init__(self, family: Family, *, parse_tools: bool, starts_in_reasoning: bool = False,
-                 parse_reasoning: bool = True) -> None:
-        self._calls = call_parser(family, parse_tools)
+                 parse_reasoning: bool = True, tools: Sequence[ToolSpec] = ()) -> None:
+        """`tools`: the request's tools, optional: their schemas type the values of formats that
+        write arguments as text (Qwen3-Coder's XML); JSON formats do not need them."""
+        self._calls = call_parser(family, parse_tools, tools)
         self._open = family.think_open or THINK_OPEN
         self._close = family.think_close or THINK_CLOSE
         self._buf = ""

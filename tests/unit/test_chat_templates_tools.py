@@ -32,6 +32,10 @@ EXPECTED = {
     "deepseek-ai-DeepSeek-R1-Distill-Llama-8B.jinja": ("generic", True, True, True),
     "deepseek-ai-DeepSeek-R1-Distill-Qwen-32B.jinja": ("generic", True, True, True),
     "google-gemma-2-2b-it.jinja": ("generic", False, False, True),
+    "Qwen3-Coder.jinja": ("hermes", False, False, True),
+    "Qwen3.5-4B.jinja": ("hermes", True, True, True),
+    "Mistral-Small-3.2-24B-Instruct-2506.jinja": ("mistral", False, False, True),
+    "unsloth-mistral-Devstral-Small-2507.jinja": ("mistral", False, False, True),
 }
 SPECIALS = ["<|im_start|>", "<|im_end|>", "<|eot_id|>", "<|start_header_id|>", "<|end_header_id|>",
             "<|python_tag|>", "[INST]", "[/INST]", "[TOOL_CALLS]", "[AVAILABLE_TOOLS]", "[/AVAILABLE_TOOLS]",

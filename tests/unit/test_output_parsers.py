@@ -23,6 +23,7 @@ from localllm.chat.types import (
     ToolCall,
     ToolCallArguments,
     ToolCallStarted,
+    ToolSpec,
 )
 
 QWEN3 = with_reasoning(HERMES)
@@ -42,10 +43,11 @@ class Case:
     starts_in_reasoning: bool = False
     parse_tools: bool = True
     parse_reasoning: bool = True
+    tools: tuple[ToolSpec, ...] = ()
 
     def parser(self) -> OutputParser:
-        return OutputParser(self.family, parse_tools=self.parse_tools,
-                            starts_in_reasoning=self.starts_in_reasoning, parse_reasoning=self.parse_reasoning)
+        return OutputParser(self.family, parse_tools=self.parse_tools, starts_in_reasoning=self.starts_in_reasoning,
+                            parse_reasoning=self.parse_reasoning, tools=self.tools)
 
 
 def run(case: Case, chunks: list[str]) -> list[OutputEvent]:
@@ -141,6 +143,44 @@ HERMES_CASES = [
          content="<tool_calls> <tool_cal> </tool_call>"),
     Case("parse_tools off", HERMES, 'x <tool_call>{"name": "a", "arguments": {}}</tool_call>',
          content='x <tool_call>{"name": "a", "arguments": {}}</tool_call>', parse_tools=False),
+]
+
+def tool(name: str, **properties: str) -> ToolSpec:
+    return ToolSpec(name, "", {"type": "object", "properties": {k: {"type": v} for k, v in properties.items()}})
+
+
+XML_TOOLS = (tool("special_function", arg1="integer"), tool("special_function_with_opt", arg1="integer", arg2="integer"),
+             tool("python", code="string"), tool("edit", filename="string", oldString="string", newString="string"),
+             tool("search", query="string", filters="object", limit=["integer", "null"]))
+
+QWEN3_CODER_CASES = [  # Qwen3-Coder / Qwen3.5 write XML inside <tool_call> (llama.cpp's Qwen3.5 and Qwen3-Coder tests)
+    Case("XML call typed by the schema", HERMES,
+         "<tool_call>\n<function=special_function>\n<parameter=arg1>\n1\n</parameter>\n</function>\n</tool_call>",
+         calls=[SPECIAL], tools=XML_TOOLS),
+    Case("XML without tools: values are text", HERMES,
+         "<tool_call>\n<function=special_function>\n<parameter=arg1>\n1\n</parameter>\n</function>\n</tool_call>",
+         calls=[("special_function", {"arg1": "1"})]),
+    Case("two XML calls", HERMES,
+         "<tool_call>\n<function=special_function>\n<parameter=arg1>\n1\n</parameter>\n</function>\n</tool_call>\n"
+         "<tool_call>\n<function=special_function_with_opt>\n<parameter=arg1>\n1\n</parameter>\n"
+         "<parameter=arg2>\n2\n</parameter>\n</function>\n</tool_call>",
+         calls=[SPECIAL, WITH_OPT], tools=XML_TOOLS),
+    Case("XML code keeps its lines and indent", HERMES,
+         "<tool_call>\n<function=python>\n<parameter=code>\n    print(\"Hello, world!\")\n\nhello()\n"
+         "</parameter>\n</function>\n</tool_call>",
+         calls=[("python", {"code": '    print("Hello, world!")\n\nhello()'})], tools=XML_TOOLS),
+    Case("XML value ending in a newline keeps it", HERMES,
+         "<tool_call>\n<function=edit>\n<parameter=filename>\nfoo.c\n</parameter>\n<parameter=oldString>\n"
+         "#iclunde\n</parameter>\n<parameter=newString>\n#include\n\n</parameter>\n</function>\n</tool_call>",
+         calls=[("edit", {"filename": "foo.c", "oldString": "#iclunde", "newString": "#include\n"})], tools=XML_TOOLS),
+    Case("XML objects, nullable ints, bad JSON stays text", HERMES,
+         "<tool_call>\n<function=search>\n<parameter=query>\n42\n</parameter>\n<parameter=filters>\n"
+         '{"lang": "en"}\n</parameter>\n<parameter=limit>\nnull\n</parameter>\n</function>\n</tool_call>'
+         "<tool_call><function=search><parameter=filters>{oops</parameter></function></tool_call>",
+         calls=[("search", {"query": "42", "filters": {"lang": "en"}, "limit": None}),
+                ("search", {"filters": "{oops"})], tools=XML_TOOLS),
+    Case("broken XML is text", HERMES, "<tool_call><function=a><parameter=x>1</function></tool_call>",
+         content="<tool_call><function=a><parameter=x>1</function></tool_call>", tools=XML_TOOLS),
 ]
 
 LLAMA3_CASES = [
@@ -254,7 +294,7 @@ REASONING_CASES = [
          "<think>x</think>[TOOL_CALLS]f[ARGS]{}", reasoning="x", calls=[("f", {})]),
 ]
 
-ALL_CASES = HERMES_CASES + LLAMA3_CASES + MISTRAL_CASES + GENERIC_CASES + REASONING_CASES
+ALL_CASES = HERMES_CASES + QWEN3_CODER_CASES + LLAMA3_CASES + MISTRAL_CASES + GENERIC_CASES + REASONING_CASES
 
 
 @pytest.mark.parametrize("case", ALL_CASES, ids=[f"{c.family.name}-{c.name}" for c in ALL_CASES])
