@@ -9,6 +9,7 @@ Small 3.2 / Devstral `[TOOL_CALLS]name[ARGS]`, QwQ / DeepSeek-R1 `</think>` with
 from __future__ import annotations
 
 import json
+import random
 import re
 from dataclasses import dataclass, field
 
@@ -361,3 +362,33 @@ def test_hostile_output_never_raises_and_comes_back_as_text(family: Family, text
         answer = fold(parser.feed(output) + parser.close())
         assert not answer.tool_calls
         assert answer.content + answer.reasoning in (output, output.strip(), text.strip(), text)
+
+
+PIECES = ["<tool_call>", "</tool_call>", "<tool_", "[TOOL_CALLS]", "[ARGS]", "[CALL_ID]", "<think>", "</think>",
+          "<|python_tag|>", "```json\n", "```", '{"name": "f", "arguments": {"a": [1, "}"]}}', '{"name": "g"}',
+          '{"tool_calls": [{"name": "h", "arguments": {}}]}', '{"response": "r"}', "[", "]", "{", "}", '"', "\\",
+          "; ", " ", "\n", "hello", "f", "<function=f>", "<parameter=a>", "</parameter>", "</function>", "é☃"]
+
+
+@pytest.mark.parametrize("family", [HERMES, LLAMA3, MISTRAL, GENERIC, QWEN3], ids=lambda f: f.name + str(f.reasons))
+@pytest.mark.parametrize("starts_in_reasoning", [False, True])
+def test_random_outputs_fold_the_same_however_they_are_split(family: Family, starts_in_reasoning: bool) -> None:
+    """Outputs made of openers, closers, JSON and text in random order: every way of cutting
+    them up (a random split into 1-6 character pieces, single characters) gives the whole
+    output's answer, and the event stream is well formed."""
+    rng = random.Random(f"{family.name}{starts_in_reasoning}")
+    for _ in range(300):
+        output = "".join(rng.choice(PIECES) for _ in range(rng.randint(1, 12)))
+        case = Case("random", family, output, starts_in_reasoning=starts_in_reasoning, ids=[])
+        whole = fold(run(case, [output]))
+        cuts, at = [], 0
+        while at < len(output):
+            step = rng.randint(1, 6)
+            cuts.append(output[at:at + step])
+            at += step
+        for chunks in (cuts, list(output)):
+            events = run(case, chunks)
+            check_events(events, case)
+            got = fold(events)
+            assert (got.content, got.reasoning, [(c.name, c.arguments) for c in got.tool_calls]) == (
+                whole.content, whole.reasoning, [(c.name, c.arguments) for c in whole.tool_calls]), repr(output)
