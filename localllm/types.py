@@ -107,6 +107,8 @@ class TokenDelta:
     error: str | None = None
     logprobs: list[TokenLogprob] | None = None
     """One entry per token in token_ids, when the request asked for logprobs."""
+    stop_sequence: str | None = None
+    """The stop string that ended the request (finish_reason STOP by a stop string, not end of generation)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -145,7 +145,7 @@ def _encode(recorded: Recorded) -> str:
     return json.dumps([[index, d.text, d.token_ids, d.finish_reason.value if d.finish_reason else None,
                         d.num_prompt_tokens, d.num_generated_tokens,
                         [[lp.token_id, lp.logprob, [list(t) for t in lp.top]] for lp in d.logprobs or []]
-                        if d.logprobs is not None else None]
+                        if d.logprobs is not None else None, d.stop_sequence]
                        for index, d in recorded])
 
 
@@ -154,8 +154,10 @@ def _decode(raw: bytes) -> Recorded | None:
     (the directory is untrusted: a sealed entry may still hold anything)."""
     try:
         recorded = []
-        for index, text, token_ids, reason, num_prompt, num_generated, logprobs in json.loads(raw):
-            if not (_ints(index, num_prompt, num_generated, *token_ids) and isinstance(text, str)):
+        for index, text, token_ids, reason, num_prompt, num_generated, logprobs, *rest in json.loads(raw):
+            stop = rest[0] if rest else None  # entries written before stop strings were recorded have 7 fields
+            if not (_ints(index, num_prompt, num_generated, *token_ids) and isinstance(text, str)
+                    and len(rest) <= 1 and (stop is None or isinstance(stop, str))):
                 raise ValueError("a field of the wrong type")
             delta = TokenDelta(
                 request_id="cache", text=text, token_ids=list(token_ids),
@@ -163,6 +165,7 @@ def _decode(raw: bytes) -> Recorded | None:
                 num_prompt_tokens=num_prompt, num_cached_tokens=num_prompt,  # all of the prompt came from cache
                 num_generated_tokens=num_generated,
                 logprobs=None if logprobs is None else [_logprob(*entry) for entry in logprobs],
+                stop_sequence=stop,
             )
             recorded.append((index, delta))
         return recorded

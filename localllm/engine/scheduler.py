@@ -202,6 +202,7 @@ class Scheduler:
             return self._finish(request, FinishReason.STOP, delta)
         delta.text = request.text.push(self._token_piece(token_id))
         if request.text.stopped:
+            delta.stop_sequence = request.text.matched
             return self._finish(request, FinishReason.STOP, delta)
         if len(request.output_token_ids) >= request.max_new_tokens:
             return self._finish(request, FinishReason.LENGTH, delta)

@@ -15,7 +15,7 @@ class TextStream:
     Changes state on `push` and `flush`; owned by one request on the engine thread.
     """
 
-    __slots__ = ("_decoder", "_held", "_stops", "stopped")
+    __slots__ = ("_decoder", "_held", "_stops", "stopped", "matched")
 
     def __init__(self, stops: tuple[str, ...] = ()) -> None:
         # "replace" so a model that emits invalid UTF-8 yields U+FFFD, never an exception.
@@ -24,6 +24,8 @@ class TextStream:
         self._stops = stops
         self.stopped = False
         """True once a stop string matched; later pushes emit nothing."""
+        self.matched: str | None = None
+        """The stop string that matched (the earliest in the text; the first listed at one position)."""
 
     def push(self, piece: bytes) -> str:
         """Adds one token's bytes; returns the text that is now safe to emit."""
@@ -32,8 +34,9 @@ class TextStream:
         text = self._held + self._decoder.decode(piece)
         if not self._stops:
             return text
-        cut = _earliest_stop(text, self._stops)
-        if cut is not None:
+        found = _earliest_stop(text, self._stops)
+        if found is not None:
+            cut, self.matched = found
             self.stopped = True
             self._held = ""
             return text[:cut]
@@ -50,9 +53,13 @@ class TextStream:
         return text
 
 
-def _earliest_stop(text: str, stops: tuple[str, ...]) -> int | None:
-    found = [i for i in (text.find(s) for s in stops) if i >= 0]
-    return min(found) if found else None
+def _earliest_stop(text: str, stops: tuple[str, ...]) -> tuple[int, str] | None:
+    """(position, stop string) of the earliest match; at one position, the first listed."""
+    found = [(i, n) for n, i in enumerate(text.find(s) for s in stops) if i >= 0]
+    if not found:
+        return None
+    position, n = min(found)
+    return position, stops[n]
 
 
 def _longest_partial_stop(text: str, stops: tuple[str, ...]) -> int:

@@ -27,7 +27,9 @@ def message_id() -> str:
     return "msg_" + uuid.uuid4().hex
 
 
-def stop_reason(finish_reason: str | None) -> str:
+def stop_reason(finish_reason: str | None, stop_sequence: str | None = None) -> str:
+    if stop_sequence is not None:
+        return "stop_sequence"
     return STOP_REASONS.get(finish_reason or "stop", "end_turn")
 
 
@@ -61,7 +63,8 @@ def message_body(msg_id: str, model: str, result: ChoiceResult, usage: Usage) ->
         content.append({"type": "text", "text": result.content})
     content.extend(tool_use_block(call) for call in result.tool_calls)
     return {"id": msg_id, "type": "message", "role": "assistant", "model": model, "content": content,
-            "stop_reason": stop_reason(result.finish_reason), "stop_sequence": None, "usage": usage_body(usage)}
+            "stop_reason": stop_reason(result.finish_reason, result.stop_sequence),
+            "stop_sequence": result.stop_sequence, "usage": usage_body(usage)}
 
 
 def error_event(message: str, status: int) -> Event:
@@ -99,9 +102,9 @@ class MessageEvents:
             return [self._content_delta({"type": "input_json_delta", "partial_json": event.text})]
         return []
 
-    def finish(self, finish_reason: str, usage: Usage) -> list[Event]:
+    def finish(self, finish_reason: str, usage: Usage, stop_sequence: str | None = None) -> list[Event]:
         """Closes the open block; the stop reason and the final usage (cumulative counts)."""
-        delta = {"stop_reason": stop_reason(finish_reason), "stop_sequence": None}
+        delta = {"stop_reason": stop_reason(finish_reason, stop_sequence), "stop_sequence": stop_sequence}
         empty = self._open_block("text", {"type": "text", "text": ""}) if self._index < 0 else []  # as message_body
         ending = {"type": "message_delta", "delta": delta, "usage": usage_body(usage)}
         return [*empty, *self._close(), ("message_delta", ending), ("message_stop", {"type": "message_stop"})]

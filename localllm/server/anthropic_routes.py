@@ -58,7 +58,7 @@ async def _stream(request: web.Request, call, msg_id: str, headers: dict[str, st
                 started = True
                 await _send(sse, mapped.start(call.usage()))
             if isinstance(event, Finished):
-                await _send(sse, mapped.finish(event.finish_reason, call.usage()))
+                await _send(sse, mapped.finish(event.finish_reason, call.usage(), event.stop_sequence))
             else:
                 await _send(sse, mapped.feed(event))
         await sse.finish(done=False)

@@ -28,6 +28,8 @@ from localllm.types import FinishReason, TokenDelta, TokenLogprob
 class Finished:
     finish_reason: str
     """"stop", "length" or "tool_calls" (OpenAI's words)."""
+    stop_sequence: str | None = None
+    """The stop string that ended the answer ("stop" by a stop string, not by end of generation)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +61,8 @@ class ChoiceResult:
     """None only when the client went away before the choice finished."""
     logprobs: list[TokenLogprob] | None = None
     """Set when the body asked for logprobs."""
+    stop_sequence: str | None = None
+    """As Finished.stop_sequence."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,7 +158,7 @@ class ChatCall:
             elif isinstance(event, Logprobs):
                 result.logprobs.extend(event.entries)
             elif isinstance(event, Finished):
-                result.finish_reason = event.finish_reason
+                result.finish_reason, result.stop_sequence = event.finish_reason, event.stop_sequence
             elif isinstance(event, Failed):
                 raise ApiError(event.status, event.message, type="server_error")
         for i, result in enumerate(results):
@@ -202,4 +206,4 @@ def _ending(delta: TokenDelta) -> Finished | Failed:
         return Failed(delta.error or "The engine failed while generating.", 500)
     if delta.finish_reason is FinishReason.ABORT:
         return Failed(delta.error or "The request was cancelled by the server.", 503)
-    return Finished(delta.finish_reason.value)
+    return Finished(delta.finish_reason.value, delta.stop_sequence)

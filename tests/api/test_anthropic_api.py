@@ -95,6 +95,24 @@ async def test_a_streamed_message_sends_anthropics_events(http: aiohttp.ClientSe
     assert delta["usage"]["output_tokens"] == len(REPLY) + 1
 
 
+async def test_a_stop_sequence_is_named_also_when_streamed_and_replayed_from_the_cache(tmp_path: Path):
+    body = {**HELLO, "stop_sequences": ["x", "ll", "lo"]}  # REPLY is "Hello!": "ll" matches first
+    async with api_server(api_config(tmp_path, cache_enabled=True)) as server, \
+            aiohttp.ClientSession(base_url=str(server.make_url("/"))) as http:
+        answers = []
+        for _ in range(2):  # a miss, then a hit replayed from the response cache
+            response = await http.post("/v1/messages", json=body, headers={"X-LocalLLM-Cache": "on"})
+            answers.append((response.headers["X-LocalLLM-Cache"], await response.json()))
+        assert [cache for cache, _ in answers] == ["miss", "hit"]
+        for _, answer in answers:
+            assert answer["content"] == [{"type": "text", "text": "He"}]
+            assert (answer["stop_reason"], answer["stop_sequence"]) == ("stop_sequence", "ll")
+        events = await read_events(await http.post("/v1/messages", json={**body, "stream": True}))
+        assert events[-2][1]["delta"] == {"stop_reason": "stop_sequence", "stop_sequence": "ll"}
+        plain = await (await http.post("/v1/messages", json={**HELLO, "stop_sequences": ["?"]})).json()
+        assert (plain["stop_reason"], plain["stop_sequence"]) == ("end_turn", None)  # ended by end of generation
+
+
 async def test_count_tokens_counts_the_rendered_prompt(http: aiohttp.ClientSession):
     body = {"model": "scripted", "messages": [{"role": "user", "content": "hi"}]}  # no max_tokens needed
     plain = await http.post("/v1/messages/count_tokens", json=body)

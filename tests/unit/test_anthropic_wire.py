@@ -159,6 +159,7 @@ class _Result:
     tool_calls: list = field(default_factory=list)
     finish_reason: str = "stop"
     index: int = 0
+    stop_sequence: str | None = None
 
 
 def accumulated(events: list) -> dict:
@@ -213,6 +214,14 @@ def test_an_empty_or_plain_answer_streams_like_it_answers(finish: str, reason: s
         expected = message_body("msg_2", "m", _Result("".join(texts), finish_reason=finish), _Usage(5, len(texts), 0))
         assert accumulated(events) == without_nulls(expected) and expected["stop_reason"] == reason
         assert expected["content"] == [{"type": "text", "text": "".join(texts)}]
+
+
+def test_a_stop_sequence_is_the_stop_reason():
+    stream = MessageEvents("msg_3", "m")
+    events = [*stream.start(_Usage(5, 0, 0)), *stream.feed(TextDelta("Hi")), *stream.finish("stop", _Usage(), "END")]
+    expected = message_body("msg_3", "m", _Result("Hi", stop_sequence="END"), _Usage())
+    assert (expected["stop_reason"], expected["stop_sequence"]) == ("stop_sequence", "END")
+    assert accumulated(events) == without_nulls(expected)
 
 
 def test_tool_input_guards_unreadable_arguments():

@@ -1,12 +1,13 @@
 """ResponseCache on real diskcache: round trip, TTL, size limit, sharing, broken directories."""
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from localllm.cache.response_cache import ResponseCache, ResponseCacheConfig, request_key
+from localllm.cache.response_cache import ResponseCache, ResponseCacheConfig, _decode, _encode, request_key
 from localllm.types import FinishReason, TokenDelta, TokenLogprob
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -16,7 +17,7 @@ def answer(text: str = "hello") -> list[tuple[int, TokenDelta]]:
     return [(0, TokenDelta("r", text="hel", token_ids=[5], num_prompt_tokens=3, num_generated_tokens=1,
                            logprobs=[TokenLogprob(5, -0.1, ((5, -0.1), (6, -2.0)))])),
             (0, TokenDelta("r", text=text[3:], token_ids=[6], finish_reason=FinishReason.STOP,
-                           num_prompt_tokens=3, num_generated_tokens=2))]
+                           num_prompt_tokens=3, num_generated_tokens=2, stop_sequence="\n\n"))]
 
 
 def test_round_trip_keeps_deltas_and_marks_the_prompt_cached(tmp_path: Path):
@@ -26,7 +27,19 @@ def test_round_trip_keeps_deltas_and_marks_the_prompt_cached(tmp_path: Path):
     (i0, d0), (i1, d1) = cache.get("k")
     assert (i0, d0.text, d0.token_ids, d0.logprobs[0].top) == (0, "hel", [5], ((5, -0.1), (6, -2.0)))
     assert d1.finish_reason is FinishReason.STOP and d1.num_cached_tokens == d1.num_prompt_tokens == 3
+    assert (d0.stop_sequence, d1.stop_sequence) == (None, "\n\n")
     assert cache.stats()["hits"] == 1 and cache.stats()["misses"] == 1
+
+
+def test_entries_without_a_stop_sequence_field_still_read():
+    """Entries written before the stop string was recorded (seven fields per delta) still read."""
+    rows = json.loads(_encode(answer()))
+    assert [len(row) for row in rows] == [8, 8]
+    legacy = _decode(json.dumps([row[:7] for row in rows]).encode())
+    assert legacy is not None and [d.stop_sequence for _, d in legacy] == [None, None]
+    assert legacy[1][1].text == "lo" and legacy[1][1].finish_reason is FinishReason.STOP
+    assert _decode(json.dumps([row + ["x"] for row in rows]).encode()) is None  # a field too many
+    assert _decode(json.dumps([row[:7] + [5] for row in rows]).encode()) is None  # not a string
 
 
 def test_key_changes_with_every_component():

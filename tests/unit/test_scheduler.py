@@ -109,11 +109,20 @@ def test_abort_of_a_waiting_request_removes_it_from_the_queue():
 def test_stop_string_split_across_tokens_is_matched_and_never_emitted():
     scheduler = make_scheduler(num_slots=1)
     backend = FakeBackend({"r": [8, 4, 5, 9]})  # "t8 " "ST" "OP" "t9 "
-    scheduler.add(make_request("r", [1, 2], max_tokens=10, stop=("STOP",)))
+    scheduler.add(make_request("r", [1, 2], max_tokens=10, stop=("OPE", "STOP", "TOP")))
     deltas = run_to_end(scheduler, backend)["r"]
     assert text_of(deltas) == "t8 "
     assert deltas[-1].finish_reason is FinishReason.STOP
+    assert deltas[-1].stop_sequence == "STOP"  # the earliest match names the stop (Anthropic reports it)
     assert deltas[1].text == ""  # "ST" was held back until it could be ruled in or out
+
+
+def test_end_of_generation_names_no_stop_string():
+    scheduler = make_scheduler(num_slots=1)
+    backend = FakeBackend({"r": [8, EOS]})
+    scheduler.add(make_request("r", [1], max_tokens=10, stop=("STOP",)))
+    deltas = run_to_end(scheduler, backend)["r"]
+    assert deltas[-1].finish_reason is FinishReason.STOP and deltas[-1].stop_sequence is None
 
 
 def test_partial_stop_that_does_not_complete_is_released():
