@@ -123,15 +123,14 @@ def _tool_calls(raw: object, where: str, calls: dict[str, str]) -> list[dict]:
 
 def _arguments(raw: object, where: str) -> dict:
     """OpenAI sends arguments as JSON text; templates iterate them, so they become a dict."""
-    if isinstance(raw, dict):
-        return raw
     if raw is None or raw == "":
         return {}
-    if not isinstance(raw, str):
+    if not isinstance(raw, (str, dict)):
         raise InvalidParam("messages", f"{where} must be a JSON string")
-    try:
-        value = json.loads(raw)
-    except (ValueError, RecursionError):
+    try:  # a dict (from an adapter) must write back as JSON too: the fallback and templates dump it
+        value = json.loads(raw) if isinstance(raw, str) else raw
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError, RecursionError):
         raise InvalidParam("messages", f"{where} is not valid JSON") from None
     if not isinstance(value, dict):
         raise InvalidParam("messages", f"{where} must be a JSON object")

@@ -245,19 +245,21 @@ def _variants(content: str | None) -> tuple[str, ...]:
 
 
 def _strings(value: object) -> Iterable[str]:
-    """Every string in a JSON-like value (keys too), and the JSON-escaped form where it differs."""
-    if isinstance(value, str):
-        yield value
-        escaped = json.dumps(value, ensure_ascii=False)[1:-1]
-        if escaped != value:
-            yield escaped
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            yield from _strings(key)
-            yield from _strings(item)
-    elif isinstance(value, (list, tuple)):
-        for item in value:
-            yield from _strings(item)
+    """Every string in a JSON-like value (keys too), and the JSON-escaped form where it differs.
+    Iterative: a deeply nested value from a request cannot exhaust the stack."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            yield item
+            escaped = json.dumps(item, ensure_ascii=False)[1:-1]
+            if escaped != item:
+                yield escaped
+        elif isinstance(item, dict):
+            for key, child in item.items():
+                stack += (key, child)
+        elif isinstance(item, (list, tuple)):
+            stack += item
 
 
 def _refuse_special_text(strings: list[str], tokenize: Tokenize, param: str) -> None:

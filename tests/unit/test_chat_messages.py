@@ -49,6 +49,13 @@ def test_legacy_function_call_and_function_messages_map_to_tool_calls():
                       "name": "get_weather"}
 
 
+def nested(depth: int) -> dict:
+    value: dict = {}
+    for _ in range(depth):
+        value = {"x": value}
+    return value
+
+
 def bad_loop(**changes) -> list[dict]:
     call = {**CALL, **changes.pop("call", {})}
     function = {**CALL["function"], **changes.pop("function", {})}
@@ -70,6 +77,10 @@ def bad_loop(**changes) -> list[dict]:
     (bad_loop(function={"arguments": "{not json"}), "not valid JSON"),
     (bad_loop(function={"arguments": "[1, 2]"}), "JSON object"),
     (bad_loop(function={"arguments": 3}), "JSON string"),
+    (bad_loop(function={"arguments": "[" * 100_000 + "]" * 100_000}), "not valid JSON"),
+    (bad_loop(function={"arguments": '{"x": NaN}'}), "not valid JSON"),
+    (bad_loop(function={"arguments": {"y": {1, 2}}}), "not valid JSON"),
+    (bad_loop(function={"arguments": nested(5000)}), "not valid JSON"),
     (bad_loop(function={"name": "bad name!"}), "function.name"),
     (bad_loop(call={"type": "code"}), "type function"),
     (bad_loop(call={"id": ""}), ".id"),
