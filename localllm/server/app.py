@@ -13,7 +13,7 @@ from localllm.config import Config
 from localllm.compose import load_model
 from localllm.models.manager import LoadedModel, ModelLoader, ModelManager
 from localllm.server import (
-    admin_routes, anthropic_routes, misc_routes, model_routes, openai_routes, responses_routes,
+    admin_routes, anthropic_routes, misc_routes, model_routes, ollama_routes, openai_routes, responses_routes,
 )
 from localllm.server.auth import KEYRING_KEY, KeyRing, auth_middleware
 from localllm.server.browser_guard import browser_guard, is_listed, listed_origins
@@ -58,6 +58,7 @@ def create_app(config: Config, *, loaded: LoadedModel | None = None, loader: Mod
     model_routes.setup(app)
     misc_routes.setup(app)
     responses_routes.setup(app)
+    ollama_routes.setup(app)
     return app
 
 

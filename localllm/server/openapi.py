@@ -64,6 +64,27 @@ PATHS: dict[str, dict[str, dict]] = {
 }
 
 
+def _ndjson(summary: str, errors: tuple[int, ...]) -> dict:
+    """An Ollama route: NDJSON lines unless the body says `stream: false`; errors as `{"error": "..."}`."""
+    op = _op(summary, body=True, errors=errors)
+    op["responses"]["200"]["content"]["application/x-ndjson"] = {"schema": {"type": "string"}}
+    return op
+
+
+PATHS.update({  # Ollama's API (ollama_routes.py, ollama_models.py)
+    "/api/chat": {"post": _ndjson("Chat (Ollama)", _GENERATION_ERRORS)},
+    "/api/generate": {"post": _ndjson("Generate from a prompt, templated or raw (Ollama)", _GENERATION_ERRORS)},
+    "/api/embed": {"post": _op("Embeddings of one or more inputs (Ollama)", body=True, errors=_GENERATION_ERRORS)},
+    "/api/embeddings": {"post": _op("Embedding of one prompt (Ollama, older)", body=True, errors=_GENERATION_ERRORS)},
+    "/api/tags": {"get": _op("Local models (Ollama)", errors=(401,))},
+    "/api/show": {"post": _op("Model details, template and capabilities (Ollama)", body=True, errors=(400, 401, 404))},
+    "/api/ps": {"get": _op("Loaded models (Ollama)", errors=(401,))},
+    "/api/pull": {"post": _ndjson("Download a model, progress as NDJSON (Ollama; admin)", (400, 401, 404, 409))},
+    "/api/delete": {"delete": _op("Delete a model's local files (Ollama; admin)", body=True, errors=(400, 401, 404, 409))},
+    "/api/version": {"get": _op("Ollama API version (no key needed)")},
+})
+
+
 def document() -> dict:
     return {
         "openapi": "3.1.0",

@@ -1,0 +1,222 @@
+"""Ollama's API under /api/: chat, generate, embed, embeddings and version here; the model routes
+(tags, show, ps, pull, delete) in ollama_models.py. An adapter over the one request path
+(server/chat_path.py): bodies are mapped by ollama_wire.py, answers stream as NDJSON by default."""
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
+from typing import Any
+
+import numpy as np
+from aiohttp import web
+
+from localllm.chat.types import ReasoningDelta, TextDelta, ToolCall, ToolCallArguments, ToolCallStarted
+from localllm.server import ollama_models
+from localllm.server.chat_path import ChatCall, ChoiceResult, Failed, Finished, open_chat, open_completion
+from localllm.server.errors import CLIENT_CLOSED, bad_request
+from localllm.server.ndjson import NdjsonWriter
+from localllm.server.ollama_wire import (
+    API_VERSION, Timings, chat_body, done_reason, generate_body, model_name, now_rfc3339, parse_options,
+    raw_body, tool_calls,
+)
+from localllm.server.openai_routes import embed_inputs
+from localllm.server.schemas import keep_alive, read_json
+from localllm.server.state import MODEL_KEY, require_model
+
+PROTOCOL = "ollama"
+Opener = Callable[..., AbstractAsyncContextManager[ChatCall]]
+
+
+def setup(app: web.Application) -> None:
+    app.router.add_post("/api/chat", chat)
+    app.router.add_post("/api/generate", generate)
+    app.router.add_post("/api/embed", embed)
+    app.router.add_post("/api/embeddings", embeddings)
+    app.router.add_get("/api/version", version)
+    ollama_models.setup(app)
+
+
+async def version(request: web.Request) -> web.Response:
+    return web.json_response({"version": API_VERSION})
+
+
+class _Shape:
+    """Where the text goes: /api/chat's `message`, or /api/generate's top-level `response`."""
+
+    def __init__(self, chat: bool, model: str) -> None:
+        self.chat = chat
+        self.model = model
+
+    def reply(self, content: str, thinking: str | None = None, calls: list[ToolCall] = (), **extra: Any) -> dict:
+        head = {"model": self.model, "created_at": now_rfc3339()}
+        if self.chat:
+            message: dict[str, Any] = {"role": "assistant", "content": content}
+            if thinking:
+                message["thinking"] = thinking
+            if calls:
+                message["tool_calls"] = tool_calls(list(calls))
+            return {**head, "message": message, **extra}
+        return {**head, "response": content, **({"thinking": thinking} if thinking else {}), **extra}
+
+
+async def chat(request: web.Request) -> web.StreamResponse:
+    """POST /api/chat. Empty `messages` loads the model (done_reason "load"), as Ollama does."""
+    started_s = time.monotonic()
+    body = await read_json(request)
+    mapped = chat_body(body)
+    shape = _Shape(True, mapped["model"])
+    if not mapped["messages"]:
+        return await _load_only(request, body, shape)
+    return await _answer(request, open_chat, mapped, shape, started_s)
+
+
+async def generate(request: web.Request) -> web.StreamResponse:
+    """POST /api/generate: the prompt as one user turn under the model's chat template (with
+    `system` before it), or with `raw: true` as written. An empty prompt loads the model."""
+    started_s = time.monotonic()
+    body = await read_json(request)
+    raw = body.get("raw")
+    if raw is not None and not isinstance(raw, bool):
+        raise bad_request("raw must be a boolean", "raw")
+    mapped = raw_body(body) if raw else generate_body(body)
+    shape = _Shape(False, mapped["model"])
+    if not body.get("prompt"):
+        return await _load_only(request, body, shape)
+    return await _answer(request, open_completion if raw else open_chat, mapped, shape, started_s)
+
+
+async def _load_only(request: web.Request, body: dict, shape: _Shape) -> web.Response:
+    """Ollama's preload (no messages / no prompt), or unload with keep_alive 0: the default model
+    stays loaded (it serves unnamed requests), as does one that is serving requests."""
+    seconds = keep_alive(body)
+    manager = request.app[MODEL_KEY]
+    if seconds == 0:
+        await manager.unload(shape.model)
+        return web.json_response(shape.reply("", done=True, done_reason="unload"))
+    model = await require_model(request, shape.model)
+    with manager.lease(model, seconds):  # applies the request's keep_alive
+        pass
+    return web.json_response(shape.reply("", done=True, done_reason="load"))
+
+
+async def _answer(request: web.Request, opener: Opener, mapped: dict, shape: _Shape,
+                  started_s: float) -> web.StreamResponse:
+    async with opener(request, mapped, protocol=PROTOCOL) as call:
+        shape.model = call.model
+        if mapped["stream"]:
+            return await _stream(request, call, shape, started_s)
+        result = (await call.collect())[0]
+        return web.json_response(_final(call, shape, started_s, result), headers=call.headers)
+
+
+def _final(call: ChatCall, shape: _Shape, started_s: float, result: ChoiceResult) -> dict:
+    return shape.reply(result.content, result.reasoning, result.tool_calls, done=True,
+                       done_reason=done_reason(result.finish_reason), **_timings(call, started_s).fields())
+
+
+def _timings(call: ChatCall, started_s: float) -> Timings:
+    stats = call.stats()[0]
+    return Timings(total_s=time.monotonic() - started_s, load_s=call.load_s, prompt_s=stats.prompt_s or 0.0,
+                   generation_s=stats.generation_s, num_prompt_tokens=stats.num_prompt_tokens,
+                   num_generated_tokens=stats.num_generated_tokens)
+
+
+async def _stream(request: web.Request, call: ChatCall, shape: _Shape, started_s: float) -> web.StreamResponse:
+    """One NDJSON line per text or thinking piece; tool calls whole, in one line once the answer is
+    complete (Ollama sends calls whole, never as argument fragments); then the closing line with
+    done, done_reason and the durations. A failure mid-answer is an `{"error": ...}` line."""
+    writer = NdjsonWriter(request, call.headers)
+    await writer.start()
+    calls: dict[int, list] = {}  # index -> [id, name, [argument pieces]]
+    try:
+        async for index, event in _first_choice(call):
+            if isinstance(event, TextDelta) and event.text:
+                await writer.send(shape.reply(event.text, done=False))
+            elif isinstance(event, ReasoningDelta) and event.text:
+                await writer.send(shape.reply("", event.text, done=False))
+            elif isinstance(event, ToolCallStarted):
+                calls[event.index] = [event.id, event.name, []]
+            elif isinstance(event, ToolCallArguments) and event.index in calls:
+                calls[event.index][2].append(event.text)
+            elif isinstance(event, Finished):
+                if calls:
+                    made = [ToolCall(c[0], c[1], "".join(c[2])) for _, c in sorted(calls.items())]
+                    await writer.send(shape.reply("", calls=made, done=False))
+                await writer.send(shape.reply("", done=True, done_reason=done_reason(event.finish_reason),
+                                              **_timings(call, started_s).fields()))
+            elif isinstance(event, Failed):
+                await writer.send({"error": event.message})
+        await writer.finish()
+    except ConnectionError:  # the client went away; the path's exit aborts the rest
+        request[CLIENT_CLOSED] = True
+    return writer.response
+
+
+async def _first_choice(call: ChatCall) -> AsyncIterator[tuple[int, Any]]:
+    async for index, event in call.events():
+        if index == 0:  # Ollama has no `n`: one choice
+            yield index, event
+
+
+async def embed(request: web.Request) -> web.Response:
+    """POST /api/embed {"model", "input": text | [texts], "dimensions"?}: normalised vectors, through
+    the same embedding path as /v1/embeddings. Inputs past the model's limit are a 400 (truncation
+    is not offered)."""
+    started_s = time.monotonic()
+    body = await read_json(request)
+    name = model_name(body)
+    texts = _texts(body.get("input"))
+    dimensions = _dimensions(body.get("dimensions"))
+    truncate = body.get("truncate")
+    if truncate is not None and not isinstance(truncate, bool):
+        raise bad_request("truncate must be a boolean", "truncate")
+    parse_options(body.get("options"))  # type-checked as for generation; none applies to embeddings
+    model = await require_model(request, name)
+    load_s = time.monotonic() - started_s
+    vectors, num_tokens = await embed_inputs(request, model, texts, keep_alive(body)) if texts else ([], 0)
+    return web.json_response({
+        "model": model.name, "embeddings": [_cut(v, dimensions) for v in vectors],
+        "total_duration": int((time.monotonic() - started_s) * 1e9), "load_duration": int(load_s * 1e9),
+        "prompt_eval_count": num_tokens})
+
+
+async def embeddings(request: web.Request) -> web.Response:
+    """POST /api/embeddings {"model", "prompt"}: Ollama's older single-text embedding route."""
+    body = await read_json(request)
+    name = model_name(body)
+    prompt = body.get("prompt")
+    if prompt is not None and not isinstance(prompt, str):
+        raise bad_request("prompt must be a string", "prompt")
+    parse_options(body.get("options"))
+    model = await require_model(request, name)
+    if not prompt:
+        return web.json_response({"embedding": []})
+    vectors, _ = await embed_inputs(request, model, [prompt], keep_alive(body))
+    return web.json_response({"embedding": vectors[0].tolist()})
+
+
+def _texts(value: object) -> list[str]:
+    texts = [value] if isinstance(value, str) else value if value is not None else []
+    if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+        raise bad_request("input must be a string or a list of strings", "input")
+    if any(not t for t in texts):
+        raise bad_request("input must not contain an empty string", "input")
+    return texts
+
+
+def _dimensions(value: object) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise bad_request("dimensions must be a positive integer", "dimensions")
+    return value
+
+
+def _cut(vector: np.ndarray, dimensions: int | None) -> list[float]:
+    """The first `dimensions` values, normalised again (Ollama's Matryoshka truncation)."""
+    if dimensions is None or dimensions >= len(vector):
+        return vector.tolist()
+    head = vector[:dimensions]
+    norm = float(np.linalg.norm(head))
+    return (head / norm if norm else head).tolist()
