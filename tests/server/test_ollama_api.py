@@ -116,6 +116,9 @@ async def test_list_show_ps_and_version(base_url: str):
     async with aiohttp.ClientSession() as http:  # probed by clients before they know any key
         async with http.get(f"{base_url}/api/version") as response:
             assert response.status == 200 and (await response.json())["version"]
+        # Ollama clients' default address passes the Host check of a loopback bind (--port 11434)
+        async with http.get(f"{base_url}/api/version", headers={"Host": "localhost:11434"}) as response:
+            assert response.status == 200
 
 
 async def test_pull_from_the_hub_lists_then_delete_removes(base_url: str, hub: HubServer):
@@ -132,6 +135,13 @@ async def test_pull_from_the_hub_lists_then_delete_removes(base_url: str, hub: H
     with pytest.raises(ollama.ResponseError) as gone:
         await admin.delete(HUB_REF)
     assert gone.value.status_code == 404
+
+
+async def test_a_pull_that_fails_mid_stream_ends_with_an_error_line(base_url: str):
+    with pytest.raises(ollama.ResponseError) as failed:  # the client raises on an {"error"} line
+        async for _ in await client(base_url, ADMIN).pull(f"{REPO}/missing.gguf", stream=True):
+            pass
+    assert "missing.gguf" in failed.value.error
 
 
 async def test_pull_and_delete_need_the_admin_scope(base_url: str):
