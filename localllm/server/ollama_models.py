@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -27,16 +28,18 @@ from localllm.server.ollama_wire import model_name
 from localllm.server.schemas import read_json
 from localllm.server.state import CONFIG_KEY, MODEL_KEY
 
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _FOREVER = timedelta(days=365 * 100)
 """expires_at of a model that never unloads (the default model, keep_alive < 0)."""
 
 
-def setup(app: web.Application) -> None:
-    app.router.add_get("/api/tags", tags)
-    app.router.add_post("/api/show", show)
-    app.router.add_get("/api/ps", ps)
-    app.router.add_post("/api/pull", pull)
-    app.router.add_delete("/api/delete", delete)
+def setup(app: web.Application, logged: Callable[[Handler], Handler]) -> None:
+    """`logged` (ollama_routes): the request log names the protocol."""
+    app.router.add_get("/api/tags", logged(tags))
+    app.router.add_post("/api/show", logged(show))
+    app.router.add_get("/api/ps", logged(ps))
+    app.router.add_post("/api/pull", logged(pull))
+    app.router.add_delete("/api/delete", logged(delete))
 
 
 def not_found(name: str) -> ApiError:

@@ -3,8 +3,9 @@
 (server/chat_path.py): bodies are mapped by ollama_wire.py, answers stream as NDJSON by default."""
 from __future__ import annotations
 
+import functools
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
@@ -21,6 +22,7 @@ from localllm.server.ollama_wire import (
     raw_body, tool_calls,
 )
 from localllm.server.openai_routes import embed_inputs
+from localllm.server.request_log import PROTOCOL as PROTOCOL_KEY
 from localllm.server.schemas import keep_alive, read_json
 from localllm.server.state import MODEL_KEY, require_model
 
@@ -29,12 +31,24 @@ Opener = Callable[..., AbstractAsyncContextManager[ChatCall]]
 
 
 def setup(app: web.Application) -> None:
-    app.router.add_post("/api/chat", chat)
-    app.router.add_post("/api/generate", generate)
-    app.router.add_post("/api/embed", embed)
-    app.router.add_post("/api/embeddings", embeddings)
+    app.router.add_post("/api/chat", logged(chat))
+    app.router.add_post("/api/generate", logged(generate))
+    app.router.add_post("/api/embed", logged(embed))
+    app.router.add_post("/api/embeddings", logged(embeddings))
     app.router.add_get("/api/version", version)
-    ollama_models.setup(app)
+    ollama_models.setup(app, logged)
+
+
+def logged(handler: Callable[[web.Request], Awaitable[web.StreamResponse]]):
+    """The handler, with the request log line naming the protocol, also for requests refused
+    before the chat path (which names it for those it serves)."""
+
+    @functools.wraps(handler)
+    async def named(request: web.Request) -> web.StreamResponse:
+        request[PROTOCOL_KEY] = PROTOCOL
+        return await handler(request)
+
+    return named
 
 
 async def version(request: web.Request) -> web.Response:
