@@ -22,6 +22,8 @@ MAX_TOOL_SCHEMA_CHARS = 65_536
 """A tool's `parameters` schema as JSON text; the grammar builder bounds its structure further."""
 MAX_CALL_ID_CHARS = 128
 MAX_TEMPLATE_KWARGS = 32
+REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh", "max")
+"""OpenAI's words (the openai SDK's ReasoningEffort); templates that read `reasoning_effort` get it as is."""
 TOOL_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _KWARG_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 _ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
@@ -260,8 +262,8 @@ def template_kwargs(body: dict) -> dict:
     kwargs = dict(check_template_kwargs({} if raw is None else raw))
     effort = body.get("reasoning_effort")
     if effort is not None:
-        if effort not in ("minimal", "low", "medium", "high"):
-            raise InvalidParam("reasoning_effort", "reasoning_effort must be minimal, low, medium or high")
+        if effort not in REASONING_EFFORTS:
+            raise InvalidParam("reasoning_effort", f"reasoning_effort must be one of {', '.join(REASONING_EFFORTS)}")
         kwargs.setdefault("reasoning_effort", effort)
     return kwargs
 
