@@ -29,6 +29,7 @@ from localllm.chat.calls import (
 PYTHON_TAG = "<|python_tag|>"
 CALLS_OPENER = '{"tool_calls"'
 FENCE = "```"
+XML_OPENER = "<function="
 MAX_FENCE_CHARS = 16
 _NAME_RUN = re.compile(r"[A-Za-z0-9_.:-]*")
 _ID_RUN = re.compile(r"[A-Za-z0-9_-]*")
@@ -96,6 +97,13 @@ class HermesParser(OpenerParser):
         self._scan_from = 0
 
     def _step_call(self) -> bool:
+        if self._state == "open":  # prose that mentions the tag: no call, and no need to hold the rest
+            body = self._buf.lstrip(WS)
+            if not body or (len(body) < len(XML_OPENER) and XML_OPENER.startswith(body)):
+                if not self._closed:
+                    return False
+            elif body[0] not in '{["' and not body.startswith(XML_OPENER):
+                return self._finish(0, ok=False)
         self._state = "body"
         j = self._buf.find(self.closer, self._scan_from)
         if j >= 0 or self._closed or self._too_long():
@@ -110,7 +118,7 @@ class HermesParser(OpenerParser):
         return False
 
     def _block(self, body: str) -> bool:
-        if body.lstrip(WS).startswith("<function="):  # Qwen3-Coder / Qwen3.5 write XML inside the block
+        if body.lstrip(WS).startswith(XML_OPENER):  # Qwen3-Coder / Qwen3.5 write XML inside the block
             calls = xml_calls(body, self.schemas)
             if calls:
                 self._calls(calls, keep_ids=False)

@@ -140,6 +140,8 @@ HERMES_CASES = [
          'Hi <tool_call>\n{"name": "a", "arguments": {"k": "v',
          content='Hi <tool_call>\n{"name": "a", "arguments": {"k": "v'),
     Case("opener prefix at the end is text", HERMES, "a < b <tool", content="a < b <tool"),
+    Case("a tag in prose is text", HERMES, "Wrap calls in <tool_call> tags.\n<tool_call> ends them. <tool_call>\n",
+         content="Wrap calls in <tool_call> tags.\n<tool_call> ends them. <tool_call>\n"),
     Case("near-openers are text", HERMES, "<tool_calls> <tool_cal> </tool_call>",
          content="<tool_calls> <tool_cal> </tool_call>"),
     Case("parse_tools off", HERMES, 'x <tool_call>{"name": "a", "arguments": {}}</tool_call>',
@@ -320,6 +322,12 @@ def test_text_goes_out_as_soon_as_it_cannot_open_a_call() -> None:
     assert arguments == ToolCallArguments(0, "{}")
     assert parser.feed(" bye") == [TextDelta(" bye")]  # text came before the call: the gap stays
     assert parser.close() == []
+
+
+def test_a_tag_in_prose_does_not_hold_the_rest_back() -> None:
+    parser = OutputParser(HERMES, parse_tools=True)
+    assert feed_all(parser, "Use <tool_call>", " tags ", "to call.") == [
+        [TextDelta("Use")], [TextDelta(" <tool_call> tags")], [TextDelta(" to call.")]]
 
 
 def test_streaming_order_per_family() -> None:
