@@ -1,14 +1,14 @@
-"""Streaming tool-call parsers, one per template family (stdlib only).
+"""What the streaming tool-call parsers (call_formats.py, reply_formats.py) share (stdlib only).
 
-Each parser reads the content part of one choice's output (reasoning is split off before)
+Each family's parser reads the content part of one choice's output (reasoning is split off before)
 and turns it into TextDelta / ToolCallStarted / ToolCallArguments events. Rules shared by all:
 
 - Text that cannot be the start of a call is passed on at once; only a trailing piece that
   could still become the family's opener (`<tool_c`, `[TOOL_`) or a call being read is held.
 - A call is emitted once its text is complete: ToolCallStarted, then one ToolCallArguments
-  piece with the arguments re-serialised as a JSON object. Output is not under a grammar in
-  `auto` mode, so a call may still turn out malformed at its very end; emitting early would
-  put a call on the wire that then has to be taken back.
+  piece with the arguments re-serialised as a JSON object. A call may still turn out
+  malformed or cut off at its very end (no grammar, a stop string, max_tokens); emitting
+  early would put a call on the wire that then could not be taken back.
 - Never raise on model output: a call whose text does not parse as a call (bad JSON, no
   string name, arguments not an object) comes back as TextDelta with its text unchanged;
   so does a call cut off by the end of the output (max_tokens).
@@ -33,7 +33,6 @@ MAX_JSON_DEPTH = 256
 
 _ID_ALPHABET = string.ascii_letters + string.digits
 _SPECIAL = re.compile(r'[{}\[\]"\\]')
-_NAME_CHARS = re.compile(r"[A-Za-z0-9_.:-]*")
 WS = " \t\r\n"
 
 
@@ -122,6 +121,13 @@ def loads(text: str) -> object:
         return json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
     except RecursionError as exc:
         raise ValueError("too deeply nested") from exc
+
+
+def loads_or_none(text: str) -> object:
+    try:
+        return loads(text)
+    except ValueError:
+        return None
 
 
 def call_from(obj: object, arguments_key: str) -> tuple[str, str, str | None] | None:

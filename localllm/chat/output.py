@@ -15,7 +15,7 @@ Reasoning (families with think markers, or `starts_in_reasoning`), as llama.cpp'
 - `parse_reasoning=False` (keep the raw text): the markers and reasoning stay in the content; with
   `starts_in_reasoning` the opener the prompt already wrote is put back in front.
 
-Tool calls: per family, see calls.py and call_formats.py. With parse_tools False every opener
+Tool calls: per family, see calls.py, call_formats.py and reply_formats.py. With parse_tools False every opener
 is plain text.
 """
 from __future__ import annotations
@@ -23,9 +23,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from localllm.chat.call_formats import GenericParser, HermesParser, Llama3Parser, MistralParser
+from localllm.chat.call_formats import HermesParser, MistralParser
 from localllm.chat.calls import WS, CallParser, partial_suffix
 from localllm.chat.families import THINK_CLOSE, THINK_OPEN, Family
+from localllm.chat.reply_formats import GenericParser, Llama3Parser
 from localllm.chat.types import (
     OutputEvent,
     ReasoningDelta,
