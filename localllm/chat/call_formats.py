@@ -163,15 +163,21 @@ def _typed(value: str, schema: object) -> object:
 
 
 class MistralParser(OpenerParser):
+    """Also reads a reply that is the bare call list `[{...}]`: `[TOOL_CALLS]` is a control token
+    in Mistral's vocabularies, and a detokeniser that renders control tokens as nothing drops it."""
+
     opener = "[TOOL_CALLS]"
 
     def __init__(self, arguments_key: str = "arguments") -> None:
         super().__init__(arguments_key)
+        self._state = "start"
         self._scan = JsonScan()
         self._name = ""
         self._id: str | None = None
 
     def _step_call(self) -> bool:
+        if self._state == "start":
+            return self._step_start()
         if self._state == "open":
             return self._step_open()
         if self._state == "named":
@@ -199,6 +205,19 @@ class MistralParser(OpenerParser):
         if self._closed:
             self._finish(0, ok=False)
         return False
+
+    def _step_start(self) -> bool:
+        stripped = self._buf.lstrip(WS)
+        after = stripped[1:].lstrip(WS)
+        undecided = not stripped or self.opener.startswith(stripped) or (stripped.startswith("[") and not after)
+        if undecided and not self._closed:
+            return False
+        if stripped.startswith("[") and after.startswith("{"):
+            self._raw, self._buf = self._buf[:len(self._buf) - len(stripped)], stripped
+            self._scan, self._state = JsonScan(), "array"
+        else:
+            self._state = "text"
+        return True
 
     def _step_open(self) -> bool:
         if not self._lstrip_into_raw():

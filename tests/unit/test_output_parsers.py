@@ -232,6 +232,13 @@ MISTRAL_CASES = [
          '[TOOL_CALLS]special_function[CALL_ID]000000001[ARGS]{"arg1": 1}'
          '[TOOL_CALLS]special_function_with_opt[CALL_ID]000000002[ARGS]{"arg1": 1, "arg2": 2}',
          calls=[SPECIAL, WITH_OPT], ids=["000000001", "000000002"]),
+    Case("a bare list when the detokeniser dropped [TOOL_CALLS]", MISTRAL,
+         ' [{"name": "special_function", "arguments": {"arg1": 1}, "id": "123456789"}]',
+         calls=[SPECIAL], ids=["123456789"]),
+    Case("a bare list that is no calls is text", MISTRAL, '[{"a": 1}] and [1, 2]', content='[{"a": 1}] and [1, 2]'),
+    Case("a list later in the text is text", MISTRAL, 'See [{"name": "f", "arguments": {}}]',
+         content='See [{"name": "f", "arguments": {}}]'),
+    Case("brackets at the start are text", MISTRAL, "[ x ] [TOOL]", content="[ x ] [TOOL]"),
     Case("opener with no call is text", MISTRAL, "See [TOOL_CALLS] here [TOOL", content="See [TOOL_CALLS] here [TOOL"),
     Case("bad name is text", MISTRAL, '[TOOL_CALLS]bad name[ARGS]{}', content='[TOOL_CALLS]bad name[ARGS]{}'),
     Case("list with a non-call is text", MISTRAL, '[TOOL_CALLS][{"name": "a", "arguments": {}}, 3]',
