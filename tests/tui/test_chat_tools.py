@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from textual.widgets._collapsible import CollapsibleTitle
 
 from tests.tui.conftest import screen_text, wait_for
 from tui.app import LocalLLMApp
@@ -122,14 +123,16 @@ async def test_reasoning_collapses_and_tool_calls_get_their_own_blocks(scripted,
         await pilot.pause()
         snapshot(app, "chat-tools")
 
-        reply.query_one(ReasoningBlock).collapsed = False  # what Enter or a click on its title does
+        await pilot.click(reply.query_one(ReasoningBlock).query_one(CollapsibleTitle))
         await pilot.pause()
+        assert not reply.query_one(ReasoningBlock).collapsed
         assert "The user wants the weather in Paris and Rome." in screen_text(app)
 
         # the next request carries the reply's text only: no reasoning, no calls without results
         assert screen.history[-1] == {"role": "assistant", "content": "Let me check."}
         script.release.clear()
         script.release.set()
+        await pilot.click("#prompt")  # the click on the reasoning title took the focus
         await pilot.press(*"Thanks", "enter")
         await wait_for(pilot, lambda: len(script.bodies) == 2, "the second request")
         assert script.bodies[1]["messages"][:3] == [
