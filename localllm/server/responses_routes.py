@@ -53,10 +53,11 @@ async def create_response(request: web.Request) -> web.StreamResponse:
         if parsed.stream:
             return await _stream(request, call, parsed, response_id, keep)
         result = (await call.collect())[0]
-        status = status_of(result.finish_reason) if result.finish_reason is not None else "incomplete"
-        response = response_object(response_id, call.created, call.model, parsed.echo, status=status,
+        finish = result.finish_reason or "length"  # None: the client left mid-answer; nobody reads this
+        response = response_object(response_id, call.created, call.model, parsed.echo, status=status_of(finish),
                                    output=output_items(result), usage=call.usage())
-        await keep(response)
+        if result.finish_reason is not None:
+            await keep(response)
         return web.json_response(response, headers=call.headers)
 
 
