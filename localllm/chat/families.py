@@ -55,17 +55,28 @@ def with_reasoning(family: Family) -> Family:
 
 def detect_family(template_source: str, override: str | None = None) -> Family:
     """The family of a chat template (from the model file or models.toml), or the one named by
-    `override` (models.toml `template_family`). Unknown override names raise ValueError."""
+    `override` (models.toml `template_family`). Unknown override names raise ValueError.
+
+    A native family only where the template writes calls the way that family's parser reads
+    them; anything else is generic (the fallback format), never a wrong native guess: a
+    `<tool_call>` with `<arg_key>` inside (GLM, Ling) or with neither JSON `"arguments"` nor
+    `<function=` (MiniMax M3) is not hermes, and a Llama 3 header template is llama3 only when
+    it writes `"parameters"` (not functionary's `>>>` / `<function=`, nor firefunction's)."""
     if override is not None:
         if override not in FAMILIES:
             raise ValueError(f"unknown template family {override!r}; known: {sorted(FAMILIES)}")
         family = FAMILIES[override]
-    elif "<tool_call>" in template_source:
+    elif _is_hermes(template_source):
         family = HERMES
     elif "[TOOL_CALLS]" in template_source:
         family = MISTRAL
-    elif "<|start_header_id|>" in template_source and "tools" in template_source:
+    elif "<|start_header_id|>" in template_source and '"parameters": ' in template_source:
         family = LLAMA3
     else:
         family = GENERIC
     return with_reasoning(family) if THINK_CLOSE in template_source else family
+
+
+def _is_hermes(source: str) -> bool:
+    return ("<tool_call>" in source and "<arg_key>" not in source
+            and ('"arguments"' in source or "<function=" in source))

@@ -37,6 +37,8 @@ EXPECTED = {
     "Mistral-Small-3.2-24B-Instruct-2506.jinja": ("mistral", False, False, True),
     "unsloth-mistral-Devstral-Small-2507.jinja": ("mistral", False, False, True),
 }
+NOT_NATIVE = {"GLM-4.6.jinja": True, "meetkai-functionary-medium-v3.2.jinja": False}
+"""Templates that look native (`<tool_call>`, Llama 3 headers) but write calls another way -> reasons."""
 SPECIALS = ["<|im_start|>", "<|im_end|>", "<|eot_id|>", "<|start_header_id|>", "<|end_header_id|>",
             "<|python_tag|>", "[INST]", "[/INST]", "[TOOL_CALLS]", "[AVAILABLE_TOOLS]", "[/AVAILABLE_TOOLS]",
             "[TOOL_RESULTS]", "[/TOOL_RESULTS]", "<start_of_turn>", "<end_of_turn>", "<｜User｜>",
@@ -103,6 +105,16 @@ def test_family_of_each_real_template(name: str):
     detected = detect_family((FIXTURES / name).read_text())
     assert (detected.name, detected.reasons) == (family, reasons)
     assert template_of(name).family == detected
+
+
+@pytest.mark.parametrize("name", sorted(NOT_NATIVE))
+def test_look_alike_templates_get_the_generic_fallback_not_a_wrong_parser(name: str):
+    """GLM writes `<tool_call>name<arg_key>...`, functionary `>>>name`: neither is what the
+    hermes or llama3 parser reads, so they are generic and the tools go in by the fallback."""
+    template = ChatTemplate((FIXTURES / "not_native" / name).read_text(), "<s>", "</s>")
+    assert (template.family.name, template.family.reasons) == ("generic", NOT_NATIVE[name])
+    text = template.render(history(True), tools=parse_tools(TOOLS)[0])
+    assert "You can call the following tools" in text and "Result of get_time (call call_2):\n14:05" in text
 
 
 def test_family_override_and_the_bundled_gemma_template():
