@@ -185,10 +185,7 @@ def _capabilities(template: str | None, spec: ModelSpec | None) -> list[str]:
     thinking when the template writes reasoning markers."""
     if not template:
         return ["completion"]
-    try:
-        family = detect_family(template, getattr(spec, "template_family", None))
-    except ValueError:
-        family = detect_family(template)
+    family = detect_family(template, spec.template_family if spec is not None else None)  # checked at load
     return ["completion", "tools"] + (["thinking"] if family.reasons else [])
 
 
