@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
@@ -62,7 +62,7 @@ class _Shape:
         self.chat = chat
         self.model = model
 
-    def reply(self, content: str, thinking: str | None = None, calls: list[ToolCall] = (), **extra: Any) -> dict:
+    def reply(self, content: str, thinking: str | None = None, calls: Sequence[ToolCall] = (), **extra: Any) -> dict:
         head = {"model": self.model, "created_at": now_rfc3339()}
         if self.chat:
             message: dict[str, Any] = {"role": "assistant", "content": content}
@@ -101,12 +101,16 @@ async def generate(request: web.Request) -> web.StreamResponse:
 
 
 async def _load_only(request: web.Request, body: dict, shape: _Shape) -> web.Response:
-    """Ollama's preload (no messages / no prompt), or unload with keep_alive 0: the default model
-    stays loaded (it serves unnamed requests), as does one that is serving requests."""
+    """Ollama's preload (no messages / no prompt), or unload with keep_alive 0. An unload is the
+    keep-alive rule's, as for any request's keep_alive: after the server's floor
+    (MIN_REQUEST_KEEP_ALIVE_S), never the default model, never one serving requests."""
     seconds = keep_alive(body)
     manager = request.app[MODEL_KEY]
     if seconds == 0:
-        await manager.unload(shape.model)
+        served = manager.find(shape.model)
+        if served is not None and served.loaded is not None:
+            with manager.lease(served.loaded, 0.0):
+                pass
         return web.json_response(shape.reply("", done=True, done_reason="unload"))
     model = await require_model(request, shape.model)
     with manager.lease(model, seconds):  # applies the request's keep_alive

@@ -88,6 +88,8 @@ async def test_generate_templated_raw_and_streamed(base_url: str):
     assert parts[-1].done and "".join(p.response for p in parts) == raw.response
     loaded = await api.generate(model=MODEL)  # no prompt: Ollama's preload
     assert loaded.done and loaded.done_reason == "load" and loaded.response == ""
+    unloaded = await api.generate(model=MODEL, keep_alive=0)
+    assert unloaded.done_reason == "unload" and MODEL in {m.model for m in (await api.ps()).models}  # default stays
 
 
 async def test_embed_and_the_older_embeddings_route_share_one_path(base_url: str):
