@@ -9,10 +9,10 @@ loop controls. Templates come from model files: they run in Jinja's immutable sa
 Templates of the `generic` family know nothing of tools: chat/fallback.py writes the tools,
 calls and results into the messages for them.
 
-Security: user text is never parsed for special tokens. Message contents are located in the
-render with sentinels and tokenised apart; any other user string a template may write into its
-own text (tool names, descriptions, schemas, call arguments and ids, template kwargs) is refused
-with a 400 when it holds special-token text.
+Security: user text is never parsed for special tokens. Message contents, tool and parameter
+descriptions and call argument values are located in the render with sentinels and tokenised
+apart; any other user string a template may write into its own text (schemas, argument keys,
+call ids, template kwargs) is refused with a 400 when it holds special-token text.
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ import hashlib
 import json
 import re
 import secrets
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import jinja2
@@ -31,14 +31,14 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from localllm.chat.fallback import with_tools_in_messages
 from localllm.chat.families import Family, detect_family
 from localllm.chat.messages import MAX_CHAT_MESSAGES, check_template_kwargs, normalise_messages, tool_dicts
+from localllm.chat.sentinels import (
+    Marker, Tokenize, has_calls, match_segments, refuse_special_text, user_strings, variants,
+)
 from localllm.chat.types import ToolSpec
 from localllm.types import InvalidParam
 
 __all__ = ["MAX_CHAT_MESSAGES", "ChatTemplate", "RenderedPrompt", "Tokenize", "compiled_template",
            "prompt_opens_reasoning"]
-
-Tokenize = Callable[[str, bool], list[int]]
-"""(text, parse_special) -> token ids, without BOS/EOS (the template writes its own)."""
 
 DEFAULT_TEMPLATE_KWARGS = {"enable_thinking": True}
 """As llama-server passes them: reasoning templates think unless a request says otherwise."""
@@ -59,7 +59,8 @@ class _Inputs:
     tools: list[dict] | None
     kwargs: dict
     checked: list[tuple[str, list[str]]]
-    """(param, user strings) the template may write into its own text: refused if special."""
+    """(param, user strings) the template writes into its own text: refused if special (template
+    kwargs; tool and call strings the sentinels did not locate are added per render)."""
     continue_final: bool = False
     """Render without a generation prompt and end the text with the final message's content."""
 
@@ -105,10 +106,10 @@ class ChatTemplate:
         prefill, as Anthropic's API and llama-server allow): no generation prompt, and the
         prompt ends where that content ends."""
         inputs = self._inputs(messages, tools, template_kwargs, continue_final_message)
-        for param, strings in inputs.checked:
-            _refuse_special_text(strings, tokenize, param)
         text = self._render(inputs)
-        segments = self._segments(text, inputs)
+        segments, checked = self._segments(text, inputs)
+        for param, strings in checked:
+            refuse_special_text(strings, tokenize, param)
         if continue_final_message:
             text, segments = _continued(text, segments, inputs)
         if segments is None:  # the template rewrites contents: safe only if none holds special text
@@ -135,35 +136,39 @@ class ChatTemplate:
                                "can be continued")
         template_kwargs = check_template_kwargs(template_kwargs or {})
         kwargs = {**DEFAULT_TEMPLATE_KWARGS, **template_kwargs}
-        checked = [("chat_template_kwargs", list(_strings(template_kwargs)))]
+        checked = [("chat_template_kwargs", list(user_strings(template_kwargs)))]
         tool_list = tool_dicts(list(tools))
         if not self.family.native_tools:
             normalised = with_tools_in_messages(normalised, tool_list, system_role=self.system_role)
             return _Inputs(normalised, None, kwargs, checked, continue_final)
         if self.family.name == "mistral":
             normalised = _mistral_call_ids(normalised)
-        calls = [m.get("tool_calls", []) for m in normalised] + [m.get("tool_call_id", "") for m in normalised]
-        checked += [("tools", list(_strings(tool_list))), ("messages", list(_strings(calls)))]
         return _Inputs(normalised, tool_list or None, kwargs, checked, continue_final)
 
-    def _segments(self, text: str, inputs: _Inputs) -> list[tuple[str, bool]] | None:
-        """The rendered prompt as (text, is_message_content) pieces, or None.
+    def _segments(self, text: str, inputs: _Inputs) -> tuple[list[tuple[str, bool]] | None, list]:
+        """The rendered prompt as (text, is_user_text) pieces, or None; and the (param, strings)
+        still to check for special-token text.
 
-        Renders again with a random sentinel for each non-empty content; that render, split at
-        the sentinels, gives the template's own text. None when the two renders do not line up
-        (a template that rewrites contents other than by trimming or JSON-escaping)."""
+        Renders again with a random sentinel in place of each user string; that render, split at
+        the sentinels, gives the template's own text. First with sentinels for contents, tool
+        descriptions and call argument values, then for contents only; None when neither lines
+        up (a template that rewrites contents other than by trimming or JSON-escaping)."""
         nonce = "".join(secrets.choice("0123456789") for _ in range(24))  # digits survive upper/lower/trim/JSON
-        marked = [{**m, "content": f"{nonce}{i:05d}{nonce}"} if m["content"] else m
-                  for i, m in enumerate(inputs.messages)]
-        parts = re.split(f"{nonce}(\\d{{5}}){nonce}", self._render(inputs, marked))
-        return _match(text, parts, [m["content"] for m in inputs.messages])
+        for deep in (True, False) if inputs.tools or has_calls(inputs.messages) else (False,):
+            marker = Marker(nonce)
+            messages, tools = marker.messages(inputs.messages, deep), marker.tools(inputs.tools, deep)
+            parts = re.split(f"{nonce}(\\d{{6}}){nonce}", self._render(inputs, messages, tools))
+            segments = match_segments(text, parts, marker.strings)
+            if segments is not None:
+                return segments, inputs.checked + marker.unmarked(messages, tools)
+        return None, inputs.checked + Marker(nonce).unmarked(inputs.messages, inputs.tools)
 
-    def _render(self, inputs: _Inputs, messages: list[dict] | None = None) -> str:
+    def _render(self, inputs: _Inputs, messages: list[dict] | None = None, tools: list[dict] | None = None) -> str:
         try:
             return self._template.render({
                 **inputs.kwargs,
                 "messages": inputs.messages if messages is None else messages,
-                "tools": inputs.tools,
+                "tools": inputs.tools if tools is None else tools,
                 "add_generation_prompt": not inputs.continue_final,
                 "bos_token": self.bos_token,
                 "eos_token": self.eos_token,
@@ -193,7 +198,7 @@ def _continued(text: str, segments: list[tuple[str, bool]] | None,
                inputs: _Inputs) -> tuple[str, list[tuple[str, bool]] | None]:
     """The render and its pieces cut after the final message's content (the last content piece)."""
     last = max((i for i, (_, is_content) in enumerate(segments or ()) if is_content), default=None)
-    if segments is None or last is None or segments[last][0] not in _variants(inputs.messages[-1]["content"]):
+    if segments is None or last is None or segments[last][0] not in variants(inputs.messages[-1]["content"]):
         return _cut_after_final(text, inputs), None
     segments = segments[:last + 1]
     return "".join(piece for piece, _ in segments), segments
@@ -201,76 +206,12 @@ def _continued(text: str, segments: list[tuple[str, bool]] | None,
 
 def _cut_after_final(text: str, inputs: _Inputs) -> str:
     """Hugging Face's continue_final_message: the text up to the last occurrence of the final content."""
-    for variant in _variants(inputs.messages[-1]["content"]):
+    for variant in variants(inputs.messages[-1]["content"]):
         end = text.rfind(variant)
         if variant and end >= 0:
             return text[:end + len(variant)]
     raise InvalidParam("messages", "the chat template does not write the final message's content, so it "
                        "cannot be continued")
-
-
-def _match(text: str, parts: list[str], contents: list[str]) -> list[tuple[str, bool]] | None:
-    """Lays the sentinel render's pieces (template text, content index, template text, ...)
-    over the real render; None if they do not line up exactly."""
-    pieces: list[tuple[str, bool]] = []
-    pos = 0
-    for i in range(0, len(parts), 2):
-        template_text = parts[i]
-        if not text.startswith(template_text, pos):
-            return None
-        pieces.append((template_text, False))
-        pos += len(template_text)
-        if i + 1 == len(parts):
-            break
-        content = contents[int(parts[i + 1])] if int(parts[i + 1]) < len(contents) else None
-        following = parts[i + 2]
-        for variant in _variants(content):
-            if text.startswith(variant + following, pos):
-                pieces.append((variant, True))
-                pos += len(variant)
-                break
-        else:
-            return None
-    return pieces if pos == len(text) else None
-
-
-def _variants(content: str | None) -> tuple[str, ...]:
-    """What a template may have written for a content: as is, trimmed (Gemma's `| trim`), or
-    JSON-escaped (Llama 3.1 writes tool results with `| tojson`)."""
-    if content is None:
-        return ()
-    variants = [content, content.strip(), content.rstrip(), content.lstrip(),
-                json.dumps(content, ensure_ascii=False)[1:-1], json.dumps(content)[1:-1]]
-    return tuple(dict.fromkeys(variants))
-
-
-def _strings(value: object) -> Iterable[str]:
-    """Every string in a JSON-like value (keys too), and the JSON-escaped form where it differs.
-    Iterative: a deeply nested value from a request cannot exhaust the stack."""
-    stack = [value]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, str):
-            yield item
-            escaped = json.dumps(item, ensure_ascii=False)[1:-1]
-            if escaped != item:
-                yield escaped
-        elif isinstance(item, dict):
-            for key, child in item.items():
-                stack += (key, child)
-        elif isinstance(item, (list, tuple)):
-            stack += item
-
-
-def _refuse_special_text(strings: list[str], tokenize: Tokenize, param: str) -> None:
-    """InvalidParam when any of these user strings holds special-token text: they are written
-    into the template's own text, which is tokenised with special tokens parsed."""
-    if not strings:
-        return
-    text = "\n".join(strings)
-    if tokenize(text, True) != tokenize(text, False):
-        raise InvalidParam(param, f"{param} contains special-token text (e.g. a turn marker of this model), "
-                           "which the chat template would write as a control token")
 
 
 def _mistral_call_ids(messages: list[dict]) -> list[dict]:
