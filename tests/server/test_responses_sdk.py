@@ -134,20 +134,27 @@ async def test_retrieve_delete_and_other_keys_cannot_see_it(alice: openai.AsyncO
 
 
 async def test_forced_function_tool(alice: openai.AsyncOpenAI):
+    # One call: a base model under a grammar that allows several keeps calling until the limit.
+    forced = {"model": MODEL, "tools": [WEATHER], "tool_choice": {"type": "function", "name": "get_weather"},
+              "parallel_tool_calls": False, "temperature": 0, "max_output_tokens": 60}
     try:
-        called = await alice.responses.create(
-            model=MODEL, input="What is the weather in Paris?", tools=[WEATHER], temperature=0,
-            tool_choice={"type": "function", "name": "get_weather"}, max_output_tokens=60)
+        called = await alice.responses.create(input="What is the weather in Paris?", **forced)
     except openai.BadRequestError as exc:
         if "not supported yet" in str(exc):
-            pytest.skip("tool calling has not landed on this branch's main yet")
+            pytest.skip("tool calling has not landed on main yet (the chat path refuses tools)")
         raise
-    calls = [item for item in called.output if item.type == "function_call"]
-    assert calls and calls[0].name == "get_weather" and isinstance(json.loads(calls[0].arguments)["city"], str)
+    assert [item.type for item in called.output] == ["function_call"] and called.status == "completed"
+    call = called.output[0]
+    assert call.name == "get_weather" and call.call_id and isinstance(json.loads(call.arguments)["city"], str)
     answer = await alice.responses.create(
         model=MODEL, previous_response_id=called.id, tools=[WEATHER], max_output_tokens=8, temperature=0,
-        input=[{"type": "function_call_output", "call_id": calls[0].call_id, "output": "sunny, 21 C"}])
-    assert answer.output[0].type == "message" and answer.usage.input_tokens > called.usage.input_tokens
+        input=[{"type": "function_call_output", "call_id": call.call_id, "output": "sunny, 21 C"}])
+    assert answer.output and answer.usage.input_tokens > called.usage.input_tokens  # the call and its result
+    async with alice.responses.stream(input="Weather in Rome?", **forced) as stream:
+        kinds = [event.type async for event in stream]
+        final = await stream.get_final_response()
+    assert "response.function_call_arguments.delta" in kinds and "response.function_call_arguments.done" in kinds
+    assert final.output[0].type == "function_call" and json.loads(final.output[0].arguments)["city"]
 
 
 async def test_models_retrieve(alice: openai.AsyncOpenAI):
