@@ -19,18 +19,20 @@ if TYPE_CHECKING:
 
 Event = tuple[str, dict]
 
-STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use"}
-"""The chat path's finish reasons (OpenAI's words) in Anthropic's."""
 
 
 def message_id() -> str:
     return "msg_" + uuid.uuid4().hex
 
 
-def stop_reason(finish_reason: str | None, stop_sequence: str | None = None) -> str:
-    if stop_sequence is not None:
-        return "stop_sequence"
-    return STOP_REASONS.get(finish_reason or "stop", "end_turn")
+def stop_reason(finish_reason: str | None, stop_sequence: str | None = None, has_tool_calls: bool = False) -> str:
+    """The chat path's finish reason (OpenAI's words) in Anthropic's: an answer with calls is tool_use
+    even where OpenAI says "stop" (a named tool_choice), unless max_tokens cut it."""
+    if finish_reason == "length":
+        return "max_tokens"
+    if has_tool_calls or finish_reason == "tool_calls":
+        return "tool_use"
+    return "end_turn" if stop_sequence is None else "stop_sequence"
 
 
 def usage_body(usage: Usage) -> dict:
@@ -63,7 +65,7 @@ def message_body(msg_id: str, model: str, result: ChoiceResult, usage: Usage) ->
         content.append({"type": "text", "text": result.content})
     content.extend(tool_use_block(call) for call in result.tool_calls)
     return {"id": msg_id, "type": "message", "role": "assistant", "model": model, "content": content,
-            "stop_reason": stop_reason(result.finish_reason, result.stop_sequence),
+            "stop_reason": stop_reason(result.finish_reason, result.stop_sequence, bool(result.tool_calls)),
             "stop_sequence": result.stop_sequence, "usage": usage_body(usage)}
 
 
@@ -83,6 +85,7 @@ class MessageEvents:
         """The open (or last) content block's index."""
         self._open: str | None = None
         """Which kind of block is open: text, thinking, tool_use, or None."""
+        self._has_tool_calls = False
 
     def start(self, usage: Usage) -> list[Event]:
         message = {"id": self._msg_id, "type": "message", "role": "assistant", "model": self._model, "content": [],
@@ -96,6 +99,7 @@ class MessageEvents:
             return self._delta("thinking", {"type": "thinking", "thinking": "", "signature": ""},
                                {"type": "thinking_delta", "thinking": event.text})
         if isinstance(event, ToolCallStarted):  # always a new block, even right after another call
+            self._has_tool_calls = True
             block = {"type": "tool_use", "id": event.id, "name": event.name, "input": {}}
             return [*self._close(), *self._open_block("tool_use", block)]
         if isinstance(event, ToolCallArguments) and self._open == "tool_use" and event.text:
@@ -104,7 +108,8 @@ class MessageEvents:
 
     def finish(self, finish_reason: str, usage: Usage, stop_sequence: str | None = None) -> list[Event]:
         """Closes the open block; the stop reason and the final usage (cumulative counts)."""
-        delta = {"stop_reason": stop_reason(finish_reason, stop_sequence), "stop_sequence": stop_sequence}
+        reason = stop_reason(finish_reason, stop_sequence, self._has_tool_calls)
+        delta = {"stop_reason": reason, "stop_sequence": stop_sequence}
         empty = self._open_block("text", {"type": "text", "text": ""}) if self._index < 0 else []  # as message_body
         ending = {"type": "message_delta", "delta": delta, "usage": usage_body(usage)}
         return [*empty, *self._close(), ("message_delta", ending), ("message_stop", {"type": "message_stop"})]

@@ -224,6 +224,19 @@ def test_a_stop_sequence_is_the_stop_reason():
     assert accumulated(events) == without_nulls(expected)
 
 
+@pytest.mark.parametrize("finish", ["stop", "tool_calls"])  # OpenAI says "stop" for a named tool_choice
+def test_an_answer_with_calls_stops_for_tool_use(finish: str):
+    stream = MessageEvents("msg_4", "m")
+    events = [*stream.start(_Usage()), *stream.feed(ToolCallStarted(0, "c", "f")),
+              *stream.feed(ToolCallArguments(0, "{}")), *stream.finish(finish, _Usage())]
+    expected = message_body("msg_4", "m", _Result("", tool_calls=[ToolCall("c", "f", "{}")], finish_reason=finish),
+                            _Usage())
+    assert expected["stop_reason"] == "tool_use" and accumulated(events) == without_nulls(expected)
+    cut = message_body("msg_4", "m", _Result("", tool_calls=[ToolCall("c", "f", '{"a"')], finish_reason="length"),
+                       _Usage())
+    assert cut["stop_reason"] == "max_tokens"
+
+
 def test_tool_input_guards_unreadable_arguments():
     assert tool_input('{"a": 1}') == {"a": 1}
     assert tool_input("") == {} and tool_input("[1]") == {} and tool_input("{oops") == {}
