@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from pathlib import Path
 
 import anthropic
@@ -106,11 +105,15 @@ async def test_bad_requests_raise_the_sdks_errors(client: anthropic.AsyncAnthrop
         await wrong.messages.count_tokens(model=MODEL, messages=HELLO)
 
 
+FORCED = {"type": "tool", "name": "get_weather", "disable_parallel_tool_use": True}
+"""One call (with parallel calls allowed, the small model repeats its call until max_tokens)."""
+
+
 async def test_forced_tool_use_and_a_tool_result_round_trip(client: anthropic.AsyncAnthropic):
     ask = [{"role": "user", "content": "What is the weather in Paris?"}]
     try:
         called = await client.messages.create(model=MODEL, max_tokens=48, **GREEDY, messages=ask,
-                                              tools=[WEATHER], tool_choice={"type": "tool", "name": "get_weather"})
+                                              tools=[WEATHER], tool_choice=FORCED)
     except anthropic.BadRequestError as exc:
         if "not supported yet" in str(exc):
             pytest.skip("tool calling has not landed on the chat path yet")
@@ -119,7 +122,7 @@ async def test_forced_tool_use_and_a_tool_result_round_trip(client: anthropic.As
     assert called.stop_reason == "tool_use" and use.name == "get_weather"
     assert set(use.input) == {"city"} and isinstance(use.input["city"], str)  # valid against the schema
     async with client.messages.stream(model=MODEL, max_tokens=48, **GREEDY, messages=ask, tools=[WEATHER],
-                                      tool_choice={"type": "tool", "name": "get_weather"}) as stream:
+                                      tool_choice=FORCED) as stream:
         streamed = await stream.get_final_message()
     [streamed_use] = [block for block in streamed.content if block.type == "tool_use"]
     assert streamed_use.input == use.input and streamed.stop_reason == "tool_use"
@@ -129,4 +132,3 @@ async def test_forced_tool_use_and_a_tool_result_round_trip(client: anthropic.As
     assert answer.content and answer.stop_reason in ("end_turn", "max_tokens", "tool_use")
     counted = await client.messages.count_tokens(model=MODEL, messages=ask, tools=[WEATHER])
     assert counted.input_tokens > (await client.messages.count_tokens(model=MODEL, messages=ask)).input_tokens
-    assert json.dumps(use.input)
