@@ -30,6 +30,14 @@ standard library only, and refused with an `InvalidParam("response_format")`
 `$ref` must point inside the document (`#/...`) at a subschema walked here;
 dangling or remote references are refused. A `Grammar` can only be made from
 text that passed `check_gbnf`, so nothing unbounded reaches llama.cpp.
+
+A lazy `Grammar` (tool calls under tool_choice "auto") also carries trigger regexes,
+which llama.cpp compiles with std::regex (ECMAScript) and runs over the generated
+text after every token until one matches. They are ours, not the client's, but are
+bounded all the same (`check_triggers`): at most `MAX_TRIGGERS` of at most
+`MAX_TRIGGER_CHARS` each, in the subset of regex syntax that Python and ECMAScript
+read alike (an invalid std::regex aborts the process), with no unbounded repetition
+(libstdc++'s matcher recurses once per repeated character).
 """
 from __future__ import annotations
 
@@ -57,6 +65,9 @@ MAX_OPTIONAL_REPETITIONS = 1_000
 MAX_PATTERN_CHARS = 1_000
 MAX_GRAMMAR_BYTES = 1024 * 1024
 MAX_GRAMMAR_NESTING = 2_000
+MAX_TRIGGERS = 8
+MAX_TRIGGER_CHARS = 512
+MAX_TRIGGER_REPEAT = 64
 
 PARAM = "response_format"
 TYPES = frozenset({"string", "number", "integer", "boolean", "null", "object", "array"})
@@ -67,6 +78,9 @@ _QUANTIFIER = re.compile(r"\{\s*(\d*)\s*(,?)\s*(\d*)\s*\}")
 _PATTERN_ESCAPE = re.compile(r"\\(.)", re.DOTALL)
 _PATTERN_ESCAPES_OK = frozenset('\\"[]-tnrxuU(){}|*+?')
 """Escapes the GBNF converter turns into something llama.cpp parses (not \\d, \\w, \\., \\b, \\1...)."""
+_TRIGGER_ESCAPES_OK = frozenset("\\^$.|?*+()[]{}/-sSdDwWntrfv")
+"""Escapes that mean the same to Python's re and to ECMAScript (std::regex)."""
+_TRIGGER_BOUND = re.compile(r"\{(\d{1,2})(?:,(\d{1,2}))?\}")
 _GBNF_SKIPPED = re.compile(r'"(?:\\.|[^"\\])*"|\[(?:\\.|[^\]\\])*\]|#[^\n]*')
 """Literals, character classes and comments: parentheses inside them do not nest."""
 
@@ -77,14 +91,74 @@ def schema_error(message: str) -> InvalidParam:
 
 @dataclass(frozen=True, slots=True)
 class Grammar:
-    """GBNF text that passed `check_gbnf`, with its sha256 (the response cache keys by it)."""
+    """GBNF text that passed `check_gbnf`, with its sha256 (the response cache keys by it).
+
+    `triggers` empty: the grammar constrains from the first token. Otherwise it is lazy
+    (llama_sampler_init_grammar_lazy_patterns): unconstrained until the text generated so
+    far matches one of these regexes; then the text from the match's first non-empty
+    group (or the whole match) to the end is fed to the grammar, which constrains from
+    there on. Triggers are part of the digest."""
 
     text: str
+    triggers: tuple[str, ...] = ()
     digest: str = field(init=False, compare=False)
 
     def __post_init__(self) -> None:
         check_gbnf(self.text)
-        object.__setattr__(self, "digest", hashlib.sha256(self.text.encode()).hexdigest())
+        object.__setattr__(self, "triggers", tuple(self.triggers) if isinstance(self.triggers, list) else self.triggers)
+        check_triggers(self.triggers)
+        if self.triggers:  # GBNF text holds no NUL, so a lazy preimage never equals a plain one
+            preimage = "\0".join(("lazy", self.text, *self.triggers))
+        else:  # unchanged for plain grammars: response-cache keys stay valid
+            preimage = self.text
+        object.__setattr__(self, "digest", hashlib.sha256(preimage.encode()).hexdigest())
+
+    @property
+    def is_lazy(self) -> bool:
+        return bool(self.triggers)
+
+
+def check_triggers(triggers: object) -> None:
+    """Raises InvalidParam unless `triggers` is a tuple of bounded, portable, non-empty regexes."""
+    if not isinstance(triggers, tuple) or len(triggers) > MAX_TRIGGERS:
+        raise schema_error(f"grammar triggers must be a tuple of at most {MAX_TRIGGERS} patterns")
+    for pattern in triggers:
+        if not isinstance(pattern, str) or not 0 < len(pattern) <= MAX_TRIGGER_CHARS or "\0" in pattern:
+            raise schema_error(f"a grammar trigger must be a pattern of 1 to {MAX_TRIGGER_CHARS} characters")
+        try:
+            re.compile(pattern)
+        except (re.error, RecursionError, OverflowError) as exc:
+            raise schema_error(f"grammar trigger {pattern!r} is not a regular expression: {exc}") from None
+        _check_trigger_syntax(pattern)
+
+
+def _check_trigger_syntax(pattern: str) -> None:
+    """Only escapes, groups and counted repeats that std::regex reads as Python does; no `*`,
+    `+` or open-ended `{m,}` outside a character class."""
+    i, in_class = 0, False
+    while i < len(pattern):
+        char = pattern[i]
+        if char == "\\":
+            if pattern[i + 1:i + 2] not in _TRIGGER_ESCAPES_OK:
+                raise schema_error(f"grammar trigger {pattern!r}: unsupported escape")
+            i += 2
+            continue
+        if in_class:
+            in_class = char != "]"
+        elif char == "[":
+            in_class = True
+        elif char in "*+":
+            raise schema_error(f"grammar trigger {pattern!r}: unbounded repetition")
+        elif char == "(" and pattern.startswith("(?", i) and not pattern.startswith("(?:", i):
+            raise schema_error(f"grammar trigger {pattern!r}: only (?:...) groups are supported")
+        elif char == "{":
+            bound = _TRIGGER_BOUND.match(pattern, i)
+            if bound is None or int(bound.group(2) or bound.group(1)) > MAX_TRIGGER_REPEAT:
+                raise schema_error(f"grammar trigger {pattern!r}: repeats must be {{m}} or {{m,n}} "
+                                   f"with n <= {MAX_TRIGGER_REPEAT}")
+            i = bound.end()
+            continue
+        i += 1
 
 
 def check_gbnf(text: str) -> None:

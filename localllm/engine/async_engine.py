@@ -13,6 +13,8 @@ import logging
 import threading
 from collections.abc import Callable, Sequence
 
+from localllm.chat.families import Family
+from localllm.chat.types import ToolChoice, ToolSpec
 from localllm.constraints import Grammar
 from localllm.engine.contracts import ModelBackend, PrefixStateStore
 from localllm.engine.core import EngineCore
@@ -180,6 +182,22 @@ class AsyncEngine:
         self.backend.compile_grammar(grammar)
         return grammar
 
+    def tool_grammar(self, family: Family, tools: list[ToolSpec], choice: ToolChoice, parallel: bool,
+                     response_schema: dict | None = None, *, starts_in_reasoning: bool = False) -> Grammar | None:
+        """The constraint that makes the family's tool calls valid by construction: forced for
+        tool_choice required / named, lazy (asleep until the family's call opener) for auto,
+        None for none (localllm.tool_grammar says what each family's grammar allows). Built and
+        compiled like json_grammar. Raises InvalidParam ("tools", "tool_choice" or
+        "response_format"). Blocking: call it from a worker thread."""
+        grammar = self.backend.tool_grammar(family, tools, choice, parallel, response_schema,
+                                            starts_in_reasoning=starts_in_reasoning)
+        if grammar is not None:
+            try:
+                self.backend.compile_grammar(grammar)
+            except InvalidParam as exc:
+                raise InvalidParam("tools", f"tools: {str(exc).removeprefix('response_format: ')}") from None
+        return grammar
+
     def generate(
         self,
         prompt: str | Sequence[int],
@@ -233,7 +251,7 @@ class AsyncEngine:
         if params.top_k > num_vocab:
             raise InvalidParam("top_k", f"top_k must be at most the vocabulary size ({num_vocab})")
         if params.grammar is not None and not isinstance(params.grammar, Grammar):
-            raise InvalidParam("response_format", "the grammar was not built by json_grammar()")
+            raise InvalidParam("response_format", "the grammar was not built by json_grammar() or tool_grammar()")
         room = self.slot_ctx - len(prompt_ids)
         return Request(request_id, prompt_ids, params, max_new_tokens=params.max_tokens or room)
 

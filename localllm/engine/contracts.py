@@ -14,6 +14,8 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
+    from localllm.chat.families import Family
+    from localllm.chat.types import ToolChoice, ToolSpec
     from localllm.constraints import Grammar
     from localllm.engine.scheduler import BatchChunk
     from localllm.engine.slots import KvOp
@@ -144,6 +146,14 @@ class ModelBackend(Vocabulary, StepBackend, SequenceStates, Protocol):
         (localllm.constraints checks the schema before any grammar exists). Raises
         InvalidParam (param response_format) for a schema past the bounds or one it cannot
         translate. Pure, but blocking: call it from a worker thread."""
+        ...
+
+    def tool_grammar(self, family: Family, tools: list[ToolSpec], choice: ToolChoice, parallel: bool,
+                     response_schema: dict | None = None, *, starts_in_reasoning: bool = False) -> Grammar | None:
+        """Bounded GBNF that writes the family's tool calls (localllm.tool_grammar): forced for
+        tool_choice required / named, lazy (`Grammar.triggers`) for auto, None for none.
+        Raises InvalidParam ("tools" naming the tool, "tool_choice", "response_format").
+        Pure, but blocking: call it from a worker thread."""
         ...
 
     def embed(self, inputs: Sequence[Sequence[int]]) -> list:

@@ -6,11 +6,14 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 
+from localllm.chat.families import Family
+from localllm.chat.types import ToolChoice, ToolSpec
 from localllm.constraints import Grammar, check_schema
 from localllm.engine.errors import BackendError, NoKvRoom
 from localllm.engine.prefix import common_prefix_len
 from localllm.engine.scheduler import BatchChunk
 from localllm.engine.slots import KvCopy, KvOp, KvTrim
+from localllm.tool_grammar import plan_tool_grammar
 from localllm.types import InvalidParam, SamplingParams, TokenLogprob
 
 EOS = 0
@@ -86,6 +89,12 @@ class FakeBackend:
         if schema is not None:
             check_schema(schema)  # the same bounds as the real backend
         return Grammar('root ::= "{}"')
+
+    def tool_grammar(self, family: Family, tools: list[ToolSpec], choice: ToolChoice, parallel: bool,
+                     response_schema: dict | None = None, *, starts_in_reasoning: bool = False) -> Grammar | None:
+        plan = plan_tool_grammar(family, tools, choice, parallel, response_schema,  # the real checks
+                                 starts_in_reasoning=starts_in_reasoning)
+        return None if plan is None else Grammar('root ::= "{}"', plan.triggers)
 
     def embed(self, inputs: Sequence[Sequence[int]]) -> list:
         return [[float(len(token_ids)), 1.0] for token_ids in inputs]

@@ -19,6 +19,8 @@ import numpy as np
 
 import llama_cpp.llama_cpp as ll
 
+from localllm.chat.families import Family
+from localllm.chat.types import ToolChoice, ToolSpec
 from localllm.constraints import Grammar
 from localllm.engine.errors import BackendError, NoKvRoom, PrefixWindowGone
 from localllm.engine.llama_backend import grammar as gbnf, rpc, sampling
@@ -250,6 +252,13 @@ class LlamaBackend:
     def json_grammar(schema: dict | None) -> Grammar:
         """Bounded GBNF for response_format (see localllm.constraints). Blocking: a worker thread."""
         return gbnf.json_grammar(schema)
+
+    @staticmethod
+    def tool_grammar(family: Family, tools: list[ToolSpec], choice: ToolChoice, parallel: bool,
+                     response_schema: dict | None = None, *, starts_in_reasoning: bool = False) -> Grammar | None:
+        """Bounded GBNF for tool calls (see localllm.tool_grammar). Blocking: a worker thread."""
+        return gbnf.tool_grammar(family, tools, choice, parallel, response_schema,
+                                 starts_in_reasoning=starts_in_reasoning)
 
     def take_logprobs(self) -> dict[str, TokenLogprob]:
         """Logprobs computed by the last decode for requests that asked; hands them over."""

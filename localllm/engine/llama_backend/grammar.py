@@ -3,25 +3,38 @@
 `json_grammar` runs in a worker thread (never the event loop): the schema passes
 `localllm.constraints.check_schema` before llama_cpp's converter writes any text,
 and the text passes `check_gbnf` (inside `Grammar`) before llama.cpp parses it.
+`tool_grammar` does the same for the tool-call grammars that localllm.tool_grammar
+plans: one converter run over one JSON document per request's call shape.
 `CompiledGrammars` parses each distinct grammar once and keeps it; every request
-gets a clone (`llama_sampler_clone` copies the parsed rules, no second parse).
+gets a clone (`llama_sampler_clone` copies the parsed rules, no second parse). A lazy
+grammar (`Grammar.triggers`) is parsed by llama_sampler_init_grammar_lazy_patterns;
+its clones start asleep, awaiting their trigger.
 """
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
 import threading
 from collections import OrderedDict
 
 import llama_cpp.llama_cpp as ll
-from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
+from llama_cpp.llama_grammar import JSON_GBNF, BuiltinRule, SchemaConverter, json_schema_to_gbnf
 
+from localllm.chat.families import Family
+from localllm.chat.types import ToolChoice, ToolSpec
 from localllm.constraints import Grammar, check_schema, schema_error
+from localllm.tool_grammar import (CALL_RULE, REF_RULE_PREFIX, RESPONSE_RULE, check_parameters,
+                                   plan_tool_grammar, tools_error)
+from localllm.types import InvalidParam
 
 log = logging.getLogger(__name__)
 
 JSON_OBJECT = Grammar(JSON_GBNF)
 """response_format {"type": "json_object"}: any JSON value llama_cpp's JSON grammar allows."""
+STRICT_CHAR = BuiltinRule(r'[^"\\\x7F\x00-\x1F] | "\\" (["\\/bfnrt] | "u" [0-9a-fA-F] [0-9a-fA-F] [0-9a-fA-F] [0-9a-fA-F])', [])
+"""A JSON string's character: the converter's own rule lets raw control characters (a newline)
+into strings, which json.loads and every SDK refuse; llama.cpp's C++ converter excludes them."""
 MAX_COMPILED = 32
 MAX_COMPILED_BYTES = 4 * 1024 * 1024
 """Compiled grammars kept for reuse: at most this many, of at most this much grammar text."""
@@ -39,6 +52,68 @@ def json_grammar(schema: dict | None) -> Grammar:
         log.debug("json_schema_to_gbnf refused a schema: %r", exc)
         raise schema_error(f"unsupported JSON schema: {type(exc).__name__}: {exc}"[:500]) from None
     return Grammar(text)
+
+
+def tool_grammar(family: Family, tools: list[ToolSpec], choice: ToolChoice, parallel: bool,
+                 response_schema: dict | None = None, *, starts_in_reasoning: bool = False) -> Grammar | None:
+    """The grammar that makes the family's tool calls valid by construction (forced for
+    tool_choice required/named, lazy for auto), or None (see localllm.tool_grammar).
+    Raises InvalidParam ("tools", "tool_choice" or "response_format")."""
+    plan = plan_tool_grammar(family, tools, choice, parallel, response_schema,
+                             starts_in_reasoning=starts_in_reasoning)
+    if plan is None:
+        return None
+    try:
+        converter = _Converter()
+        document = converter.resolve_refs(plan.document, "")
+        call_rule = converter.visit(document["call"], CALL_RULE)
+        response_rule = converter.visit(document["response"], RESPONSE_RULE) if "response" in document else None
+        rules = converter.format_grammar()
+    except Exception as exc:  # the converter asserts, raises KeyError, ValueError...: "unsupported"
+        log.debug("json_schema_to_gbnf refused a tool schema: %r", exc)
+        raise _unsupported(tools, response_schema, exc) from None
+    try:
+        return Grammar(rules + "\n" + plan.root_rules(call_rule, response_rule), plan.triggers)
+    except InvalidParam as exc:  # past the grammar bounds: the tools' fault
+        raise tools_error(str(exc).removeprefix("response_format: ")) from None
+
+
+class _Converter(SchemaConverter):
+    """llama_cpp's converter with strict JSON strings (`STRICT_CHAR`), naming each `$ref`
+    target's rule after the whole reference: the stock one names it by the last path part, so
+    `#/$defs/tool-0/$defs/Item` and `#/$defs/tool-1/$defs/Item` (or a property named Item)
+    would share one rule."""
+
+    def __init__(self) -> None:
+        super().__init__(prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False)
+        self._ref_names: dict[str, str] = {}
+
+    def _add_primitive(self, name: str, rule: BuiltinRule) -> str:
+        return super()._add_primitive(name, STRICT_CHAR if name == "char" else rule)
+
+    def _resolve_ref(self, ref: str) -> str:
+        name = self._ref_names.setdefault(ref, f"{REF_RULE_PREFIX}{len(self._ref_names)}")
+        if name not in self._rules and ref not in self._refs_being_resolved:
+            self._refs_being_resolved.add(ref)
+            target = self.visit(self._refs[ref], name)  # a primitive keeps its own name ("string")
+            self._refs_being_resolved.remove(ref)
+            if target != name:
+                self._rules[name] = target
+        return name
+
+
+def _unsupported(tools: list[ToolSpec], response_schema: dict | None, exc: Exception):
+    """The error for a document the converter refused, naming the first tool it refuses alone."""
+    for tool in tools:
+        try:
+            check_parameters(tool)
+            json_schema_to_gbnf(json.dumps(tool.parameters))
+        except Exception as refusal:  # noqa: BLE001 - any refusal names this tool
+            return tools_error(f"function {tool.name!r}: unsupported JSON schema: "
+                               f"{type(refusal).__name__}: {refusal}"[:500])
+    if response_schema is not None:
+        return schema_error(f"unsupported JSON schema: {type(exc).__name__}: {exc}"[:500])
+    return tools_error(f"unsupported JSON schema: {type(exc).__name__}: {exc}"[:500])
 
 
 class CompiledGrammars:
@@ -68,7 +143,7 @@ class CompiledGrammars:
                 return
             self._num_parsing += 1
         try:
-            sampler = ll.llama_sampler_init_grammar(self._vocab, grammar.text.encode(), b"root")
+            sampler = self._parse(grammar)
         finally:
             with self._lock:
                 self._num_parsing -= 1
@@ -76,6 +151,13 @@ class CompiledGrammars:
         if not sampler:
             raise schema_error("the output grammar could not be parsed")
         self._keep(grammar, sampler)
+
+    def _parse(self, grammar: Grammar) -> ll.llama_sampler_p:
+        if not grammar.triggers:
+            return ll.llama_sampler_init_grammar(self._vocab, grammar.text.encode(), b"root")
+        patterns = (ctypes.c_char_p * len(grammar.triggers))(*(t.encode() for t in grammar.triggers))
+        return ll.llama_sampler_init_grammar_lazy_patterns(self._vocab, grammar.text.encode(), b"root",
+                                                           patterns, len(grammar.triggers), None, 0)
 
     def sampler(self, grammar: Grammar) -> ll.llama_sampler_p:
         """A fresh grammar sampler for one request (the caller frees it). Engine thread."""
