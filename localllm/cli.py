@@ -19,7 +19,7 @@ from pathlib import Path
 
 from localllm.bench import commands as bench_commands
 from localllm.cache import commands as cache_commands
-from localllm.config import LOG_LEVELS, Config, ConfigError, EngineConfig, ServerConfig
+from localllm.config import LOG_LEVELS, REASONING_FORMATS, Config, ConfigError, EngineConfig, ServerConfig
 from localllm.lb import commands as lb_commands
 from localllm.models import commands as model_commands
 from localllm.service.logs import configure_logging
@@ -101,6 +101,9 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-level", dest="log_level", choices=LOG_LEVELS, help="default info")
     parser.add_argument("--log-prompts", dest="log_prompts", action="store_true", default=None,
                         help="debug only: also log request bodies (prompts) at debug level")
+    parser.add_argument("--reasoning-format", dest="reasoning_format", choices=REASONING_FORMATS,
+                        help="auto: a reasoning model's thinking goes to reasoning_content; none: kept as raw "
+                             f"text in content (default {_SERVER.reasoning_format})")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,6 +13,7 @@ from typing import Any
 
 ENV_PREFIX = "LOCALLLM_"
 LOG_LEVELS = ("debug", "info", "warning", "error")
+REASONING_FORMATS = ("auto", "none")
 SECRET_KEYS = frozenset({"api_key", "admin_api_key"})
 """Keys whose values are masked wherever the configuration is shown."""
 
@@ -143,10 +144,15 @@ class ServerConfig:
     """debug, info, warning or error."""
     log_prompts: bool = False
     """Debug only: also log request bodies (prompts) at debug level. Never on by default."""
+    reasoning_format: str = "auto"
+    """auto: a reasoning model's thinking (`<think>`...`</think>`) is split off into
+    `reasoning_content`; none: kept as raw text in `content` (llama-server's --reasoning-format none)."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "log_level", str(self.log_level).lower())
         _check(self.log_level in LOG_LEVELS, "log_level", f"must be one of {', '.join(LOG_LEVELS)}")
+        _check(self.reasoning_format in REASONING_FORMATS, "reasoning_format",
+               f"must be one of {', '.join(REASONING_FORMATS)}")
         _check(0 <= self.port <= 65535, "port", "must be between 0 and 65535")
         _check(self.rate_limit_rpm >= 0 and self.rate_limit_tpm >= 0, "rate_limit", "limits must be 0 or more")
         _check(self.drain_timeout_s >= 0, "drain_timeout_s", "must be 0 or more")

@@ -17,6 +17,7 @@ from localllm.chat.types import (
     ToolCallArguments,
     ToolCallStarted,
 )
+from localllm.chat.output import OutputParser
 from localllm.models.manager import LoadedModel
 from localllm.server.errors import CLIENT_CLOSED, ApiError, client_gone
 from localllm.server.generation import Choice
@@ -95,7 +96,7 @@ class ChatCall:
 
     def __init__(self, request: web.Request, model: LoadedModel, gen: GenerationRequest,
                  source: AsyncIterator[tuple[int, TokenDelta]], choices: list[Choice], headers: dict[str, str], *,
-                 kind: str, started_s: float, load_s: float) -> None:
+                 kind: str, started_s: float, load_s: float, parsers: list[OutputParser] | None = None) -> None:
         self.id = ("chatcmpl-" if kind == "chat.completion" else "cmpl-") + uuid.uuid4().hex
         self.created = int(time.time())
         self.model = model.name
@@ -117,6 +118,9 @@ class ChatCall:
         self._wants_logprobs = gen.params.logprobs is not None
         self._source = source
         self._choices = choices
+        self._parsers = parsers
+        """One per choice (chat: reasoning and tool calls); None: the text as it comes (completions)."""
+        self._num_calls = [0] * len(choices)
         self._read = False
 
     async def events(self) -> AsyncIterator[tuple[int, ChatEvent]]:
@@ -129,13 +133,23 @@ class ChatCall:
             self._choices[index].absorb(delta)
             if self._wants_logprobs and delta.logprobs:
                 yield index, Logprobs(tuple(delta.logprobs))
-            if delta.text:
-                yield index, TextDelta(delta.text)
-            if delta.finish_reason is not None:
-                yield index, _ending(delta)
+            for event in self._parsed(index, delta):
+                yield index, event
             if client_gone(self._request):
                 self._request[CLIENT_CLOSED] = True
                 return
+
+    def _parsed(self, index: int, delta: TokenDelta) -> list[ChatEvent]:
+        parser = self._parsers[index] if self._parsers is not None else None
+        events: list[ChatEvent] = []
+        if delta.text:
+            events += parser.feed(delta.text) if parser is not None else [TextDelta(delta.text)]
+        if delta.finish_reason is not None and parser is not None:
+            events += parser.close()
+        self._num_calls[index] += sum(isinstance(e, ToolCallStarted) for e in events)
+        if delta.finish_reason is None:
+            return events
+        return [*events, _ending(delta, self._num_calls[index])]
 
     async def collect(self) -> list[ChoiceResult]:
         """Every choice's whole answer; a Failed choice raises ApiError (500 or 503)."""
@@ -201,9 +215,11 @@ class ChatCall:
             await aclose()
 
 
-def _ending(delta: TokenDelta) -> Finished | Failed:
+def _ending(delta: TokenDelta, num_calls: int) -> Finished | Failed:
     if delta.finish_reason is FinishReason.ERROR:
         return Failed(delta.error or "The engine failed while generating.", 500)
     if delta.finish_reason is FinishReason.ABORT:
         return Failed(delta.error or "The request was cancelled by the server.", 503)
+    if delta.finish_reason is FinishReason.STOP and num_calls:
+        return Finished("tool_calls")
     return Finished(delta.finish_reason.value, delta.stop_sequence)

@@ -10,6 +10,7 @@ them through the same parsing, so one entry serves every protocol and every outp
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import time
 from collections.abc import AsyncIterator
@@ -19,7 +20,11 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from localllm.cache.response_cache import Recorded
+from localllm.chat.families import Family
+from localllm.chat.messages import parse_tools, template_kwargs
+from localllm.chat.output import OutputParser
 from localllm.chat.template import MAX_CHAT_MESSAGES, RenderedPrompt, compiled_template
+from localllm.chat.types import ToolChoiceMode
 from localllm.models.manager import LoadedModel
 from localllm.server.auth import RATE_HEADERS, USAGE_TOKENS, reserve_tokens
 from localllm.server.chat_call import (
@@ -59,7 +64,7 @@ from localllm.server.schemas import (
     generation_request,
     keep_alive,
 )
-from localllm.server.state import MODEL_KEY, require_model
+from localllm.server.state import CONFIG_KEY, MODEL_KEY, require_model
 from localllm.server.tenants import cache_namespace
 from localllm.types import InvalidParam
 
@@ -99,10 +104,13 @@ async def open_chat(request: web.Request, body: dict, *, protocol: str) -> Async
     response cache, records metrics, per-key usage and the request log line naming `protocol`."""
     request[PROTOCOL] = protocol
     model, load_s = await _model(request, body)
-    messages = _messages(body, model)
-    prompt = await asyncio.to_thread(_chat_prompt, model, messages)
-    gen = await _generation_request(body, [prompt.token_ids], model, chat=True)
-    async with _opened(request, model, body, gen, kind=CHAT_KIND, protocol=protocol, load_s=load_s) as call:
+    _check_messages(body, model)
+    chat = await asyncio.to_thread(_prepare_chat, model, body, generate=True)
+    reasoning = request.app[CONFIG_KEY].server.reasoning_format != "none"
+    parsers = [OutputParser(chat.family, parse_tools=chat.parse_tools, starts_in_reasoning=chat.prompt.starts_in_reasoning,
+                            parse_reasoning=reasoning) for _ in range(chat.gen.n)]
+    async with _opened(request, model, body, chat.gen, kind=CHAT_KIND, protocol=protocol, load_s=load_s,
+                       parsers=parsers) as call:
         yield call
 
 
@@ -123,9 +131,9 @@ async def render_chat(request: web.Request, body: dict) -> RenderedChat:
     """The prompt a chat body renders to, without generating: for /apply-template, token counting
     and showing templates. Same validation and special-token rule as open_chat."""
     model, _ = await _model(request, body)
-    messages = _messages(body, model)
-    prompt = await asyncio.to_thread(_chat_prompt, model, messages)
-    return RenderedChat(model.name, prompt.text, prompt.token_ids)
+    _check_messages(body, model)
+    chat = await asyncio.to_thread(_prepare_chat, model, body, generate=False)
+    return RenderedChat(model.name, chat.prompt.text, chat.prompt.token_ids)
 
 
 async def _model(request: web.Request, body: dict) -> tuple[LoadedModel, float]:
@@ -134,7 +142,8 @@ async def _model(request: web.Request, body: dict) -> tuple[LoadedModel, float]:
     return model, time.monotonic() - started_s
 
 
-def _messages(body: dict, model: LoadedModel) -> list:
+def _check_messages(body: dict, model: LoadedModel) -> None:
+    """The cheap checks, on the loop, before any work is sent to a worker."""
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise bad_request("messages must be a non-empty list", "messages")
@@ -142,14 +151,22 @@ def _messages(body: dict, model: LoadedModel) -> list:
         raise bad_request(f"messages has {len(messages)} entries; at most {MAX_CHAT_MESSAGES} are accepted", "messages")
     if not model.chat_template:
         raise bad_request(f"model {model.name!r} has no chat template; use /v1/completions", "messages")
-    if body.get("tools") or body.get("functions"):
-        raise bad_request("tool and function calling are not supported yet", "tools")
-    return messages
 
 
-def _chat_prompt(model: LoadedModel, messages: list) -> RenderedPrompt:
-    """Worker thread: compile the template (once per model; it comes from the model file, of any
-    size), render and tokenise (both grow with the messages); message contents are tokenised
+@dataclass(frozen=True, slots=True)
+class _PreparedChat:
+    prompt: RenderedPrompt
+    family: Family
+    parse_tools: bool
+    """Whether the output is parsed for calls: tools offered and tool_choice not none."""
+    gen: GenerationRequest | None
+    """The validated request, its grammar built (None when only rendering)."""
+
+
+def _prepare_chat(model: LoadedModel, body: dict, *, generate: bool) -> _PreparedChat:
+    """Worker thread: tools and template kwargs validated, the template compiled (once per model;
+    it comes from the model file, of any size), rendered and tokenised (both grow with the
+    messages and tools), and the grammar built and compiled. Message contents are tokenised
     without parsing special tokens, so a user cannot write the template's markers."""
     engine = model.engine
 
@@ -158,10 +175,40 @@ def _chat_prompt(model: LoadedModel, messages: list) -> RenderedPrompt:
                                max_tokens=engine.slot_ctx, param="messages")
 
     try:
-        template = compiled_template(model.chat_template, model.bos_token, model.eos_token)
-        return template.prompt(messages, tokenize, max_tokens=engine.slot_ctx)
+        tools, choice, parallel = parse_tools(body)
+        kwargs = template_kwargs(body)
+        template = compiled_template(model.chat_template, model.bos_token, model.eos_token, model.template_family)
+        prompt = template.prompt(body["messages"], tokenize, max_tokens=engine.slot_ctx, tools=tools,
+                                 template_kwargs=kwargs)
+        calls = choice.mode is not ToolChoiceMode.NONE
+        if not generate:
+            return _PreparedChat(prompt, template.family, calls, None)
+        grammar = engine.tool_grammar(template.family, tools, choice, parallel, _response_schema(body),
+                                      starts_in_reasoning=prompt.starts_in_reasoning) if calls else None
+        # with tools the tool grammar covers response_format too: no second JSON grammar is built
+        gen = generation_request({**body, "response_format": None} if grammar else body, [prompt.token_ids],
+                                 chat=True, json_grammar=engine.json_grammar)
     except InvalidParam as exc:
         raise bad_request(str(exc), exc.param) from None
+    if grammar is not None:
+        gen = dataclasses.replace(gen, params=dataclasses.replace(gen.params, grammar=grammar))
+    return _PreparedChat(prompt, template.family, calls, gen)
+
+
+def _response_schema(body: dict) -> dict | None:
+    """The JSON schema a response_format asks the content to follow (json_object: any object)."""
+    response_format = body.get("response_format")
+    kind = response_format.get("type") if isinstance(response_format, dict) else None
+    if response_format is None or kind == "text":
+        return None
+    if kind == "json_object":
+        return {"type": "object"}
+    spec = response_format.get("json_schema") if kind == "json_schema" else None
+    schema = spec.get("schema") if isinstance(spec, dict) else None
+    if not isinstance(schema, dict):
+        raise InvalidParam("response_format", "response_format must be text, json_object or json_schema with a "
+                           "json_schema.schema object")
+    return schema
 
 
 async def _generation_request(body: dict, prompts: list[str | list[int]], model: LoadedModel, *,
@@ -174,7 +221,7 @@ async def _generation_request(body: dict, prompts: list[str | list[int]], model:
 
 @asynccontextmanager
 async def _opened(request: web.Request, model: LoadedModel, body: dict, gen: GenerationRequest, *, kind: str,
-                  protocol: str, load_s: float) -> AsyncIterator[ChatCall]:
+                  protocol: str, load_s: float, parsers: list[OutputParser] | None = None) -> AsyncIterator[ChatCall]:
     """Leases the model, answers from the response cache or queues every choice, and on exit
     does the bookkeeping every protocol shares."""
     add_special = kind == COMPLETION_KIND  # chat prompts arrive tokenised, the template wrote BOS
@@ -198,7 +245,8 @@ async def _opened(request: web.Request, model: LoadedModel, body: dict, gen: Gen
         headers = {**request.get(RATE_HEADERS, {}),
                    CACHE_HEADER: "bypass" if key is None else "hit" if recorded is not None else "miss"}
         choices = [Choice(i) for i in range(num_choices)]
-        call = ChatCall(request, model, gen, source, choices, headers, kind=kind, started_s=started_s, load_s=load_s)
+        call = ChatCall(request, model, gen, source, choices, headers, kind=kind, started_s=started_s, load_s=load_s,
+                        parsers=parsers)
         try:
             yield call
         finally:

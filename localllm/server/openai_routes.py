@@ -7,15 +7,13 @@ import functools
 
 from aiohttp import web
 
-from localllm.chat.types import TextDelta
 from localllm.models.catalogue import local_model_names
 from localllm.models.manager import LoadedModel
 from localllm.server.auth import USAGE_TOKENS, reserve_embedding_tokens
-from localllm.server.chat_path import (
-    ChatCall, ChoiceResult, Failed, Finished, Logprobs, Usage, open_chat, open_completion,
-)
+from localllm.server.chat_path import ChatCall, Failed, Logprobs, Usage, open_chat, open_completion
 from localllm.server.errors import CLIENT_CLOSED, ApiError, bad_request
 from localllm.server.generation import queue_full
+from localllm.server.openai_formats import ChatFormat, CompletionFormat, Format
 from localllm.server.request_log import MODEL_NAME, PROMPT_TOKENS
 from localllm.server.schemas import embedding_inputs, keep_alive, read_json
 from localllm.server.sse import SseWriter
@@ -99,18 +97,18 @@ async def model_entries(request: web.Request) -> list[dict]:
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     body = await read_json(request)
     async with open_chat(request, body, protocol="openai.chat") as call:
-        fmt = _ChatFormat(call)
+        fmt = ChatFormat(call, legacy_functions=body.get("functions") is not None)
         return await (_stream(request, call, fmt) if call.stream else _respond(call, fmt))
 
 
 async def completions(request: web.Request) -> web.StreamResponse:
     body = await read_json(request)
     async with open_completion(request, body, protocol="openai.completions") as call:
-        fmt = _CompletionFormat(call)
+        fmt = CompletionFormat(call)
         return await (_stream(request, call, fmt) if call.stream else _respond(call, fmt))
 
 
-async def _respond(call: ChatCall, fmt: _Format) -> web.Response:
+async def _respond(call: ChatCall, fmt: Format) -> web.Response:
     results = await call.collect()
     return web.json_response({
         **_meta(call), "object": fmt.object_name,
@@ -119,7 +117,7 @@ async def _respond(call: ChatCall, fmt: _Format) -> web.Response:
     }, headers=call.headers)
 
 
-async def _stream(request: web.Request, call: ChatCall, fmt: _Format) -> web.StreamResponse:
+async def _stream(request: web.Request, call: ChatCall, fmt: Format) -> web.StreamResponse:
     sse = SseWriter(request, call.headers)
     await sse.start()
     chunk_meta = {**_meta(call), "object": fmt.chunk_object_name}
@@ -135,9 +133,10 @@ async def _stream(request: web.Request, call: ChatCall, fmt: _Format) -> web.Str
                 pending.setdefault(index, []).extend(event.entries)
             elif isinstance(event, Failed):
                 await sse.send(ApiError(event.status, event.message, type="server_error").body())
-            elif isinstance(event, (TextDelta, Finished)):
+            else:
                 choice = fmt.delta_choice(index, event, pending.pop(index, None))
-                await sse.send({**chunk_meta, "choices": [choice], **extra})
+                if choice is not None:
+                    await sse.send({**chunk_meta, "choices": [choice], **extra})
         if call.include_usage:
             await sse.send({**chunk_meta, "choices": [], "usage": _usage(call.usage())})
         await sse.finish()
@@ -153,84 +152,3 @@ def _meta(call: ChatCall) -> dict:
 def _usage(usage: Usage) -> dict:
     return {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
             "total_tokens": usage.total_tokens, "prompt_tokens_details": {"cached_tokens": usage.cached_tokens}}
-
-
-class _Format:
-    object_name: str
-    chunk_object_name: str
-
-    def full_choice(self, result: ChoiceResult) -> dict: ...
-    def first_chunk_choice(self, index: int) -> dict | None: ...
-    def delta_choice(self, index: int, event: TextDelta | Finished, logprobs: list[TokenLogprob] | None) -> dict: ...
-
-
-def _text_and_finish(event: TextDelta | Finished) -> tuple[str, str | None]:
-    return (event.text, None) if isinstance(event, TextDelta) else ("", event.finish_reason)
-
-
-class _ChatFormat(_Format):
-    object_name, chunk_object_name = "chat.completion", "chat.completion.chunk"
-
-    def __init__(self, call: ChatCall) -> None:
-        self._call = call
-
-    def full_choice(self, result: ChoiceResult) -> dict:
-        return {
-            "index": result.index,
-            "message": {"role": "assistant", "content": result.content},
-            "logprobs": self._logprobs(result.logprobs),
-            "finish_reason": result.finish_reason,
-        }
-
-    def _logprobs(self, entries: list[TokenLogprob] | None) -> dict | None:
-        if entries is None:
-            return None
-        return {"content": [{**self._token(e.token_id, e.logprob),
-                             "top_logprobs": [self._token(t, lp) for t, lp in e.top]} for e in entries]}
-
-    def _token(self, token_id: int, logprob: float) -> dict:
-        raw = self._call.token_bytes(token_id)
-        return {"token": raw.decode("utf-8", "replace"), "logprob": logprob, "bytes": list(raw)}
-
-    def first_chunk_choice(self, index: int) -> dict:
-        return {"index": index, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}
-
-    def delta_choice(self, index: int, event: TextDelta | Finished, logprobs: list[TokenLogprob] | None) -> dict:
-        text, finish_reason = _text_and_finish(event)
-        return {"index": index, "delta": {"content": text} if text else {}, "logprobs": self._logprobs(logprobs),
-                "finish_reason": finish_reason}
-
-
-class _CompletionFormat(_Format):
-    object_name, chunk_object_name = "text_completion", "text_completion"
-
-    def __init__(self, call: ChatCall) -> None:
-        self._call = call
-
-    def full_choice(self, result: ChoiceResult) -> dict:
-        prefix = self._call.prompt_text(result.index) if self._call.echo else ""
-        return {"index": result.index, "text": prefix + result.content,
-                "logprobs": self._logprobs(result.logprobs, len(prefix)),
-                "finish_reason": result.finish_reason}
-
-    def _logprobs(self, entries: list[TokenLogprob] | None, offset: int = 0) -> dict | None:
-        """OpenAI's legacy completions shape: parallel lists."""
-        if entries is None:
-            return None
-        text = lambda t: self._call.token_bytes(t).decode("utf-8", "replace")  # noqa: E731
-        tokens = [text(e.token_id) for e in entries]
-        offsets = []
-        for token in tokens:
-            offsets.append(offset)
-            offset += len(token)
-        return {"tokens": tokens, "token_logprobs": [e.logprob for e in entries],
-                "top_logprobs": [{text(t): lp for t, lp in e.top} for e in entries], "text_offset": offsets}
-
-    def first_chunk_choice(self, index: int) -> dict | None:
-        if not self._call.echo:
-            return None
-        return {"index": index, "text": self._call.prompt_text(index), "logprobs": None, "finish_reason": None}
-
-    def delta_choice(self, index: int, event: TextDelta | Finished, logprobs: list[TokenLogprob] | None) -> dict:
-        text, finish_reason = _text_and_finish(event)
-        return {"index": index, "text": text, "logprobs": self._logprobs(logprobs), "finish_reason": finish_reason}
