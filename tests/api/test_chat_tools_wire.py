@@ -112,21 +112,27 @@ async def test_reasoning_format_none_keeps_the_raw_text(tmp_path: Path):
     assert "reasoning_content" not in (reply.choices[0].message.model_extra or {})
 
 
-@pytest.mark.parametrize("body, param", [
-    ({"tools": TOOLS, "tool_choice": {"type": "function", "function": {"name": "nope"}}}, "tool_choice"),
-    ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "string"}}}]}, "tools"),
-    ({"tools": [{"type": "function", "function": {"name": "bad name!"}}]}, "tools"),
-    ({"messages": ASK + [{"role": "tool", "tool_call_id": "call_x", "content": "20C"}]}, "messages"),
+@pytest.mark.parametrize("body, param, needle", [
+    ({"tools": TOOLS, "tool_choice": {"type": "function", "function": {"name": "nope"}}}, "tool_choice",
+     "not among the tools"),
+    ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "string"}}}]}, "tools",
+     "JSON Schema of type object"),
+    ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {
+        "type": "object", "properties": {"x": {"type": "nonsense"}}}}}], "tool_choice": "required"}, "tools", "nonsense"),
+    ({"tools": [{"type": "function", "function": {"name": "bad name!"}}]}, "tools", "must match"),
+    ({"messages": ASK + [{"role": "tool", "tool_call_id": "call_x", "content": "20C"}]}, "messages",
+     "matches no tool call"),
     ({"messages": ASK + [{"role": "assistant", "content": None, "tool_calls": [
         {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": "{not json"}}]}]},
-     "messages"),
-    ({"chat_template_kwargs": {"messages": 1}}, "chat_template_kwargs"),
-    ({"reasoning_effort": "extreme"}, "reasoning_effort"),
+     "messages", "not valid JSON"),
+    ({"chat_template_kwargs": {"messages": 1}}, "chat_template_kwargs", "chat_template_kwargs"),
+    ({"reasoning_effort": "extreme"}, "reasoning_effort", "reasoning_effort"),
 ])
-async def test_bad_tool_input_is_a_400_in_openai_shape(tmp_path: Path, body: dict, param: str):
+async def test_bad_tool_input_is_a_400_in_openai_shape(tmp_path: Path, body: dict, param: str, needle: str):
     async with scripted(tmp_path, CALL, GENERIC) as client:
         with pytest.raises(openai.BadRequestError) as caught:
             await client.chat.completions.create(model="scripted", messages=body.get("messages", ASK),
                                                  extra_body={k: v for k, v in body.items() if k != "messages"})
     assert caught.value.status_code == 400
     assert caught.value.body["param"] == param and caught.value.body["type"] == "invalid_request_error"
+    assert needle in caught.value.body["message"]

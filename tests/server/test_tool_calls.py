@@ -38,7 +38,8 @@ WEATHER = openai.pydantic_function_tool(Weather, name="get_weather")
 TIME = openai.pydantic_function_tool(LocalTime, name="get_time")
 SCHEMAS = {"get_weather": Weather, "get_time": LocalTime}
 ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
-FORCED = {"model": MODEL, "max_tokens": 128, "temperature": 0}
+FORCED = {"model": MODEL, "max_tokens": 64, "temperature": 0, "parallel_tool_calls": False}
+"""One call: a base model under a grammar that allows several keeps calling until max_tokens."""
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +73,7 @@ async def test_required_calls_parse_and_validate(aclient: openai.AsyncOpenAI):
 async def test_a_named_call_is_that_function(aclient: openai.AsyncOpenAI):
     reply = await aclient.chat.completions.create(
         messages=ASK, tools=[WEATHER, TIME], tool_choice={"type": "function", "function": {"name": "get_time"}},
-        parallel_tool_calls=False, **FORCED)
+        **FORCED)
     [call] = reply.choices[0].message.tool_calls
     assert call.function.name == "get_time"
     assert_valid_calls(reply.choices[0].message, {"get_time"})
@@ -135,12 +136,13 @@ async def test_the_response_cache_tells_tool_lists_apart(aclient: openai.AsyncOp
 async def test_langchain_bind_tools_returns_tool_calls(base_url: str):
     from langchain_openai import ChatOpenAI
 
-    llm = ChatOpenAI(base_url=base_url, api_key="none", model=MODEL, temperature=0, max_tokens=128, max_retries=0)
-    message = await llm.bind_tools([Weather], tool_choice="Weather").ainvoke("What is the weather in Oslo?")
+    llm = ChatOpenAI(base_url=base_url, api_key="none", model=MODEL, temperature=0, max_tokens=64, max_retries=0)
+    bound = llm.bind_tools([Weather], tool_choice="Weather", parallel_tool_calls=False)
+    message = await bound.ainvoke("What is the weather in Oslo?")
     [call] = message.tool_calls
     assert call["name"] == "Weather" and call["id"]
     Weather.model_validate(call["args"])
-    chunks = [chunk async for chunk in llm.bind_tools([Weather], tool_choice="Weather").astream("Weather in Oslo?")]
+    chunks = [chunk async for chunk in bound.astream("Weather in Oslo?")]
     merged = chunks[0]
     for chunk in chunks[1:]:
         merged += chunk  # LangChain's AIMessageChunk merging of delta.tool_calls fragments
@@ -152,6 +154,6 @@ async def test_langchain_bind_tools_returns_tool_calls(base_url: str):
 async def test_langchain_structured_output_by_function_calling(base_url: str):
     from langchain_openai import ChatOpenAI
 
-    llm = ChatOpenAI(base_url=base_url, api_key="none", model=MODEL, temperature=0, max_tokens=128, max_retries=0)
+    llm = ChatOpenAI(base_url=base_url, api_key="none", model=MODEL, temperature=0, max_tokens=64, max_retries=0)
     result = await llm.with_structured_output(Weather, method="function_calling").ainvoke("Weather in Lima?")
     assert isinstance(result, Weather)
