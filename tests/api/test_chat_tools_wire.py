@@ -136,3 +136,21 @@ async def test_bad_tool_input_is_a_400_in_openai_shape(tmp_path: Path, body: dic
     assert caught.value.status_code == 400
     assert caught.value.body["param"] == param and caught.value.body["type"] == "invalid_request_error"
     assert needle in caught.value.body["message"]
+
+
+async def test_the_response_cache_keys_by_tools_and_tool_choice(tmp_path: Path):
+    """Tools render into the prompt, tool_choice picks the grammar (its digest is in the key); a
+    hit is parsed again, into calls."""
+    other = {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object"}}}
+    async with scripted(tmp_path, CALL, GENERIC, cache_enabled=True, cache_dir=str(tmp_path / "cache")) as client:
+        async def state(tools: list, tool_choice: str) -> tuple[str, object]:
+            raw = await client.chat.completions.with_raw_response.create(
+                model="scripted", messages=ASK, tools=tools, tool_choice=tool_choice, temperature=0)
+            return raw.headers["x-localllm-cache"], raw.parse()
+
+        states = [(await state(tools, choice))[0] for tools, choice in (
+            (TOOLS, "required"), (TOOLS, "required"), (TOOLS, "auto"), (TOOLS + [other], "required"))]
+        assert states == ["miss", "hit", "miss", "miss"]
+        hit_state, hit = await state(TOOLS, "required")
+    assert hit_state == "hit" and hit.choices[0].finish_reason == "tool_calls"
+    assert hit.choices[0].message.tool_calls[0].function.name == "get_weather"
