@@ -107,8 +107,8 @@ async def open_chat(request: web.Request, body: dict, *, protocol: str) -> Async
     _check_messages(body, model)
     chat = await asyncio.to_thread(_prepare_chat, model, body, generate=True)
     reasoning = request.app[CONFIG_KEY].server.reasoning_format != "none"
-    parsers = [OutputParser(chat.family, parse_tools=chat.parse_tools, starts_in_reasoning=chat.prompt.starts_in_reasoning,
-                            parse_reasoning=reasoning) for _ in range(chat.gen.n)]
+    parsers = [OutputParser(chat.family, parse_tools=chat.parse_tools, parse_reasoning=reasoning,
+                            starts_in_reasoning=chat.prompt.starts_in_reasoning) for _ in range(chat.gen.n)]
     async with _opened(request, model, body, chat.gen, kind=CHAT_KIND, protocol=protocol, load_s=load_s,
                        parsers=parsers) as call:
         yield call
@@ -183,15 +183,15 @@ def _prepare_chat(model: LoadedModel, body: dict, *, generate: bool) -> _Prepare
         calls = choice.mode is not ToolChoiceMode.NONE
         if not generate:
             return _PreparedChat(prompt, template.family, calls, None)
-        grammar = engine.tool_grammar(template.family, tools, choice, parallel, _response_schema(body),
-                                      starts_in_reasoning=prompt.starts_in_reasoning) if calls else None
-        # with tools the tool grammar covers response_format too: no second JSON grammar is built
-        gen = generation_request({**body, "response_format": None} if grammar else body, [prompt.token_ids],
+        # with calls the tool grammar covers response_format too: no JSON grammar is built for it
+        gen = generation_request({**body, "response_format": None} if calls else body, [prompt.token_ids],
                                  chat=True, json_grammar=engine.json_grammar)
+        if calls:
+            grammar = engine.tool_grammar(template.family, tools, choice, parallel, _response_schema(body),
+                                          starts_in_reasoning=prompt.starts_in_reasoning)
+            gen = dataclasses.replace(gen, params=dataclasses.replace(gen.params, grammar=grammar))
     except InvalidParam as exc:
         raise bad_request(str(exc), exc.param) from None
-    if grammar is not None:
-        gen = dataclasses.replace(gen, params=dataclasses.replace(gen.params, grammar=grammar))
     return _PreparedChat(prompt, template.family, calls, gen)
 
 
