@@ -187,6 +187,9 @@ def _prepare_chat(model: LoadedModel, body: dict, *, generate: bool) -> _Prepare
         gen = generation_request({**body, "response_format": None} if calls else body, [prompt.token_ids],
                                  chat=True, json_grammar=engine.json_grammar)
         if calls:
+            # a named function is called once: a grammar that allows more lets a weak model call it
+            # again and again until max_tokens, and the cut-off reply then holds no call at all
+            parallel = parallel and choice.mode is not ToolChoiceMode.NAMED
             grammar = engine.tool_grammar(template.family, tools, choice, parallel, _response_schema(body),
                                           starts_in_reasoning=prompt.starts_in_reasoning)
             gen = dataclasses.replace(gen, params=dataclasses.replace(gen.params, grammar=grammar))
