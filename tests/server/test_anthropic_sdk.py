@@ -111,13 +111,8 @@ FORCED = {"type": "tool", "name": "get_weather", "disable_parallel_tool_use": Tr
 
 async def test_forced_tool_use_and_a_tool_result_round_trip(client: anthropic.AsyncAnthropic):
     ask = [{"role": "user", "content": "What is the weather in Paris?"}]
-    try:
-        called = await client.messages.create(model=MODEL, max_tokens=48, **GREEDY, messages=ask,
-                                              tools=[WEATHER], tool_choice=FORCED)
-    except anthropic.BadRequestError as exc:
-        if "not supported yet" in str(exc):
-            pytest.skip("tool calling has not landed on the chat path yet")
-        raise
+    called = await client.messages.create(model=MODEL, max_tokens=48, **GREEDY, messages=ask, tools=[WEATHER],
+                                          tool_choice=FORCED)
     [use] = [block for block in called.content if block.type == "tool_use"]
     assert called.stop_reason == "tool_use" and use.name == "get_weather"
     assert set(use.input) == {"city"} and isinstance(use.input["city"], str)  # valid against the schema
