@@ -1,0 +1,99 @@
+"""Ollama's replies for what the output parser finds (tool calls, thinking), on the real app over
+the scripted backend (tests/api/fake_model.py): the model's text is fixed, so the shapes are exact."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp.test_utils import TestServer
+
+from localllm.compose import start_served
+from localllm.config import Config
+from localllm.models.manager import LoadedModel
+from localllm.server.app import create_app
+from tests.api.fake_model import CHAT_TEMPLATE, ScriptedBackend, api_config
+
+CALL = '{"tool_calls": [{"name": "weather", "arguments": {"city": "Paris"}}]}'
+TOOLS = [{"type": "function", "function": {"name": "weather", "description": "Weather in a city",
+                                           "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+                                                          "required": ["city"]}}}]
+ASK = [{"role": "user", "content": "Weather in Paris?"}]
+
+
+class _Backend(ScriptedBackend):
+    def __init__(self, num_ctx: int, reply: str, template: str) -> None:
+        super().__init__(num_ctx, reply)
+        self.template = template
+
+    def metadata(self, key: str) -> str | None:
+        return self.template if key == "tokenizer.chat_template" else super().metadata(key)
+
+
+def loader(reply: str, template: str = CHAT_TEMPLATE):
+    async def load(config: Config, on_progress=None) -> LoadedModel:
+        return await start_served(_Backend(config.engine.ctx, reply, template), config, name=config.engine.model,
+                                  path=Path(f"/models/{config.engine.model}.gguf"), spec=None,
+                                  identity=f"scripted:{reply}", started_s=time.monotonic())
+    return load
+
+
+async def lines(tmp_path: Path, reply: str, body: dict, template: str = CHAT_TEMPLATE) -> list[dict]:
+    """The NDJSON lines /api/chat answers `body` with when the model writes `reply`."""
+    server = TestServer(create_app(api_config(tmp_path, ctx=8192), loader=loader(reply, template)), host="127.0.0.1")
+    await server.start_server()
+    try:
+        async with aiohttp.ClientSession() as http:
+            response = await http.post(server.make_url("/api/chat"), json={"model": "scripted", **body})
+            text = await response.text()
+            assert response.status == 200, text
+            wanted = "application/x-ndjson" if body.get("stream", True) else "application/json"
+            assert response.headers["Content-Type"].startswith(wanted)
+            return [json.loads(line) for line in text.splitlines()]
+    finally:
+        await server.close()
+
+
+async def test_a_tool_call_streams_whole_with_arguments_as_an_object(tmp_path: Path):
+    out = await lines(tmp_path, CALL, {"messages": ASK, "tools": TOOLS})
+    assert [line["done"] for line in out] == [False] * (len(out) - 1) + [True]
+    calls = [c for line in out for c in line["message"].get("tool_calls", [])]
+    assert len(calls) == 1 and calls[0]["function"]["name"] == "weather"
+    assert calls[0]["function"]["arguments"] == {"city": "Paris"}
+    assert "".join(line["message"]["content"] for line in out) == ""
+    assert out[-1]["done_reason"] == "stop" and out[-1]["eval_count"] == len(CALL)
+
+
+async def test_a_tool_call_not_streamed_and_its_result_sent_back(tmp_path: Path):
+    out = await lines(tmp_path, CALL, {"messages": ASK, "tools": TOOLS, "stream": False})
+    (reply,) = out
+    assert reply["message"]["tool_calls"][0]["function"]["arguments"] == {"city": "Paris"}
+    history = ASK + [reply["message"], {"role": "tool", "content": "sunny", "tool_name": "weather"}]
+    (answer,) = await lines(tmp_path, "Sunny.", {"messages": history, "tools": TOOLS, "stream": False})
+    assert answer["message"]["content"] == "Sunny." and "tool_calls" not in answer["message"]
+
+
+async def test_thinking_goes_to_message_thinking(tmp_path: Path):
+    template = CHAT_TEMPLATE + "{# </think> #}"  # a template that writes reasoning markers
+    out = await lines(tmp_path, "<think>Paris is sunny.</think>Sunny.", {"messages": ASK, "think": True,
+                                                                        "stream": False}, template)
+    assert out[0]["message"]["thinking"] == "Paris is sunny." and out[0]["message"]["content"] == "Sunny."
+
+
+@pytest.mark.parametrize("stream", [True, False])
+async def test_generate_thinking_is_a_top_level_field(tmp_path: Path, stream: bool):
+    template = CHAT_TEMPLATE + "{# </think> #}"
+    server = TestServer(create_app(api_config(tmp_path, ctx=8192), loader=loader("<think>hm</think>ok", template)),
+                        host="127.0.0.1")
+    await server.start_server()
+    try:
+        async with aiohttp.ClientSession() as http:
+            response = await http.post(server.make_url("/api/generate"),
+                                       json={"model": "scripted", "prompt": "hi", "stream": stream})
+            out = [json.loads(line) for line in (await response.text()).splitlines()]
+    finally:
+        await server.close()
+    assert "".join(line.get("thinking", "") for line in out) == "hm"
+    assert "".join(line["response"] for line in out) == "ok" and out[-1]["done"]
