@@ -63,7 +63,7 @@ async def test_a_tool_call_streams_whole_with_arguments_as_an_object(tmp_path: P
     assert len(calls) == 1 and calls[0]["function"]["name"] == "weather"
     assert calls[0]["function"]["arguments"] == {"city": "Paris"}
     assert "".join(line["message"]["content"] for line in out) == ""
-    assert out[-1]["done_reason"] == "stop" and out[-1]["eval_count"] == len(CALL)
+    assert out[-1]["done_reason"] == "stop" and out[-1]["eval_count"] == len(CALL) + 1  # + the end token
 
 
 async def test_a_tool_call_not_streamed_and_its_result_sent_back(tmp_path: Path):

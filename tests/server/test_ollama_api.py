@@ -76,6 +76,27 @@ async def test_chat_with_a_json_schema_format_answers_json(base_url: str):
     assert isinstance(json.loads(reply.message.content)["n"], int)
 
 
+def get_weather(city: str) -> str:
+    """The weather in a city.
+
+    Args:
+      city: the city's name
+    """
+    return "sunny"
+
+
+async def test_python_function_tools_and_a_tool_result_round_trip(base_url: str):
+    history = [{"role": "user", "content": "Weather in Paris?"},
+               {"role": "assistant", "content": "", "tool_calls": [
+                   {"function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]},
+               {"role": "tool", "content": "sunny", "tool_name": "get_weather"}]
+    reply = await client(base_url).chat(model=MODEL, messages=history, tools=[get_weather], options=SHORT)
+    assert reply.done and reply.message.role == "assistant"
+    assert reply.message.content or reply.message.tool_calls
+    for call in reply.message.tool_calls or []:  # the model may call again: then in Ollama's shape
+        assert call.function.name == "get_weather" and isinstance(call.function.arguments, dict)
+
+
 async def test_generate_templated_raw_and_streamed(base_url: str):
     api = client(base_url)
     templated = await api.generate(model=MODEL, prompt="Name a colour.", system="Answer in one word.",
