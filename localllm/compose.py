@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from localllm.cache.prefix_states import PrefixStateConfig, PrefixStateDiskStore
+from localllm.chat.families import CALL_AND_REASONING_MARKERS
 from localllm.config import Config
 from localllm.engine.async_engine import AsyncEngine
 from localllm.engine.contracts import ModelBackend
@@ -134,6 +135,7 @@ def open_backend(config: Config, on_progress: Callable[[float], None] | None = N
         on_progress=on_progress,
         rpc_servers=engine_config.rpc_servers,
         swa_full=engine_config.swa_full,
+        shown_control_texts=CALL_AND_REASONING_MARKERS,
     ))
     name = spec.name if spec else path.stem
     return backend, name, path, spec

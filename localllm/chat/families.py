@@ -47,6 +47,11 @@ FAMILIES = {f.name: f for f in (HERMES, LLAMA3, MISTRAL, GENERIC)}
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 
+CALL_AND_REASONING_MARKERS = ("[TOOL_CALLS]", "[ARGS]", "[CALL_ID]", "<|python_tag|>", "<tool_call>", "</tool_call>",
+                              THINK_OPEN, THINK_CLOSE)
+"""Markers the output parsers read. Some vocabularies make them control tokens, which detokenise
+to nothing by default (llama-server keeps them as `preserved_tokens`); the backend shows these."""
+
 
 def with_reasoning(family: Family) -> Family:
     return Family(family.name, family.call_open, family.call_close, family.arguments_key, family.native_tools,

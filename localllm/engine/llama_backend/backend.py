@@ -50,6 +50,9 @@ class BackendConfig:
     """rpc-server endpoints whose devices take layers (rpc.py); empty: local devices only."""
     swa_full: bool = True
     """Full-context KV cache for sliding-window layers (any prefix length reusable); False: window-sized."""
+    shown_control_texts: tuple[str, ...] = ()
+    """Texts of control tokens that render as their text instead of nothing: the tool-call and
+    reasoning markers the chat layer parses (Mistral's [TOOL_CALLS] is a control token)."""
 
 
 _backend_init = threading.Lock()
@@ -161,6 +164,7 @@ class LlamaBackend:
         self._embedding_init = threading.Lock()
         self._guard = OpenGuard()
         """Calls from other threads; close() waits for them before freeing anything."""
+        self._shown_token_ids = self._control_tokens(config.shown_control_texts)
 
     # -- vocabulary (any thread) -------------------------------------------------
 
@@ -185,12 +189,24 @@ class LlamaBackend:
 
     @while_open
     def _piece(self, token_id: int) -> bytes:
+        special = token_id in self._shown_token_ids
         buf = ctypes.create_string_buffer(64)
-        n = ll.llama_token_to_piece(self._vocab, token_id, buf, len(buf), 0, False)
+        n = ll.llama_token_to_piece(self._vocab, token_id, buf, len(buf), 0, special)
         if n < 0:
             buf = ctypes.create_string_buffer(-n)
-            n = ll.llama_token_to_piece(self._vocab, token_id, buf, len(buf), 0, False)
+            n = ll.llama_token_to_piece(self._vocab, token_id, buf, len(buf), 0, special)
         return buf.raw[:n]
+
+    def _control_tokens(self, texts: tuple[str, ...]) -> frozenset[int]:
+        """The control tokens (never end-of-generation ones) that `texts` name in this vocabulary;
+        a text that is not a single control token here is ignored."""
+        found = set()
+        for text in texts:
+            ids = self.tokenize(text, add_special=False, parse_special=True)
+            if (len(ids) == 1 and ll.llama_vocab_get_attr(self._vocab, ids[0]) & ll.LLAMA_TOKEN_ATTR_CONTROL
+                    and not ll.llama_vocab_is_eog(self._vocab, ids[0])):
+                found.add(ids[0])
+        return frozenset(found)
 
     def detokenize(self, token_ids: Sequence[int]) -> str:
         return b"".join(self.token_piece(t) for t in token_ids).decode("utf-8", "replace")
