@@ -134,9 +134,8 @@ async def test_retrieve_delete_and_other_keys_cannot_see_it(alice: openai.AsyncO
 
 
 async def test_forced_function_tool(alice: openai.AsyncOpenAI):
-    # One call: a base model under a grammar that allows several keeps calling until the limit.
     forced = {"model": MODEL, "tools": [WEATHER], "tool_choice": {"type": "function", "name": "get_weather"},
-              "parallel_tool_calls": False, "temperature": 0, "max_output_tokens": 60}
+              "temperature": 0, "max_output_tokens": 60}  # parallel_tool_calls left at OpenAI's default (true)
     try:
         called = await alice.responses.create(input="What is the weather in Paris?", **forced)
     except openai.BadRequestError as exc:
