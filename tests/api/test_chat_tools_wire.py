@@ -112,6 +112,16 @@ async def test_reasoning_format_none_keeps_the_raw_text(tmp_path: Path):
     assert "reasoning_content" not in (reply.choices[0].message.model_extra or {})
 
 
+async def test_template_kwargs_and_reasoning_effort_reach_the_template(tmp_path: Path):
+    template = GENERIC + "{% if enable_thinking is false %}[no thinking]{% endif %}[{{ reasoning_effort }}]"
+    async with scripted(tmp_path, "Sunny.", template) as client:
+        plain = await client.chat.completions.create(model="scripted", messages=ASK)
+        told = await client.chat.completions.create(model="scripted", messages=ASK, reasoning_effort="low",
+                                                    extra_body={"chat_template_kwargs": {"enable_thinking": False}})
+    # the scripted tokenizer makes one token per character
+    assert told.usage.prompt_tokens - plain.usage.prompt_tokens == len("[no thinking]") + len("low")
+
+
 @pytest.mark.parametrize("body, param, needle", [
     ({"tools": TOOLS, "tool_choice": {"type": "function", "function": {"name": "nope"}}}, "tool_choice",
      "not among the tools"),

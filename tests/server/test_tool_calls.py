@@ -115,13 +115,6 @@ async def test_tool_choice_none_never_calls(aclient: openai.AsyncOpenAI):
     assert reply.choices[0].finish_reason in ("stop", "length")
 
 
-async def test_template_kwargs_and_reasoning_effort_are_accepted(aclient: openai.AsyncOpenAI):
-    reply = await aclient.chat.completions.create(
-        messages=ASK, model=MODEL, max_tokens=4, temperature=0, reasoning_effort="low",
-        extra_body={"chat_template_kwargs": {"enable_thinking": False}})
-    assert reply.choices[0].message.content is not None
-
-
 async def test_the_response_cache_tells_tool_lists_apart(aclient: openai.AsyncOpenAI):
     async def cached(tools: list) -> tuple[str, object]:
         raw = await aclient.chat.completions.with_raw_response.create(
