@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
+from localllm.chat.messages import MAX_CHAT_MESSAGES, MAX_TOOL_CALLS_PER_MESSAGE
 from localllm.chat.types import ToolCall
 from localllm.server.errors import bad_request
 from localllm.server.schemas import keep_alive
@@ -228,9 +229,12 @@ def _text(body: dict, key: str) -> str:
 def chat_messages(raw: object) -> list[dict[str, Any]]:
     """Ollama messages -> OpenAI messages. Ollama's tool calls carry no id and its tool results
     name the tool (`tool_name`), so calls get ids here and each result answers the earliest
-    unanswered call of that name (else the earliest unanswered call)."""
+    unanswered call of that name (else the earliest unanswered call). Counts are bounded here,
+    before the matching (which scans the pending calls), not only by the chat path after it."""
     if not isinstance(raw, list):
         raise bad_request("messages must be a list", "messages")
+    if len(raw) > MAX_CHAT_MESSAGES:
+        raise bad_request(f"messages has {len(raw)} entries; at most {MAX_CHAT_MESSAGES} are accepted", "messages")
     out: list[dict[str, Any]] = []
     pending: list[tuple[str, str]] = []  # (id, name) of calls not answered yet
     for i, message in enumerate(raw):
@@ -257,6 +261,8 @@ def chat_messages(raw: object) -> list[dict[str, Any]]:
 def _calls(raw: object, i: int) -> list[dict[str, Any]]:
     if not isinstance(raw, list):
         raise bad_request(f"messages[{i}].tool_calls must be a list", "messages")
+    if len(raw) > MAX_TOOL_CALLS_PER_MESSAGE:
+        raise bad_request(f"messages[{i}].tool_calls has more than {MAX_TOOL_CALLS_PER_MESSAGE} calls", "messages")
     calls = []
     for j, call in enumerate(raw):
         function = call.get("function") if isinstance(call, dict) else None

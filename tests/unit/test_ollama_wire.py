@@ -5,6 +5,7 @@ import json
 
 import pytest
 
+from localllm.chat.messages import MAX_CHAT_MESSAGES, MAX_TOOL_CALLS_PER_MESSAGE
 from localllm.chat.types import ToolCall
 from localllm.server.errors import ApiError
 from localllm.server.ollama_wire import (
@@ -86,6 +87,14 @@ def test_tool_history_gets_ids_and_results_answer_calls_by_name():
     assert len({c["id"] for c in calls}) == 2
     assert time_result == {"role": "tool", "content": "12:00", "tool_call_id": calls[1]["id"], "name": "time"}
     assert weather_result["tool_call_id"] == calls[0]["id"]
+
+
+def test_message_and_call_counts_are_bounded_before_results_are_matched_to_calls():
+    # Unbounded, N calls answered by N results cost N*N steps on the event loop (seconds at 4 MiB).
+    too_many_calls = [{"role": "assistant", "tool_calls": [{"function": {"name": "f"}}] * (MAX_TOOL_CALLS_PER_MESSAGE + 1)}]
+    assert "tool_calls" in refused(chat_body, {"model": "m", "messages": too_many_calls}).message
+    too_many_messages = [{"role": "user", "content": "x"}] * (MAX_CHAT_MESSAGES + 1)
+    assert "at most" in refused(chat_body, {"model": "m", "messages": too_many_messages}).message
 
 
 def test_generate_maps_system_and_prompt_and_refuses_what_it_cannot_honour():
