@@ -12,7 +12,7 @@ from localllm.server.chat_path import render_chat
 from localllm.server.errors import ApiError, bad_request
 from localllm.server.openai_routes import model_entries
 from localllm.server.request_log import MODEL_NAME, PROMPT_TOKENS
-from localllm.server.schemas import keep_alive, read_json
+from localllm.server.schemas import flag, keep_alive, read_json
 from localllm.server.state import MODEL_KEY, model_not_found, require_model
 from localllm.types import InvalidParam
 
@@ -41,7 +41,7 @@ async def tokenize(request: web.Request) -> web.Response:
     content = body.get("content", "")
     if not isinstance(content, str):
         raise bad_request("content must be a string", "content")
-    add_special, parse_special, with_pieces = (_flag(body, name, default) for name, default in (
+    add_special, parse_special, with_pieces = (flag(body, name, default) for name, default in (
         ("add_special", False), ("parse_special", True), ("with_pieces", False)))
     model = await require_model(request, body.get("model"))
     with request.app[MODEL_KEY].lease(model, keep_alive(body)):
@@ -102,15 +102,6 @@ async def apply_template(request: web.Request) -> web.Response:
     request[MODEL_NAME] = rendered.model
     request[PROMPT_TOKENS] = len(rendered.token_ids)
     return web.json_response({"prompt": rendered.text})
-
-
-def _flag(body: dict, name: str, default: bool) -> bool:
-    value = body.get(name)
-    if value is None:
-        return default
-    if not isinstance(value, bool):
-        raise bad_request(f"{name} must be a boolean", name)
-    return value
 
 
 @web.middleware

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from localllm.chat.template import MAX_CHAT_MESSAGES
 from localllm.server.errors import bad_request
+from localllm.server.schemas import flag
 
 PASSED_THROUGH = ("model", "temperature", "top_p", "parallel_tool_calls", "seed", "top_k", "min_p",
                   "repeat_penalty", "stop", "chat_template_kwargs", "keep_alive", "cache_salt")
@@ -76,11 +77,11 @@ def parse_request(body: dict) -> ResponsesRequest:
     if previous is not None and (not isinstance(previous, str) or not previous or len(previous) > MAX_ID_CHARS):
         raise bad_request(f"previous_response_id must be a response id (at most {MAX_ID_CHARS} characters)",
                           "previous_response_id")
-    store, stream = _flag(body, "store", True), _flag(body, "stream", False)
+    store, stream = flag(body, "store", True), flag(body, "stream", False)
     chat["stream"] = stream
     echo = {
         "instructions": instructions, "max_output_tokens": body.get("max_output_tokens"),
-        "metadata": metadata(body.get("metadata")), "parallel_tool_calls": _flag(body, "parallel_tool_calls", True),
+        "metadata": metadata(body.get("metadata")), "parallel_tool_calls": flag(body, "parallel_tool_calls", True),
         "previous_response_id": previous, "reasoning": {"effort": reasoning.get("effort"), "summary": None},
         "store": store, "temperature": body.get("temperature", 1.0), "text": {"format": text.get("format") or {"type": "text"}},
         "tool_choice": body.get("tool_choice") or "auto", "tools": list(body.get("tools") or []),
@@ -243,13 +244,4 @@ def _object(value: object, name: str) -> dict:
         return {}
     if not isinstance(value, dict):
         raise bad_request(f"{name} must be an object", name)
-    return value
-
-
-def _flag(body: dict, name: str, default: bool) -> bool:
-    value = body.get(name)
-    if value is None:
-        return default
-    if not isinstance(value, bool):
-        raise bad_request(f"{name} must be a boolean", name)
     return value

@@ -206,6 +206,12 @@ def _opt(body: dict[str, Any], key: str, kind: type) -> Any:
     return value
 
 
+def flag(body: dict[str, Any], key: str, default: bool) -> bool:
+    """A boolean field (400 naming it if it is not one); `default` when absent or null."""
+    value = _opt(body, key, bool)
+    return default if value is None else value
+
+
 def _num(body: dict[str, Any], key: str, default: float) -> float:
     value = body.get(key)
     if value is None:
