@@ -9,11 +9,10 @@ from aiohttp import web
 
 from localllm.server.anthropic_events import MessageEvents, error_event, message_body, message_id
 from localllm.server.anthropic_wire import chat_body
-from localllm.server.chat_path import Failed, Finished, Logprobs, open_chat, render_chat
-from localllm.server.errors import CLIENT_CLOSED
+from localllm.server.chat_path import ChatCall, Failed, Finished, open_chat, render_chat
 from localllm.server.request_log import PROTOCOL, REQUEST_ID
 from localllm.server.schemas import read_json
-from localllm.server.sse import SseWriter
+from localllm.server.sse import named_event_stream
 
 PROTOCOL_NAME = "anthropic"
 
@@ -42,34 +41,22 @@ async def count_tokens(request: web.Request) -> web.Response:
     return web.json_response({"input_tokens": len(rendered.token_ids)})
 
 
-async def _stream(request: web.Request, call, msg_id: str, headers: dict[str, str]) -> web.StreamResponse:
-    sse = SseWriter(request, headers)
-    await sse.start()
+async def _stream(request: web.Request, call: ChatCall, msg_id: str, headers: dict[str, str]) -> web.StreamResponse:
     mapped = MessageEvents(msg_id, call.model)
     started = False
-    try:
+    async with named_event_stream(request, headers) as sse:
         async for _, event in call.events():
-            if isinstance(event, Logprobs):
-                continue
             if isinstance(event, Failed):
-                await _send(sse, [error_event(event.message, event.status)])
+                await sse.send_named([error_event(event.message, event.status)])
                 continue
             if not started:  # with the first event: the prompt's token counts (and cache reuse) are known
                 started = True
-                await _send(sse, mapped.start(call.usage()))
+                await sse.send_named(mapped.start(call.usage()))
             if isinstance(event, Finished):
-                await _send(sse, mapped.finish(event.finish_reason, call.usage(), event.stop_sequence))
+                await sse.send_named(mapped.finish(event.finish_reason, call.usage(), event.stop_sequence))
             else:
-                await _send(sse, mapped.feed(event))
-        await sse.finish(done=False)
-    except ConnectionError:  # the client went away; the path's exit aborts the rest
-        request[CLIENT_CLOSED] = True
+                await sse.send_named(mapped.feed(event))
     return sse.response
-
-
-async def _send(sse: SseWriter, events: list[tuple[str, dict]]) -> None:
-    for name, payload in events:
-        await sse.send(payload, event=name)
 
 
 def _request_id(request: web.Request) -> dict[str, str]:

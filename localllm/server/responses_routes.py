@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from localllm.server.chat_path import ChatCall, Failed, Finished, open_chat, render_chat
-from localllm.server.errors import CLIENT_CLOSED, ApiError
+from localllm.server.errors import ApiError
 from localllm.server.responses_input import ResponsesRequest, parse_request, with_history
 from localllm.server.responses_output import (
     StreamTranslator, new_id, output_items, response_object, status_of,
@@ -19,7 +19,7 @@ from localllm.server.responses_output import (
 from localllm.server.request_log import MODEL_NAME, PROMPT_TOKENS
 from localllm.server.responses_store import RESPONSE_STORE_KEY, StoredResponse, setup_store
 from localllm.server.schemas import read_json
-from localllm.server.sse import SseWriter
+from localllm.server.sse import named_event_stream
 from localllm.server.state import CONFIG_KEY
 from localllm.server.tenants import owner
 
@@ -86,11 +86,9 @@ async def _history(request: web.Request, parsed: ResponsesRequest) -> list[dict]
 
 async def _stream(request: web.Request, call: ChatCall, parsed: ResponsesRequest, response_id: str,
                   keep: Keep) -> web.StreamResponse:
-    sse = SseWriter(request, call.headers)
-    await sse.start()
     translator = StreamTranslator(response_id, call.created, call.model, parsed.echo)
-    try:
-        await _send(sse, translator.started())
+    async with named_event_stream(request, call.headers) as sse:
+        await sse.send_named(_named(translator.started()))
         async for _, event in call.events():
             if isinstance(event, Finished):
                 events = translator.finished(event.finish_reason, call.usage())
@@ -99,16 +97,13 @@ async def _stream(request: web.Request, call: ChatCall, parsed: ResponsesRequest
                 events = translator.failed(event.message)
             else:
                 events = translator.feed(event)
-            await _send(sse, events)
-        await sse.finish(done=False)  # the Responses stream has no [DONE] line
-    except ConnectionError:  # client went away; the path's exit aborts the rest
-        request[CLIENT_CLOSED] = True
+            await sse.send_named(_named(events))
     return sse.response
 
 
-async def _send(sse: SseWriter, events: list[dict]) -> None:
-    for event in events:
-        await sse.send(event, event=event["type"])
+def _named(events: list[dict]) -> list[tuple[str, dict]]:
+    """Each Responses stream event goes under its type's name."""
+    return [(event["type"], event) for event in events]
 
 
 async def retrieve_response(request: web.Request) -> web.Response:

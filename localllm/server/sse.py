@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
 
 from aiohttp import web
 
+from localllm.server.errors import CLIENT_CLOSED
 from localllm.server.request_log import REQUEST_ID
 
 
@@ -32,8 +35,27 @@ class SseWriter:
         head = b"event: " + event.encode() + b"\n" if event else b""
         await self.response.write(head + b"data: " + json.dumps(payload, ensure_ascii=False).encode() + b"\n\n")
 
+    async def send_named(self, events: Iterable[tuple[str, dict]]) -> None:
+        """(name, payload) events in order, each under its `event:` line."""
+        for name, payload in events:
+            await self.send(payload, event=name)
+
     async def finish(self, done: bool = True) -> None:
         """Ends the stream; `done`: with OpenAI's `data: [DONE]` line (named-event streams have none)."""
         if done:
             await self.response.write(b"data: [DONE]\n\n")
         await self.response.write_eof()
+
+
+@asynccontextmanager
+async def named_event_stream(request: web.Request, headers: dict[str, str]) -> AsyncIterator[SseWriter]:
+    """A started stream of named events (Anthropic's, the Responses API's), ended without [DONE] when
+    the block ends. A client that has gone ends it quietly: CLIENT_CLOSED is set, and the chat path's
+    exit aborts the rest of the answer."""
+    sse = SseWriter(request, headers)
+    await sse.start()
+    try:
+        yield sse
+        await sse.finish(done=False)
+    except ConnectionError:
+        request[CLIENT_CLOSED] = True
