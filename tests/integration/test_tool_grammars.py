@@ -302,3 +302,16 @@ def test_strings_in_calls_are_strict_json(vocab):
     assert not accepts_prefix(grammars, grammar, start + "\n", single)  # json.loads refuses raw control characters
     assert not accepts_prefix(grammars, grammar, start + "\t", single)
     grammars.close()
+
+
+def test_response_format_strings_are_strict_json_and_refs_keep_their_own_rules(vocab):
+    handle, single = vocab
+    grammars = gbnf.CompiledGrammars(handle)
+    # The stock converter named the $ref's rule "Item", the same rule as the property Item.
+    grammar = gbnf.json_grammar({"type": "object", "properties": {"Item": {"type": "boolean"},
+                                                                 "s": {"$ref": "#/$defs/Item"}},
+                                 "required": ["Item", "s"], "$defs": {"Item": {"type": "string"}}})
+    assert accepts_prefix(grammars, grammar, '{"Item": true, "s": "a\\n', single)
+    assert not accepts_prefix(grammars, grammar, '{"Item": true, "s": "a\n', single)
+    assert not accepts_prefix(grammars, grammar, '{"Item": true, "s": t', single)
+    grammars.close()

@@ -128,18 +128,18 @@ async def test_the_grammar_is_built_off_the_event_loop_and_parsed_once(http: aio
     loop_thread = threading.current_thread()  # the test server runs on this thread's event loop
     built_on: list[threading.Thread] = []
     parses: list[bytes] = []
-    convert = grammar_module.json_schema_to_gbnf
+    convert = grammar_module._Converter.format_grammar  # noqa: SLF001
     init_grammar = grammar_module.ll.llama_sampler_init_grammar
 
-    def counting_convert(text: str) -> str:
+    def counting_convert(converter) -> str:
         built_on.append(threading.current_thread())
-        return convert(text)
+        return convert(converter)
 
     def counting_init(vocab, text: bytes, root: bytes):
         parses.append(text)
         return init_grammar(vocab, text, root)
 
-    monkeypatch.setattr(grammar_module, "json_schema_to_gbnf", counting_convert)
+    monkeypatch.setattr(grammar_module._Converter, "format_grammar", counting_convert)  # noqa: SLF001
     monkeypatch.setattr(grammar_module.ll, "llama_sampler_init_grammar", counting_init)
     schema = {"type": "object", "properties": {"word": {"type": "string", "maxLength": 7}}, "required": ["word"]}
     for _ in range(2):  # two requests of two choices each: one parse in all

@@ -41,13 +41,16 @@ MAX_COMPILED_BYTES = 4 * 1024 * 1024
 
 
 def json_grammar(schema: dict | None) -> Grammar:
-    """GBNF for any JSON object (schema None) or for a JSON schema. Raises InvalidParam
-    (param response_format) for a schema past the bounds or one the converter cannot take."""
+    """GBNF for any JSON object (schema None) or for a JSON schema (with the tool grammars'
+    converter: strict strings, one rule per `$ref`). Raises InvalidParam (param
+    response_format) for a schema past the bounds or one the converter cannot take."""
     if schema is None:
         return JSON_OBJECT
     check_schema(schema)
     try:
-        text = json_schema_to_gbnf(json.dumps(schema))
+        converter = _Converter()
+        rule = converter.visit(converter.resolve_refs(json.loads(json.dumps(schema)), ""), RESPONSE_RULE)
+        text = f"root ::= {rule}\n" + converter.format_grammar()
     except Exception as exc:  # the converter asserts, raises KeyError, ValueError...: all mean "unsupported"
         log.debug("json_schema_to_gbnf refused a schema: %r", exc)
         raise schema_error(f"unsupported JSON schema: {type(exc).__name__}: {exc}"[:500]) from None
