@@ -24,7 +24,7 @@ from localllm.models.store import ModelFileError, ModelStore
 from localllm.server.errors import ApiError, bad_request
 from localllm.server.model_routes import PullJob, start_pull, stream_pull
 from localllm.server.ndjson import LastEventWriter, NdjsonWriter
-from localllm.server.ollama_wire import model_name
+from localllm.server.ollama_wire import model_name, rfc3339
 from localllm.server.schemas import read_json
 from localllm.server.state import CONFIG_KEY, MODEL_KEY
 
@@ -106,11 +106,7 @@ def _mtime(file: _File) -> str:
         stamp = file.path.stat().st_mtime if file.path is not None else time.time()
     except OSError:
         stamp = time.time()
-    return _rfc3339(datetime.fromtimestamp(stamp, timezone.utc))
-
-
-def _rfc3339(moment: datetime) -> str:
-    return moment.isoformat().replace("+00:00", "Z")
+    return rfc3339(datetime.fromtimestamp(stamp, timezone.utc))
 
 
 def _served_names(manager: ModelManager) -> dict[str, ServedModel]:
@@ -201,7 +197,7 @@ async def ps(request: web.Request) -> web.Response:
         for served, model in loaded:
             file = _file_of(store, model.name, model)
             entries.append({"name": model.name, "model": model.name, "size": file.size, "digest": _digest(model.name, file),
-                            "details": _details(file), "expires_at": _rfc3339(now + _remaining(manager, served)),
+                            "details": _details(file), "expires_at": rfc3339(now + _remaining(manager, served)),
                             "size_vram": 0, "context_length": model.engine.slot_ctx})
         return entries
 

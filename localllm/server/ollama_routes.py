@@ -18,7 +18,7 @@ from localllm.server.chat_path import ChatCall, ChoiceResult, Failed, Finished, 
 from localllm.server.errors import CLIENT_CLOSED, bad_request
 from localllm.server.ndjson import NdjsonWriter
 from localllm.server.ollama_wire import (
-    API_VERSION, Timings, chat_body, done_reason, generate_body, model_name, now_rfc3339, parse_options,
+    API_VERSION, Timings, chat_body, done_reason, generate_body, model_name, parse_options, rfc3339,
     raw_body, tool_calls,
 )
 from localllm.server.openai_routes import embed_inputs
@@ -63,7 +63,7 @@ class _Shape:
         self.model = model
 
     def reply(self, content: str, thinking: str | None = None, calls: Sequence[ToolCall] = (), **extra: Any) -> dict:
-        head = {"model": self.model, "created_at": now_rfc3339()}
+        head = {"model": self.model, "created_at": rfc3339()}
         if self.chat:
             message: dict[str, Any] = {"role": "assistant", "content": content}
             if thinking:

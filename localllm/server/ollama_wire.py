@@ -4,15 +4,14 @@ naming the field (rendered as Ollama's `{"error": ...}` by the error middleware)
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
 from localllm.chat.messages import MAX_CHAT_MESSAGES, MAX_TOOL_CALLS_PER_MESSAGE
 from localllm.chat.types import ToolCall
-from localllm.server.errors import bad_request
-from localllm.server.schemas import keep_alive
+from localllm.server.errors import ApiError, bad_request
+from localllm.server.schemas import _num, _opt, keep_alive
 
 NS = 1_000_000_000
 """Ollama reports every duration in nanoseconds."""
@@ -23,7 +22,7 @@ _FLOAT_OPTIONS = {"temperature": "temperature", "top_p": "top_p", "min_p": "min_
                   "repeat_penalty": "repeat_penalty", "presence_penalty": "presence_penalty",
                   "frequency_penalty": "frequency_penalty"}
 """Ollama option -> chat body field, for numbers."""
-_INT_OPTIONS = {"top_k": "top_k", "seed": "seed", "num_predict": "max_tokens", "num_ctx": None}
+_INT_OPTIONS = {"top_k": "top_k", "seed": "seed", "num_predict": "max_tokens"}
 _IGNORED_OPTIONS = {
     **dict.fromkeys(("num_keep", "num_batch", "num_gpu", "main_gpu", "num_thread", "repeat_last_n",
                      "mirostat"), int),
@@ -39,40 +38,34 @@ THINK_LEVELS = ("low", "medium", "high")
 LATEST = ":latest"
 
 
-@dataclass(frozen=True, slots=True)
-class Options:
-    """What `options` asked for, as chat body fields, plus num_ctx (checked against the slot later)."""
-    fields: dict[str, Any]
-    num_ctx: int | None
-
-
-def parse_options(value: object) -> Options:
-    """Ollama's `options`: known ones type-checked (as Ollama does: numbers for numbers, so 1.0 is an
-    integer and "0.7" is not a float), unknown ones ignored, as Ollama ignores them."""
+def parse_options(value: object) -> dict[str, Any]:
+    """Ollama's `options` as chat body fields: known ones type-checked (as Ollama does: numbers for
+    numbers, so 1.0 is an integer and "0.7" is not a float), unknown ones ignored, as Ollama ignores
+    them. num_ctx is checked (a positive integer) and otherwise ignored: every request gets its
+    slot's context."""
     if value is None:
-        return Options({}, None)
+        return {}
     if not isinstance(value, dict):
         raise bad_request("options must be an object", "options")
     fields: dict[str, Any] = {}
-    for name, number in value.items():
-        if number is None:
+    for name, option in value.items():
+        if option is None:
             continue
         if name in _FLOAT_OPTIONS:
-            fields[_FLOAT_OPTIONS[name]] = _number(name, number)
-        elif name in _INT_OPTIONS and _INT_OPTIONS[name] is not None:
-            fields[_INT_OPTIONS[name]] = _integer(name, number)
+            fields[_FLOAT_OPTIONS[name]] = _number(name, option)
+        elif name in _INT_OPTIONS:
+            fields[_INT_OPTIONS[name]] = _integer(name, option)
         elif name == "stop":
-            fields["stop"] = _stops(number)
+            fields["stop"] = _stops(option)
+        elif name == "num_ctx" and _integer(name, option) < 1:
+            raise bad_request("options.num_ctx must be a positive number of tokens", "options")
         elif name in _IGNORED_OPTIONS:
-            _check_type(name, number, _IGNORED_OPTIONS[name])
-    if "seed" in fields and fields["seed"] < 0:  # Ollama's -1: a random seed
+            _check_type(name, option, _IGNORED_OPTIONS[name])
+    if fields.get("seed", 0) < 0:  # Ollama's -1: a random seed
         del fields["seed"]
     if "max_tokens" in fields:
         fields["max_tokens"] = _num_predict(fields["max_tokens"])
-    num_ctx = _integer("num_ctx", value["num_ctx"]) if value.get("num_ctx") is not None else None
-    if num_ctx is not None and num_ctx < 1:
-        raise bad_request("options.num_ctx must be a positive number of tokens", "options")
-    return Options({k: v for k, v in fields.items() if v is not None}, num_ctx)
+    return {k: v for k, v in fields.items() if v is not None}
 
 
 def _num_predict(value: int) -> int | None:
@@ -84,15 +77,11 @@ def _num_predict(value: int) -> int | None:
 
 
 def _number(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise bad_request(f"options.{name} must be a number (got {type(value).__name__})", "options")
+    """A finite JSON number (schemas' reader), its error naming options.NAME."""
     try:
-        number = float(value)
-    except OverflowError:
-        number = math.inf
-    if not math.isfinite(number):
-        raise bad_request(f"options.{name} must be a finite number", "options")
-    return number
+        return _num({name: value}, name, 0.0)
+    except ApiError as exc:
+        raise bad_request(f"options.{exc.message}", "options") from None
 
 
 def _integer(name: str, value: object) -> int:
@@ -142,12 +131,10 @@ def thinking_fields(value: object) -> dict[str, Any]:
     raise bad_request('think must be true, false, "low", "medium" or "high"', "think")
 
 
-def common_fields(body: dict, options: Options) -> dict[str, Any]:
+def common_fields(body: dict) -> dict[str, Any]:
     """The fields /api/chat and /api/generate share, as chat body fields."""
-    stream = body.get("stream")
-    if stream is not None and not isinstance(stream, bool):
-        raise bad_request("stream must be a boolean", "stream")
-    fields = {**options.fields, "model": model_name(body), "stream": stream is not False}
+    fields = {**parse_options(body.get("options")), "model": model_name(body),
+              "stream": _opt(body, "stream", bool) is not False}
     fmt = response_format(body.get("format"))
     if fmt is not None:
         fields["response_format"] = fmt
@@ -173,8 +160,7 @@ def _no_images() -> Exception:
 
 def chat_body(body: dict) -> dict[str, Any]:
     """An /api/chat body as the chat path's OpenAI chat-completions body."""
-    options = parse_options(body.get("options"))
-    fields = common_fields(body, options)
+    fields = common_fields(body)
     tools = body.get("tools")
     if tools is not None and not isinstance(tools, list):
         raise bad_request("tools must be a list of function tools", "tools")
@@ -188,13 +174,12 @@ def generate_body(body: dict) -> dict[str, Any]:
     `template` and `context` (Ollama's Go templates and token history) and `suffix` (fill in the
     middle) cannot be honoured with a Jinja template: a 400 says so rather than ignoring them."""
     _refuse_unsupported_generate(body)
-    options = parse_options(body.get("options"))
     messages = []
     system = _text(body, "system")
     if system:
         messages.append({"role": "system", "content": system})
     messages.append({"role": "user", "content": _text(body, "prompt")})
-    return {**common_fields(body, options), **thinking_fields(body.get("think")), "messages": messages}
+    return {**common_fields(body), **thinking_fields(body.get("think")), "messages": messages}
 
 
 def raw_body(body: dict) -> dict[str, Any]:
@@ -202,8 +187,7 @@ def raw_body(body: dict) -> dict[str, Any]:
     _refuse_unsupported_generate(body)
     if _text(body, "system"):
         raise bad_request("system has no place in a raw prompt: write it into the prompt", "system")
-    options = parse_options(body.get("options"))
-    return {**common_fields(body, options), "prompt": _text(body, "prompt")}
+    return {**common_fields(body), "prompt": _text(body, "prompt")}
 
 
 def _refuse_unsupported_generate(body: dict) -> None:
@@ -296,8 +280,9 @@ def _answer(message: dict, pending: list[tuple[str, str]], i: int) -> dict[str, 
 
 # Replies
 
-def now_rfc3339() -> str:
-    return datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
+def rfc3339(moment: datetime | None = None) -> str:
+    """`moment` (default: now) as Ollama writes times: RFC 3339 in UTC."""
+    return (moment or datetime.now(timezone.utc)).isoformat().replace("+00:00", "Z")
 
 
 def done_reason(finish_reason: str | None) -> str:

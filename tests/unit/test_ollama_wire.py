@@ -24,11 +24,10 @@ def test_options_map_to_sampling_fields_and_unknown_ones_are_ignored():
     options = parse_options({"num_predict": 12, "temperature": 0, "top_k": 40.0, "top_p": 0.9, "min_p": 0.05,
                              "repeat_penalty": 1.1, "seed": 7, "stop": ["\n"], "num_ctx": 100_000,
                              "mirostat": 0, "no_such_option": "anything"})
-    assert options.fields == {"max_tokens": 12, "temperature": 0.0, "top_k": 40, "top_p": 0.9, "min_p": 0.05,
-                              "repeat_penalty": 1.1, "seed": 7, "stop": ["\n"]}
-    assert options.num_ctx == 100_000
-    assert parse_options({"num_predict": -1, "seed": -1}).fields == {}  # no limit; a random seed
-    assert parse_options({"stop": "END"}).fields == {"stop": ["END"]}
+    assert options == {"max_tokens": 12, "temperature": 0.0, "top_k": 40, "top_p": 0.9, "min_p": 0.05,
+                       "repeat_penalty": 1.1, "seed": 7, "stop": ["\n"]}
+    assert parse_options({"num_predict": -1, "seed": -1}) == {}  # no limit; a random seed
+    assert parse_options({"stop": "END"}) == {"stop": ["END"]}
 
 
 @pytest.mark.parametrize("options", [
