@@ -21,11 +21,11 @@ from localllm.models.gguf import GGUFError, GGUFInfo, read_gguf
 from localllm.models.manager import LoadedModel, ModelManager, ServedModel
 from localllm.models.registry import ModelSpec, UnknownModel, looks_like_hub_ref, split_model_ref
 from localllm.models.store import ModelFileError, ModelStore
-from localllm.server.errors import ApiError, bad_request
+from localllm.server.errors import ApiError
 from localllm.server.model_routes import PullJob, start_pull, stream_pull
 from localllm.server.ndjson import LastEventWriter, NdjsonWriter
 from localllm.server.ollama_wire import model_name, rfc3339
-from localllm.server.schemas import read_json
+from localllm.server.schemas import _opt, read_json
 from localllm.server.state import CONFIG_KEY, MODEL_KEY
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -216,9 +216,7 @@ async def pull(request: web.Request) -> web.StreamResponse:
     completed; then success, or an `error` line), or one JSON answer with `stream: false`."""
     body = await read_json(request)
     ref = model_name(body)
-    stream = body.get("stream")
-    if stream is not None and not isinstance(stream, bool):
-        raise bad_request("stream must be a boolean", "stream")
+    stream = _opt(body, "stream", bool)
     name, quant = ref, None
     if not looks_like_hub_ref(ref) and ":" in ref:
         parts = split_model_ref(ref)

@@ -23,7 +23,7 @@ from localllm.server.ollama_wire import (
 )
 from localllm.server.openai_routes import embed_inputs
 from localllm.server.request_log import PROTOCOL as PROTOCOL_KEY
-from localllm.server.schemas import keep_alive, read_json
+from localllm.server.schemas import _opt, keep_alive, read_json
 from localllm.server.state import MODEL_KEY, require_model
 
 PROTOCOL = "ollama"
@@ -90,9 +90,7 @@ async def generate(request: web.Request) -> web.StreamResponse:
     `system` before it), or with `raw: true` as written. An empty prompt loads the model."""
     started_s = time.monotonic()
     body = await read_json(request)
-    raw = body.get("raw")
-    if raw is not None and not isinstance(raw, bool):
-        raise bad_request("raw must be a boolean", "raw")
+    raw = _opt(body, "raw", bool)
     mapped = raw_body(body) if raw else generate_body(body)
     shape = _Shape(False, mapped["model"])
     if not body.get("prompt"):
@@ -186,13 +184,12 @@ async def embed(request: web.Request) -> web.Response:
     name = model_name(body)
     texts = _texts(body.get("input"))
     dimensions = _dimensions(body.get("dimensions"))
-    truncate = body.get("truncate")
-    if truncate is not None and not isinstance(truncate, bool):
-        raise bad_request("truncate must be a boolean", "truncate")
+    _opt(body, "truncate", bool)  # checked; inputs past the limit are a 400 either way
     parse_options(body.get("options"))  # type-checked as for generation; none applies to embeddings
+    keep_alive_s = keep_alive(body)
     model = await require_model(request, name)
     load_s = time.monotonic() - started_s
-    vectors, num_tokens = await embed_inputs(request, model, texts, keep_alive(body)) if texts else ([], 0)
+    vectors, num_tokens = await embed_inputs(request, model, texts, keep_alive_s) if texts else ([], 0)
     return web.json_response({
         "model": model.name, "embeddings": [_cut(v, dimensions) for v in vectors],
         "total_duration": int((time.monotonic() - started_s) * 1e9), "load_duration": int(load_s * 1e9),
@@ -207,10 +204,11 @@ async def embeddings(request: web.Request) -> web.Response:
     if prompt is not None and not isinstance(prompt, str):
         raise bad_request("prompt must be a string", "prompt")
     parse_options(body.get("options"))
+    keep_alive_s = keep_alive(body)
     model = await require_model(request, name)
     if not prompt:
         return web.json_response({"embedding": []})
-    vectors, _ = await embed_inputs(request, model, [prompt], keep_alive(body))
+    vectors, _ = await embed_inputs(request, model, [prompt], keep_alive_s)
     return web.json_response({"embedding": vectors[0].tolist()})
 
 

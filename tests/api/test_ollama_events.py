@@ -17,7 +17,7 @@ from localllm.compose import start_served
 from localllm.config import Config
 from localllm.models.manager import LoadedModel
 from localllm.server.app import create_app
-from tests.api.fake_model import CHAT_TEMPLATE, ScriptedBackend, api_config
+from tests.api.fake_model import CHAT_TEMPLATE, ScriptedBackend, api_config, api_server
 
 CALL = '{"tool_calls": [{"name": "weather", "arguments": {"city": "Paris"}}]}'
 TOOLS = [{"type": "function", "function": {"name": "weather", "description": "Weather in a city",
@@ -106,3 +106,13 @@ async def test_generate_thinking_is_a_top_level_field(tmp_path: Path, stream: bo
         out = [json.loads(line) for line in (await response.text()).splitlines()]
     assert "".join(line.get("thinking", "") for line in out) == "hm"
     assert "".join(line["response"] for line in out) == "ok" and out[-1]["done"]
+
+
+@pytest.mark.parametrize("path", ["/api/embed", "/api/embeddings"])
+async def test_a_bad_embedding_request_is_refused_before_its_model_loads(tmp_path: Path, path: str):
+    loads: list[str] = []
+    async with api_server(api_config(tmp_path), loads) as server, aiohttp.ClientSession() as http:
+        response = await http.post(server.make_url(path), json={"model": "other", "input": "x", "prompt": "x",
+                                                                "keep_alive": "forever"})
+        assert response.status == 400 and "keep_alive" in (await response.json())["error"]
+    assert "other" not in loads
