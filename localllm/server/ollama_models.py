@@ -255,19 +255,21 @@ class _Progress:
 
 async def delete(request: web.Request) -> web.Response:
     """DELETE /api/delete {"model"}: unloads it if it is loaded and idle, then deletes its files.
-    404 for a model with no local files; 409 for the default model and for one serving requests."""
+    404 for a model with no local files; 409 for the default model and for one loading or serving
+    requests (under its name or as NAME:QUANT: the files of every quantisation go)."""
     body = await read_json(request)
     name = model_name(body)
     if not is_model_ref(name):
         raise not_found(name)
     manager = request.app[MODEL_KEY]
-    served = manager.find(name)
-    if served is manager.default:
+    users = [m for m in manager.models if _runs_from(m, name)]
+    if manager.default in users:
         raise ApiError(409, f"model {name!r} is the model this server serves by default; it cannot be deleted "
                        "while the server runs", param="model", code="model_is_default")
-    if served is not None and served.loaded is not None and not await manager.unload(name):
-        raise ApiError(409, f"model {name!r} is serving requests; try again when it is idle", param="model",
-                       code="model_busy")
+    for served in users:
+        if served.loaded is None or not await manager.unload(served.ref):
+            raise ApiError(409, f"model {name!r} is loading or serving requests; try again when it is idle",
+                           param="model", code="model_busy")
     config = request.app[CONFIG_KEY]
     try:
         removed = await asyncio.to_thread(lambda: open_store(config).remove(name))
@@ -276,3 +278,10 @@ async def delete(request: web.Request) -> web.Response:
     if not removed:
         raise not_found(name)
     return web.Response(status=200)
+
+
+def _runs_from(served: ServedModel, name: str) -> bool:
+    """Whether `served` (loaded or still loading) runs from files that deleting `name` removes:
+    it answers to `name`, or its ref is NAME:QUANT of it."""
+    parts = None if looks_like_hub_ref(served.ref) else split_model_ref(served.ref)
+    return served.answers_to(name) or (parts is not None and parts[0] == name)

@@ -116,3 +116,23 @@ async def test_a_bad_embedding_request_is_refused_before_its_model_loads(tmp_pat
                                                                 "keep_alive": "forever"})
         assert response.status == 400 and "keep_alive" in (await response.json())["error"]
     assert "other" not in loads
+
+
+async def test_delete_refuses_the_default_model_while_it_loads_under_a_quant_tag(tmp_path: Path):
+    """The default model served as NAME:QUANT is found by its ref only until it has loaded: a
+    delete of NAME in between must not take the files it is being loaded from."""
+    release = asyncio.Event()
+
+    async def slow_load(config: Config, on_progress=None) -> LoadedModel:
+        await release.wait()
+        return await loader("ok")(config)
+
+    server = TestServer(create_app(api_config(tmp_path, model="scripted:Q8_0"), loader=slow_load), host="127.0.0.1")
+    await server.start_server()
+    try:
+        async with aiohttp.ClientSession() as http:
+            response = await http.delete(server.make_url("/api/delete"), json={"model": "scripted"})
+            assert response.status == 409 and "default" in (await response.json())["error"]
+    finally:
+        release.set()
+        await server.close()
