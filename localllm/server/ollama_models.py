@@ -25,7 +25,7 @@ from localllm.server.errors import ApiError
 from localllm.server.model_routes import PullJob, start_pull, stream_pull
 from localllm.server.ndjson import LastEventWriter, NdjsonWriter
 from localllm.server.ollama_wire import model_name, rfc3339
-from localllm.server.schemas import _opt, read_json
+from localllm.server.schemas import flag, read_json
 from localllm.server.state import CONFIG_KEY, MODEL_KEY
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -216,7 +216,7 @@ async def pull(request: web.Request) -> web.StreamResponse:
     completed; then success, or an `error` line), or one JSON answer with `stream: false`."""
     body = await read_json(request)
     ref = model_name(body)
-    stream = _opt(body, "stream", bool)
+    stream = flag(body, "stream", True)
     name, quant = ref, None
     if not looks_like_hub_ref(ref) and ":" in ref:
         parts = split_model_ref(ref)
@@ -224,7 +224,7 @@ async def pull(request: web.Request) -> web.StreamResponse:
             raise not_found(ref)
         name, quant = parts
     job = await start_pull(request, name, quant)
-    writer = LastEventWriter() if stream is False else NdjsonWriter(request)
+    writer = NdjsonWriter(request) if stream else LastEventWriter()
     return await stream_pull(request, job, writer, _Progress(job))
 
 

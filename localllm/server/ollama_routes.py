@@ -23,7 +23,7 @@ from localllm.server.ollama_wire import (
 )
 from localllm.server.openai_routes import embed_inputs
 from localllm.server.request_log import PROTOCOL as PROTOCOL_KEY
-from localllm.server.schemas import _opt, keep_alive, read_json
+from localllm.server.schemas import flag, keep_alive, read_json
 from localllm.server.state import MODEL_KEY, require_model
 
 PROTOCOL = "ollama"
@@ -90,7 +90,7 @@ async def generate(request: web.Request) -> web.StreamResponse:
     `system` before it), or with `raw: true` as written. An empty prompt loads the model."""
     started_s = time.monotonic()
     body = await read_json(request)
-    raw = _opt(body, "raw", bool)
+    raw = flag(body, "raw", False)
     mapped = raw_body(body) if raw else generate_body(body)
     shape = _Shape(False, mapped["model"])
     if not body.get("prompt"):
@@ -184,7 +184,7 @@ async def embed(request: web.Request) -> web.Response:
     name = model_name(body)
     texts = _texts(body.get("input"))
     dimensions = _dimensions(body.get("dimensions"))
-    _opt(body, "truncate", bool)  # checked; inputs past the limit are a 400 either way
+    flag(body, "truncate", True)  # checked; inputs past the limit are a 400 either way
     parse_options(body.get("options"))  # type-checked as for generation; none applies to embeddings
     keep_alive_s = keep_alive(body)
     model = await require_model(request, name)

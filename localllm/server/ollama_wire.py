@@ -11,7 +11,7 @@ from typing import Any
 from localllm.chat.messages import MAX_CHAT_MESSAGES, MAX_TOOL_CALLS_PER_MESSAGE
 from localllm.chat.types import ToolCall
 from localllm.server.errors import ApiError, bad_request
-from localllm.server.schemas import _num, _opt, keep_alive
+from localllm.server.schemas import _num, flag, keep_alive
 
 NS = 1_000_000_000
 """Ollama reports every duration in nanoseconds."""
@@ -134,7 +134,7 @@ def thinking_fields(value: object) -> dict[str, Any]:
 def common_fields(body: dict) -> dict[str, Any]:
     """The fields /api/chat and /api/generate share, as chat body fields."""
     fields = {**parse_options(body.get("options")), "model": model_name(body),
-              "stream": _opt(body, "stream", bool) is not False}
+              "stream": flag(body, "stream", True)}
     fmt = response_format(body.get("format"))
     if fmt is not None:
         fields["response_format"] = fmt
