@@ -11,22 +11,12 @@ from __future__ import annotations
 
 import secrets
 import time
-from typing import Protocol
+from typing import TYPE_CHECKING
 
-from localllm.chat.types import OutputEvent, ReasoningDelta, TextDelta, ToolCall, ToolCallArguments, ToolCallStarted
+from localllm.chat.types import OutputEvent, ReasoningDelta, TextDelta, ToolCallArguments, ToolCallStarted
 
-
-class UsageLike(Protocol):
-    prompt_tokens: int
-    completion_tokens: int
-    cached_tokens: int
-
-
-class ResultLike(Protocol):
-    content: str
-    reasoning: str | None
-    tool_calls: list[ToolCall]
-    finish_reason: str
+if TYPE_CHECKING:
+    from localllm.server.chat_path import ChoiceResult, Usage
 
 
 def new_id(prefix: str) -> str:
@@ -35,7 +25,7 @@ def new_id(prefix: str) -> str:
     return f"{prefix}_{secrets.token_hex(24)}"
 
 
-def usage_object(usage: UsageLike) -> dict:
+def usage_object(usage: Usage) -> dict:
     return {"input_tokens": usage.prompt_tokens,
             "input_tokens_details": {"cached_tokens": usage.cached_tokens, "cache_write_tokens": 0},
             "output_tokens": usage.completion_tokens, "output_tokens_details": {"reasoning_tokens": 0},
@@ -43,7 +33,7 @@ def usage_object(usage: UsageLike) -> dict:
 
 
 def response_object(response_id: str, created_at: int, model: str, echo: dict, *, status: str, output: list[dict],
-                    usage: UsageLike | None = None, error: dict | None = None) -> dict:
+                    usage: Usage | None = None, error: dict | None = None) -> dict:
     """A Response: `echo` holds the request fields it repeats (responses_input.parse_request)."""
     done = status in ("completed", "incomplete", "failed")
     return {"id": response_id, "object": "response", "created_at": created_at, "status": status,
@@ -80,7 +70,7 @@ def _text_part(text: str) -> dict:
     return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
 
 
-def output_items(result: ResultLike) -> list[dict]:
+def output_items(result: ChoiceResult) -> list[dict]:
     """A whole answer's items: reasoning, the message (unless only whitespace beside tool calls),
     then one function_call per call."""
     status = status_of(result.finish_reason)
@@ -128,7 +118,7 @@ class StreamTranslator:
             return self._delta("response.function_call_arguments.delta", event.text)
         return []
 
-    def finished(self, finish_reason: str, usage: UsageLike) -> list[dict]:
+    def finished(self, finish_reason: str, usage: Usage) -> list[dict]:
         status = status_of(finish_reason)
         events = []
         if not self.output and self._open is None:  # nothing but whitespace (or nothing): still one message
@@ -205,7 +195,7 @@ class StreamTranslator:
         build = message_item if item["kind"] == "message" else reasoning_item
         return build(item["id"], item["text"], status)
 
-    def _response(self, status: str, output: list[dict], usage: UsageLike | None = None,
+    def _response(self, status: str, output: list[dict], usage: Usage | None = None,
                   error: dict | None = None) -> dict:
         response_id, created_at, model, echo = self._meta
         return response_object(response_id, created_at, model, echo, status=status, output=list(output),

@@ -3,7 +3,6 @@ stream events fed through the anthropic SDK's own accumulator."""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 
 import pytest
 from anthropic.lib.streaming._messages import accumulate_event
@@ -11,6 +10,7 @@ from anthropic.lib.streaming._messages import accumulate_event
 from localllm.chat.types import ReasoningDelta, TextDelta, ToolCall, ToolCallArguments, ToolCallStarted
 from localllm.server.anthropic_events import MessageEvents, message_body, tool_input
 from localllm.server.anthropic_wire import MAX_CONTENT_BLOCKS, chat_body
+from localllm.server.chat_call import ChoiceResult, Usage
 from localllm.server.errors import ApiError
 
 BASE = {"model": "m", "max_tokens": 16}
@@ -145,21 +145,14 @@ def test_content_blocks_are_bounded():
     assert "content blocks" in bad(body)
 
 
-@dataclass
-class _Usage:
-    prompt_tokens: int = 10
-    completion_tokens: int = 4
-    cached_tokens: int = 3
+def _usage(prompt_tokens: int = 10, completion_tokens: int = 4, cached_tokens: int = 3) -> Usage:
+    return Usage(prompt_tokens, completion_tokens, cached_tokens)
 
 
-@dataclass
-class _Result:
-    content: str = ""
-    reasoning: str | None = None
-    tool_calls: list = field(default_factory=list)
-    finish_reason: str = "stop"
-    index: int = 0
-    stop_sequence: str | None = None
+def _result(content: str = "", reasoning: str | None = None, tool_calls: list | None = None, finish_reason: str = "stop",
+            stop_sequence: str | None = None) -> ChoiceResult:
+    """The chat path's own result type, as the route hands it over."""
+    return ChoiceResult(0, content, reasoning, tool_calls or [], finish_reason, stop_sequence=stop_sequence)
 
 
 def accumulated(events: list) -> dict:
@@ -179,9 +172,9 @@ def without_nulls(body: dict) -> dict:
 
 
 def test_streamed_events_accumulate_to_the_non_streamed_message():
-    usage = _Usage()
+    usage = _usage()
     stream = MessageEvents("msg_1", "m")
-    events = stream.start(_Usage(10, 0, 3))
+    events = stream.start(_usage(10, 0, 3))
     for event in [ReasoningDelta("think"), ReasoningDelta("ing"), TextDelta(""), TextDelta("Hel"), TextDelta("lo"),
                   ToolCallStarted(0, "call_a", "get_weather"), ToolCallArguments(0, '{"city": '),
                   ToolCallArguments(0, '"Paris"}'), ToolCallStarted(1, "call_b", "get_weather"),
@@ -192,7 +185,7 @@ def test_streamed_events_accumulate_to_the_non_streamed_message():
     assert [name for name, _ in events][-2:] == ["message_delta", "message_stop"]
     assert [p["index"] for n, p in events if n == "content_block_start"] == [0, 1, 2, 3]
     assert [p["index"] for n, p in events if n == "content_block_stop"] == [0, 1, 2, 3]
-    result = _Result("Hello", "thinking", [ToolCall("call_a", "get_weather", '{"city": "Paris"}'),
+    result = _result("Hello", "thinking", [ToolCall("call_a", "get_weather", '{"city": "Paris"}'),
                                            ToolCall("call_b", "get_weather", "{}")], "tool_calls")
     expected = message_body("msg_1", "m", result, usage)
     assert accumulated(events) == without_nulls(expected)
@@ -207,19 +200,19 @@ def test_streamed_events_accumulate_to_the_non_streamed_message():
 def test_an_empty_or_plain_answer_streams_like_it_answers(finish: str, reason: str):
     for texts in ([], ["a", "b"]):
         stream = MessageEvents("msg_2", "m")
-        events = stream.start(_Usage(5, 0, 0))
+        events = stream.start(_usage(5, 0, 0))
         for text in texts:
             events += stream.feed(TextDelta(text))
-        events += stream.finish(finish, _Usage(5, len(texts), 0))
-        expected = message_body("msg_2", "m", _Result("".join(texts), finish_reason=finish), _Usage(5, len(texts), 0))
+        events += stream.finish(finish, _usage(5, len(texts), 0))
+        expected = message_body("msg_2", "m", _result("".join(texts), finish_reason=finish), _usage(5, len(texts), 0))
         assert accumulated(events) == without_nulls(expected) and expected["stop_reason"] == reason
         assert expected["content"] == [{"type": "text", "text": "".join(texts)}]
 
 
 def test_a_stop_sequence_is_the_stop_reason():
     stream = MessageEvents("msg_3", "m")
-    events = [*stream.start(_Usage(5, 0, 0)), *stream.feed(TextDelta("Hi")), *stream.finish("stop", _Usage(), "END")]
-    expected = message_body("msg_3", "m", _Result("Hi", stop_sequence="END"), _Usage())
+    events = [*stream.start(_usage(5, 0, 0)), *stream.feed(TextDelta("Hi")), *stream.finish("stop", _usage(), "END")]
+    expected = message_body("msg_3", "m", _result("Hi", stop_sequence="END"), _usage())
     assert (expected["stop_reason"], expected["stop_sequence"]) == ("stop_sequence", "END")
     assert accumulated(events) == without_nulls(expected)
 
@@ -227,13 +220,13 @@ def test_a_stop_sequence_is_the_stop_reason():
 @pytest.mark.parametrize("finish", ["stop", "tool_calls"])  # OpenAI says "stop" for a named tool_choice
 def test_an_answer_with_calls_stops_for_tool_use(finish: str):
     stream = MessageEvents("msg_4", "m")
-    events = [*stream.start(_Usage()), *stream.feed(ToolCallStarted(0, "c", "f")),
-              *stream.feed(ToolCallArguments(0, "{}")), *stream.finish(finish, _Usage())]
-    expected = message_body("msg_4", "m", _Result("", tool_calls=[ToolCall("c", "f", "{}")], finish_reason=finish),
-                            _Usage())
+    events = [*stream.start(_usage()), *stream.feed(ToolCallStarted(0, "c", "f")),
+              *stream.feed(ToolCallArguments(0, "{}")), *stream.finish(finish, _usage())]
+    expected = message_body("msg_4", "m", _result("", tool_calls=[ToolCall("c", "f", "{}")], finish_reason=finish),
+                            _usage())
     assert expected["stop_reason"] == "tool_use" and accumulated(events) == without_nulls(expected)
-    cut = message_body("msg_4", "m", _Result("", tool_calls=[ToolCall("c", "f", '{"a"')], finish_reason="length"),
-                       _Usage())
+    cut = message_body("msg_4", "m", _result("", tool_calls=[ToolCall("c", "f", '{"a"')], finish_reason="length"),
+                       _usage())
     assert cut["stop_reason"] == "max_tokens"
 
 

@@ -2,8 +2,6 @@
 Response objects and stream events, checked with the openai SDK's own types and stream state."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import pytest
 from openai._models import construct_type_unchecked
 from openai._types import omit
@@ -11,6 +9,7 @@ from openai.lib.streaming.responses._responses import ResponseStreamState
 from openai.types.responses import Response, ResponseStreamEvent
 
 from localllm.chat.types import ReasoningDelta, TextDelta, ToolCall, ToolCallArguments, ToolCallStarted
+from localllm.server.chat_call import ChoiceResult, Usage
 from localllm.server.errors import ApiError
 from localllm.server.responses_input import parse_request, with_history
 from localllm.server.responses_output import StreamTranslator, output_items, response_object
@@ -20,19 +19,14 @@ WEATHER = {"type": "function", "name": "get_weather", "description": "Weather fo
            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}
 
 
-@dataclass
-class Usage:
-    prompt_tokens: int = 12
-    completion_tokens: int = 5
-    cached_tokens: int = 3
+def usage() -> Usage:
+    return Usage(prompt_tokens=12, completion_tokens=5, cached_tokens=3)
 
 
-@dataclass
-class Result:
-    content: str = ""
-    reasoning: str | None = None
-    tool_calls: list[ToolCall] = field(default_factory=list)
-    finish_reason: str = "stop"
+def choice(content: str = "", reasoning: str | None = None, tool_calls: list[ToolCall] | None = None,
+           finish_reason: str = "stop") -> ChoiceResult:
+    """The chat path's own result type, as the route hands it over."""
+    return ChoiceResult(0, content, reasoning, tool_calls or [], finish_reason)
 
 
 def chat_body(body: dict, history: list[dict] | None = None) -> dict:
@@ -122,13 +116,13 @@ ECHO = parse_request({"input": "x", "tools": [WEATHER], "metadata": {"a": "b"}})
 
 def test_whole_answers_validate_as_sdk_responses():
     calls = [ToolCall("call_1", "get_weather", '{"city":"Paris"}')]
-    for result in (Result("Hello."), Result("\n", tool_calls=calls, finish_reason="tool_calls"),
-                   Result("Part", reasoning="Thinking", finish_reason="length")):
-        obj = response_object("resp_1", 1, "m", ECHO, status="completed", output=output_items(result), usage=Usage())
+    for result in (choice("Hello."), choice("\n", tool_calls=calls, finish_reason="tool_calls"),
+                   choice("Part", reasoning="Thinking", finish_reason="length")):
+        obj = response_object("resp_1", 1, "m", ECHO, status="completed", output=output_items(result), usage=usage())
         response = Response.model_validate(obj)  # strict: every required field, right types
         assert response.usage.input_tokens_details.cached_tokens == 3
-    assert [i["type"] for i in output_items(Result("\n", tool_calls=calls))] == ["function_call"]
-    assert output_items(Result("Part", finish_reason="length"))[0]["status"] == "incomplete"
+    assert [i["type"] for i in output_items(choice("\n", tool_calls=calls))] == ["function_call"]
+    assert output_items(choice("Part", finish_reason="length"))[0]["status"] == "incomplete"
     assert response.output_text == "Part" and response.tools[0].name == "get_weather"
 
 
@@ -137,7 +131,7 @@ def run_stream(events: list, finish: str = "stop") -> tuple[list[dict], Response
     wire = translator.started()
     for event in events:
         wire += translator.feed(event)
-    wire += translator.finished(finish, Usage())
+    wire += translator.finished(finish, usage())
     state = ResponseStreamState(input_tools=[WEATHER], text_format=omit)  # the SDK's own checks
     for event in wire:
         state.handle_event(construct_type_unchecked(type_=ResponseStreamEvent, value=event))
