@@ -16,14 +16,14 @@ from localllm.server.responses_input import ResponsesRequest, parse_request, wit
 from localllm.server.responses_output import (
     StreamTranslator, new_id, output_items, response_object, status_of,
 )
-from localllm.server.request_log import MODEL_NAME, PROMPT_TOKENS
+from localllm.server.request_log import MODEL_NAME, PROMPT_TOKENS, PROTOCOL
 from localllm.server.responses_store import RESPONSE_STORE_KEY, StoredResponse, setup_store
 from localllm.server.schemas import read_json
 from localllm.server.sse import named_event_stream
 from localllm.server.state import CONFIG_KEY
 from localllm.server.tenants import owner
 
-PROTOCOL = "openai.responses"
+PROTOCOL_NAME = "openai.responses"
 Keep = Callable[[dict], Awaitable[None]]
 """Stores a finished Response (when the request asked for it)."""
 
@@ -37,6 +37,7 @@ def setup(app: web.Application) -> None:
 
 
 async def create_response(request: web.Request) -> web.StreamResponse:
+    request[PROTOCOL] = PROTOCOL_NAME  # also on the log line of a request refused before the path
     parsed = parse_request(await read_json(request))
     store, tenant = request.app[RESPONSE_STORE_KEY], owner(request)
     history = await _history(request, parsed)
@@ -49,7 +50,7 @@ async def create_response(request: web.Request) -> web.StreamResponse:
             await asyncio.to_thread(store.put, tenant, StoredResponse(response, conversation))
 
     response_id = new_id("resp")
-    async with open_chat(request, chat_body, protocol=PROTOCOL) as call:
+    async with open_chat(request, chat_body, protocol=PROTOCOL_NAME) as call:
         if parsed.stream:
             return await _stream(request, call, parsed, response_id, keep)
         result = (await call.collect())[0]
@@ -63,6 +64,7 @@ async def create_response(request: web.Request) -> web.StreamResponse:
 
 async def count_input_tokens(request: web.Request) -> web.Response:
     """POST /v1/responses/input_tokens: the prompt's size, rendered as a create would render it."""
+    request[PROTOCOL] = PROTOCOL_NAME
     parsed = parse_request(await read_json(request))
     rendered = await render_chat(request, with_history(parsed, await _history(request, parsed)))
     request[MODEL_NAME] = rendered.model

@@ -76,3 +76,13 @@ async def test_store_false_and_store_off_keep_nothing(tmp_path: Path):
             aiohttp.ClientSession(base_url=str(server.make_url("/"))) as http:
         created = await (await http.post("/v1/responses", json={"input": "hi", "store": False})).json()
         assert created["store"] is False and (await http.get(f"/v1/responses/{created['id']}")).status == 404
+
+
+async def test_every_responses_request_names_the_protocol(http: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture):
+    """Also one refused before the chat path, and the token count (neither reaches open_chat)."""
+    caplog.set_level(logging.INFO, logger="localllm.requests")
+    for body in ({"input": "hi", "max_output_tokens": 0}, {"input": 5}):
+        assert (await http.post("/v1/responses", json=body)).status == 400
+    assert (await http.post("/v1/responses/input_tokens", json={"input": "hi"})).status == 200
+    lines = [r.getMessage() for r in caplog.records if r.name == "localllm.requests" and "path=/v1/" in r.getMessage()]
+    assert [line.split(" protocol=")[1].split(" ")[0] for line in lines] == ["openai.responses"] * 3
