@@ -81,7 +81,7 @@ async def _history(request: web.Request, parsed: ResponsesRequest) -> list[dict]
     previous = await asyncio.to_thread(store.get, owner(request), parsed.previous_response_id)
     if previous is None:
         raise ApiError(404, f"Previous response with id {parsed.previous_response_id[:200]!r} not found (unknown, "
-                       "expired, deleted, stored with store: false, or another key's).",
+                       "expired, deleted, stored with store: false, too large to store, or another key's).",
                        param="previous_response_id", code="previous_response_not_found")
     return previous.conversation
 
