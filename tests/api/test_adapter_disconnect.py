@@ -1,4 +1,4 @@
-"""A client that hangs up mid-answer on /v1/messages and /v1/responses: the slot and the model's
+"""A client that hangs up mid-answer on /v1/messages, /v1/responses and Ollama's /api: the slot and the model's
 lease are freed, the rest of the answer is aborted, and no partial Response is stored."""
 from __future__ import annotations
 
@@ -90,6 +90,9 @@ async def hang_up_mid_stream(http: aiohttp.ClientSession, path: str, body: dict,
     ("/v1/messages", {"model": "scripted", "max_tokens": 400, "messages": [{"role": "user", "content": "hi"}]},
      '"text_delta"'),
     ("/v1/responses", {"input": "hi", "max_output_tokens": 400}, '"response.output_text.delta"'),
+    ("/api/chat", {"model": "scripted", "options": {"num_predict": 400}, "messages": [{"role": "user", "content": "hi"}]},
+     '"done": false'),
+    ("/api/generate", {"model": "scripted", "options": {"num_predict": 400}, "prompt": "hi"}, '"done": false'),
 ])
 async def test_hanging_up_mid_stream_frees_slot_and_lease_and_stores_nothing(tmp_path: Path, path: str, body: dict,
                                                                              first_text: str):
@@ -102,12 +105,16 @@ async def test_hanging_up_mid_stream_frees_slot_and_lease_and_stores_nothing(tmp
         assert stored == []
 
 
-async def test_hanging_up_before_a_plain_response_stores_nothing(tmp_path: Path):
+@pytest.mark.parametrize("path, body", [
+    ("/v1/responses", {"input": "hi", "max_output_tokens": 400}),
+    ("/api/chat", {"model": "scripted", "stream": False, "options": {"num_predict": 400},
+                   "messages": [{"role": "user", "content": "hi"}]}),
+])
+async def test_hanging_up_before_a_plain_response_stores_nothing(tmp_path: Path, path: str, body: dict):
     async with gated_server(tmp_path) as (server, backend, stored), \
             aiohttp.ClientSession(base_url=str(server.make_url("/"))) as http:
         async with aiohttp.ClientSession(base_url=str(server.make_url("/"))) as leaving:
-            asking = asyncio.ensure_future(leaving.post("/v1/responses", json={"input": "hi",
-                                                                               "max_output_tokens": 400}))
+            asking = asyncio.ensure_future(leaving.post(path, json=body))
             for _ in range(500):
                 if backend.num_decodes > NUM_FREE_DECODES:
                     break
