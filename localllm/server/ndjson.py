@@ -5,7 +5,7 @@ import json
 
 from aiohttp import web
 
-from localllm.server.request_log import REQUEST_ID
+from localllm.server.sse import streaming_response
 
 
 class NdjsonWriter:
@@ -13,13 +13,7 @@ class NdjsonWriter:
 
     def __init__(self, request: web.Request, extra_headers: dict[str, str] | None = None) -> None:
         self._request = request
-        self.response = web.StreamResponse(headers={
-            "Content-Type": "application/x-ndjson",
-            "Cache-Control": "no-cache",
-            "X-Accel-Buffering": "no",  # tell proxies not to buffer the stream
-            **({"X-Request-Id": request[REQUEST_ID]} if REQUEST_ID in request else {}),
-            **(extra_headers or {}),
-        })
+        self.response = streaming_response(request, "application/x-ndjson", extra_headers)
 
     async def start(self) -> None:
         await self.response.prepare(self._request)

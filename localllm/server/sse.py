@@ -12,19 +12,23 @@ from localllm.server.errors import CLIENT_CLOSED
 from localllm.server.request_log import REQUEST_ID
 
 
+def streaming_response(request: web.Request, content_type: str,
+                       extra_headers: dict[str, str] | None = None) -> web.StreamResponse:
+    """An unprepared response for a stream of events (SSE here, NDJSON in ndjson.py)."""
+    return web.StreamResponse(headers={
+        "Content-Type": content_type,
+        "Cache-Control": "no-cache",
+        "X-Accel-Buffering": "no",  # tell proxies not to buffer the stream
+        # sent before the request-log middleware could add it to a finished response
+        **({"X-Request-Id": request[REQUEST_ID]} if REQUEST_ID in request else {}),
+        **(extra_headers or {}),
+    })
+
+
 class SseWriter:
     def __init__(self, request: web.Request, extra_headers: dict[str, str] | None = None) -> None:
         self._request = request
-        self.response = web.StreamResponse(
-            headers={
-                "Content-Type": "text/event-stream; charset=utf-8",
-                "Cache-Control": "no-cache",
-                "X-Accel-Buffering": "no",  # tell proxies not to buffer the stream
-                # sent before the request-log middleware could add it to a finished response
-                **({"X-Request-Id": request[REQUEST_ID]} if REQUEST_ID in request else {}),
-                **(extra_headers or {}),
-            }
-        )
+        self.response = streaming_response(request, "text/event-stream; charset=utf-8", extra_headers)
 
     async def start(self) -> None:
         await self.response.prepare(self._request)
