@@ -42,7 +42,8 @@ unbounded repetition, so std::regex never recurses deeply on a long reply.
 
 - hermes `(<tool_call>)...$` and mistral `(\\[TOOL_CALLS\\])...$` match anywhere, so the
   model may write text before its call (as Hermes and Mistral models do).
-- llama3 `^\\s{0,8}(\\{) ?"name"...$` and generic `^\\s{0,8}(\\{) ?"tool_calls"...$` match only
+- llama3 `^\\s{0,8}(?:<\\|python_tag\\|>)?(\\{) ?"name"...$`
+  and generic `^\\s{0,8}(\\{) ?"tool_calls"...$` match only
   when the reply itself starts as a call: their calls are bare JSON, and a JSON object met
   later in prose is prose (llama.cpp's own llama 3 handler, too, triggers on the reply's
   start). Matching the key as well as `{` keeps plain JSON answers free.
@@ -170,7 +171,8 @@ def triggers_for(family: Family) -> tuple[str, ...]:
         return (f"({_regex_literal(family.call_open)})" + optional_chain(r"[ \n]?", r"\{", _WS, '"') + "$",)
     key = "tool_calls" if family.name == "generic" else "name"
     tail = [":", _WS, r"\[", _WS, r"\{", _WS, '"'] if key == "tool_calls" else [":", _WS, '"']
-    return (r"^\s{0,8}(\{)" + _WS + f'"{key}"' + optional_chain(_WS, *tail) + "$",)
+    tag = r"(?:<\|python_tag\|>)?" if family.name == "llama3" else ""  # Llama 3.1 may tag its call
+    return (r"^\s{0,8}" + tag + r"(\{)" + _WS + f'"{key}"' + optional_chain(_WS, *tail) + "$",)
 
 
 def _call_shape(family: Family, names: list[str], parallel: bool) -> dict:

@@ -79,6 +79,7 @@ def start_of_trigger(pattern: str, text: str) -> int | None:
     (LLAMA3, '\n{ "name": "', '{ "name": "'),
     (LLAMA3, 'Here: {"name":', None),  # bare JSON triggers only at the reply's start
     (LLAMA3, '{"city":', None),
+    (LLAMA3, '<|python_tag|>{"name":', '{"name":'),
     (LLAMA3, '{"name": "get', None),
     (GENERIC, '{"tool_calls": [{"', '{"tool_calls": [{"'),
     (GENERIC, '{"name":', None),
