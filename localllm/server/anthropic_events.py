@@ -20,7 +20,6 @@ if TYPE_CHECKING:
 Event = tuple[str, dict]
 
 
-
 def message_id() -> str:
     return "msg_" + uuid.uuid4().hex
 
@@ -93,6 +92,8 @@ class MessageEvents:
         return [("message_start", {"type": "message_start", "message": message}), ("ping", {"type": "ping"})]
 
     def feed(self, event: OutputEvent) -> list[Event]:
+        if isinstance(event, (TextDelta, ReasoningDelta)) and not event.text:
+            return []  # an empty piece opens nothing
         if isinstance(event, TextDelta):
             return self._delta("text", {"type": "text", "text": ""}, {"type": "text_delta", "text": event.text})
         if isinstance(event, ReasoningDelta):
@@ -115,8 +116,6 @@ class MessageEvents:
         return [*empty, *self._close(), ("message_delta", ending), ("message_stop", {"type": "message_stop"})]
 
     def _delta(self, kind: str, block: dict, delta: dict) -> list[Event]:
-        if not next(iter(v for k, v in delta.items() if k != "type")):
-            return []  # an empty piece opens nothing
         opened = [] if self._open == kind else [*self._close(), *self._open_block(kind, block)]
         return [*opened, self._content_delta(delta)]
 

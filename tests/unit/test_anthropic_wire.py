@@ -209,6 +209,14 @@ def test_an_empty_or_plain_answer_streams_like_it_answers(finish: str, reason: s
         assert expected["content"] == [{"type": "text", "text": "".join(texts)}]
 
 
+def test_an_empty_piece_opens_no_block():
+    stream = MessageEvents("msg_5", "m")
+    stream.start(_usage())
+    assert stream.feed(TextDelta("")) == [] and stream.feed(ReasoningDelta("")) == []
+    assert [name for name, _ in stream.feed(TextDelta("a"))] == ["content_block_start", "content_block_delta"]
+    assert stream.feed(TextDelta("")) == []  # nor closes the open one
+
+
 def test_a_stop_sequence_is_the_stop_reason():
     stream = MessageEvents("msg_3", "m")
     events = [*stream.start(_usage(5, 0, 0)), *stream.feed(TextDelta("Hi")), *stream.finish("stop", _usage(), "END")]
