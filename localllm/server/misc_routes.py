@@ -79,13 +79,15 @@ async def detokenize(request: web.Request) -> web.Response:
     """{"tokens": [id, ...]} -> {"content": text}; ids outside the vocabulary are a 400."""
     body = await read_json(request)
     tokens = body.get("tokens", [])
-    if not isinstance(tokens, list) or not all(type(t) is int for t in tokens):
+    if not isinstance(tokens, list):
         raise bad_request("tokens must be a list of token ids (integers)", "tokens")
     model = await require_model(request, body.get("model"))
     engine = model.engine
-    if len(tokens) > engine.slot_ctx:
+    if len(tokens) > engine.slot_ctx:  # before walking the entries: a body can hold millions
         raise bad_request(f"tokens has {len(tokens)} entries; at most {engine.slot_ctx} (one request slot's "
                           "context) are accepted", "tokens")
+    if not all(type(t) is int for t in tokens):
+        raise bad_request("tokens must be a list of token ids (integers)", "tokens")
     bad = next((t for t in tokens if not 0 <= t < engine.num_vocab), None)
     if bad is not None:
         raise bad_request(f"token id {bad} is outside this model's vocabulary (0..{engine.num_vocab - 1})", "tokens")

@@ -48,8 +48,10 @@ async def test_tokenize_and_detokenize_bounded_by_the_slot_context(http: aiohttp
         response = await http.post("/tokenize", json={"content": content})
         assert response.status == 400
         assert_openai_error(await response.json(), "content")
-    response = await http.post("/detokenize", json={"tokens": [CHAR_BASE + ord("x")] * (slot_ctx + 1)})
-    assert response.status == 400
+    for tokens in ([CHAR_BASE + ord("x")] * (slot_ctx + 1), ["x"] * 100 * slot_ctx):  # the count before the entries
+        response = await http.post("/detokenize", json={"tokens": tokens})
+        assert response.status == 400
+        assert "at most 512" in assert_openai_error(await response.json(), "tokens")["message"]
     for body in ({"content": 5}, {"content": "x", "with_pieces": "yes"}):
         assert (await http.post("/tokenize", json=body)).status == 400
 
