@@ -34,9 +34,10 @@ class ScriptedBackend(FakeBackend):
 
     num_vocab = NUM_VOCAB
 
-    def __init__(self, num_ctx: int, reply: str = REPLY) -> None:
+    def __init__(self, num_ctx: int, reply: str = REPLY, template: str = CHAT_TEMPLATE) -> None:
         super().__init__(num_kv_cells=num_ctx)
         self.reply = [CHAR_BASE + ord(c) for c in reply] + [EOS]
+        self.template = template
         self.num_generated: dict[str, int] = {}
 
     def tokenize(self, text: str, *, add_special: bool = True, parse_special: bool = True) -> list[int]:
@@ -64,12 +65,13 @@ class ScriptedBackend(FakeBackend):
         return [np.full(8, 1 / np.sqrt(8), dtype=np.float32) for _ in inputs]
 
     def metadata(self, key: str) -> str | None:
-        return CHAT_TEMPLATE if key == "tokenizer.chat_template" else super().metadata(key)
+        return self.template if key == "tokenizer.chat_template" else super().metadata(key)
 
 
-def scripted_loader(loads: list[str] | None = None):
-    """A model loader for create_app: every model ref loads instantly as a ScriptedBackend
-    through the composition root's own wiring (engine, served-model record)."""
+def scripted_loader(loads: list[str] | None = None, *, reply: str = REPLY, template: str = CHAT_TEMPLATE):
+    """A model loader for create_app: every model ref loads instantly as a ScriptedBackend (answering
+    `reply`, with `template` as its chat template) through the composition root's own wiring
+    (engine, served-model record)."""
 
     async def load(config: Config, on_progress=None) -> LoadedModel:
         ref = config.engine.model
@@ -81,7 +83,7 @@ def scripted_loader(loads: list[str] | None = None):
             raise UnknownModel(ref)
         if ref.startswith("broken"):
             raise ModelLoadFailed(f"scripted load failure of {ref}")
-        return await start_served(ScriptedBackend(config.engine.ctx), config, name=ref,
+        return await start_served(ScriptedBackend(config.engine.ctx, reply, template), config, name=ref,
                                   path=Path(f"/models/{ref}.gguf"), spec=None, identity=f"scripted:{ref}",
                                   started_s=time.monotonic())
 

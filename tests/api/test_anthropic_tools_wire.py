@@ -2,7 +2,6 @@
 a fixed text (a call, or thinking then an answer), read with the official anthropic SDK."""
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -11,10 +10,8 @@ import anthropic
 import pytest
 from aiohttp.test_utils import TestServer
 
-from localllm.compose import start_served
-from localllm.config import Config
 from localllm.server.app import create_app
-from tests.api.fake_model import ScriptedBackend, api_config
+from tests.api.fake_model import api_config, scripted_loader
 
 GENERIC = "{% for m in messages %}<{{ m.role }}>{{ m.content }}\n{% endfor %}<assistant>"
 THINKING = GENERIC + "{# a reasoning template: it knows </think> #}"
@@ -27,17 +24,8 @@ ASK = [{"role": "user", "content": "Weather in Paris?"}]
 @asynccontextmanager
 async def scripted(tmp_path: Path, reply: str, template: str) -> AsyncIterator[anthropic.AsyncAnthropic]:
     """A server whose model answers `reply` to everything, with `template` as its chat template."""
-
-    class Backend(ScriptedBackend):
-        def metadata(self, key: str) -> str | None:
-            return template if key == "tokenizer.chat_template" else super().metadata(key)
-
-    async def load(config: Config, on_progress=None):
-        return await start_served(Backend(config.engine.ctx, reply), config, name="scripted",
-                                  path=Path("/models/scripted.gguf"), spec=None, identity="scripted:x",
-                                  started_s=time.monotonic())
-
-    server = TestServer(create_app(api_config(tmp_path, ctx=8192), loader=load), host="127.0.0.1")
+    loader = scripted_loader(reply=reply, template=template)
+    server = TestServer(create_app(api_config(tmp_path, ctx=8192), loader=loader), host="127.0.0.1")
     await server.start_server()
     try:
         async with anthropic.AsyncAnthropic(base_url=str(server.make_url("/")).rstrip("/"), api_key="x",
