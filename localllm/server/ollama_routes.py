@@ -35,7 +35,7 @@ def setup(app: web.Application) -> None:
     app.router.add_post("/api/generate", logged(generate))
     app.router.add_post("/api/embed", logged(embed))
     app.router.add_post("/api/embeddings", logged(embeddings))
-    app.router.add_get("/api/version", version)
+    app.router.add_get("/api/version", logged(version))
     ollama_models.setup(app, logged)
 
 

@@ -3,6 +3,7 @@ the scripted backend (tests/api/fake_model.py): the model's text is fixed, so th
 from __future__ import annotations
 
 import asyncio
+import logging
 import json
 import time
 from collections.abc import AsyncIterator
@@ -136,3 +137,15 @@ async def test_delete_refuses_the_default_model_while_it_loads_under_a_quant_tag
     finally:
         release.set()
         await server.close()
+
+
+async def test_every_api_request_is_logged_as_ollama(tmp_path: Path, caplog: pytest.LogCaptureFixture):
+    caplog.set_level(logging.INFO, logger="localllm.requests")
+    async with api_server(api_config(tmp_path)) as server, aiohttp.ClientSession() as http:
+        for method, path, body in (("GET", "/api/version", None), ("GET", "/api/tags", None), ("GET", "/api/ps", None),
+                                   ("POST", "/api/show", {"model": "scripted"}),
+                                   ("POST", "/api/chat", {"model": "scripted", "messages": "not a list"})):
+            async with http.request(method, server.make_url(path), json=body) as response:
+                await response.read()
+    lines = [r.getMessage() for r in caplog.records if r.name == "localllm.requests" and " path=/api/" in r.getMessage()]
+    assert len(lines) == 5 and all(" protocol=ollama " in line for line in lines), lines
