@@ -26,7 +26,7 @@ from localllm.server.model_routes import PullJob, start_pull, stream_pull
 from localllm.server.ndjson import LastEventWriter, NdjsonWriter
 from localllm.server.ollama_wire import model_name, rfc3339
 from localllm.server.schemas import flag, read_json
-from localllm.server.state import CONFIG_KEY, MODEL_KEY
+from localllm.server.state import CONFIG_KEY, MODEL_KEY, model_not_found
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _FOREVER = timedelta(days=365 * 100)
@@ -40,10 +40,6 @@ def setup(app: web.Application, logged: Callable[[Handler], Handler]) -> None:
     app.router.add_get("/api/ps", logged(ps))
     app.router.add_post("/api/pull", logged(pull))
     app.router.add_delete("/api/delete", logged(delete))
-
-
-def not_found(name: str) -> ApiError:
-    return ApiError(404, f"model {name[:200]!r} not found", param="model", code="model_not_found")
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,11 +136,11 @@ async def show(request: web.Request) -> web.Response:
     served = manager.find(name)
     loaded = served.loaded if served else None
     if loaded is None and not is_model_ref(name):
-        raise not_found(name)
+        raise model_not_found(name)
     try:
         file, spec = await asyncio.to_thread(_resolved, config, name, loaded)
     except (UnknownModel, ModelFileError):
-        raise not_found(name) from None
+        raise model_not_found(name) from None
     template = (loaded.chat_template if loaded else None) or (spec.chat_template if spec else None) \
         or (file.info.chat_template if file.info else None)
     return web.json_response({
@@ -221,7 +217,7 @@ async def pull(request: web.Request) -> web.StreamResponse:
     if not looks_like_hub_ref(ref) and ":" in ref:
         parts = split_model_ref(ref)
         if parts is None:
-            raise not_found(ref)
+            raise model_not_found(ref)
         name, quant = parts
     job = await start_pull(request, name, quant)
     writer = NdjsonWriter(request) if stream else LastEventWriter()
@@ -260,7 +256,7 @@ async def delete(request: web.Request) -> web.Response:
     body = await read_json(request)
     name = model_name(body)
     if not is_model_ref(name):
-        raise not_found(name)
+        raise model_not_found(name)
     manager = request.app[MODEL_KEY]
     users = [m for m in manager.models if _runs_from(m, name)]
     if manager.default in users:
@@ -276,7 +272,7 @@ async def delete(request: web.Request) -> web.Response:
     except UnknownModel:
         removed = False
     if not removed:
-        raise not_found(name)
+        raise model_not_found(name)
     return web.Response(status=200)
 
 
