@@ -40,6 +40,8 @@ class Env:
     http: aiohttp.ClientSession
     tiny: Path
     """The catalogue's tiny model as the hub serves it."""
+    base_url: str = ""
+    """The server's, for a second client session (one that hangs up)."""
 
     def store(self) -> ModelStore:
         return ModelStore(self.data_dir, load_catalogue(self.data_dir / "models.toml"))
@@ -112,10 +114,13 @@ async def env(hub: HubServer, tmp_path: Path) -> AsyncIterator[Env]:
     config = Config.from_flat({"data_dir": str(data_dir), "hf_endpoint": hub.url, "admin_api_key": "k"})
     server = TestServer(create_app(config, loader=never_load), host="127.0.0.1")
     await server.start_server()
+    # as web.run_app serves (aiohttp's TestServer alone cancels a handler whose client has gone):
+    # a pull must notice the hang-up itself
+    server.runner.server.handler_cancellation = False
     try:
         async with aiohttp.ClientSession(base_url=str(server.make_url("/")),
                                          headers={"Authorization": "Bearer k"}) as http:
-            yield Env(data_dir, hub, http, tiny)
+            yield Env(data_dir, hub, http, tiny, str(server.make_url("/")))
     finally:
         await server.close()
 
@@ -241,6 +246,28 @@ async def test_a_client_that_leaves_mid_pull_cancels_it(env: Env):
         await asyncio.sleep(0.1)
     events = await events_of(again)
     assert events[-2]["status"] == "done", events[-3:]
+
+
+@pytest.mark.parametrize("stream", [True, False])
+async def test_a_client_that_leaves_an_ollama_pull_cancels_it(env: Env, stream: bool):
+    """Ollama's /api/pull: NDJSON progress, or (stream false) nothing until the end; either way a
+    client that hangs up mid-download leaves no file, partial or registered."""
+    env.hub.state.block_delay_s = 0.05
+    async with aiohttp.ClientSession(base_url=env.base_url, headers={"Authorization": "Bearer k"}) as leaving:
+        asking = asyncio.ensure_future(leaving.post("/api/pull", json={"model": "big", "stream": stream}))
+        if stream:
+            response = await asking
+            assert response.status == 200 and response.content_type == "application/x-ndjson"
+            async for line in response.content:
+                if json.loads(line).get("completed"):
+                    break
+        else:
+            await wait_until(lambda: list(env.data_dir.rglob("*.incomplete")), "the download to start")
+            asking.cancel()
+    await wait_until(lambda: env.hub.state.active_gets == 0 and not list(env.data_dir.rglob("*.incomplete")),
+                     "the download to stop")
+    await asyncio.sleep(0.5)  # a pull that was not cancelled would register now
+    assert env.hub_files() == [] and env.store().pulled("big") == []
 
 
 async def test_a_second_concurrent_pull_of_the_same_file_gets_409(env: Env):
