@@ -28,6 +28,8 @@ XML_OPENER = "<function="
 _NAME_RUN = re.compile(r"[A-Za-z0-9_.:-]*")
 _ID_RUN = re.compile(r"[A-Za-z0-9_-]*")
 _ARGS, _CALL_ID = "[ARGS]", "[CALL_ID]"
+MAX_BRACKET_SPACE = 64
+"""Whitespace waited for after a reply's first `[` before it is text (each wait rescans it)."""
 
 
 class OpenerParser(StreamParser):
@@ -209,7 +211,8 @@ class MistralParser(OpenerParser):
     def _step_start(self) -> bool:
         stripped = self._buf.lstrip(WS)
         after = stripped[1:].lstrip(WS)
-        undecided = not stripped or self.opener.startswith(stripped) or (stripped.startswith("[") and not after)
+        undecided = not stripped or self.opener.startswith(stripped) or (
+            stripped.startswith("[") and not after and len(stripped) <= MAX_BRACKET_SPACE)
         if undecided and not self._closed:
             return False
         if stripped.startswith("[") and after.startswith("{"):

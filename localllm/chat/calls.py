@@ -33,6 +33,7 @@ MAX_JSON_DEPTH = 256
 
 _ID_ALPHABET = string.ascii_letters + string.digits
 _SPECIAL = re.compile(r'[{}\[\]"\\]')
+_STRING_STOP = re.compile(r'["\\]')
 WS = " \t\r\n"
 
 
@@ -99,9 +100,16 @@ class JsonScan:
 
 
 def _next_in_string(buf: str, pos: int) -> int | None:
-    quote, backslash = buf.find('"', pos), buf.find("\\", pos)
-    found = [i for i in (quote, backslash) if i >= 0]
-    return min(found) if found else None
+    """The next quote or backslash (one search: two finds would rescan to the far one per escape)."""
+    match = _STRING_STOP.search(buf, pos)
+    return match.start() if match else None
+
+
+def waits_on_space(buf: str) -> bool:
+    """Whether a parser that stopped stepping holds whitespace only. Such a parser decides nothing
+    until other text comes, so more whitespace is only appended: a model writing whitespace for
+    a long time then costs no rescan of the held run per piece (that was quadratic)."""
+    return bool(buf) and not buf.lstrip(WS)
 
 
 def _reject_constant(name: str) -> float:
@@ -239,11 +247,17 @@ class StreamParser(CallParser):
         """Text consumed for the call being read: given back unchanged if it is not a call."""
         self._closed = False
         self._after_call = False
+        self._waits_on_space = False
 
     def feed(self, text: str) -> list[OutputEvent]:
-        self._buf += text
+        buf, self._buf = self._buf, ""
+        buf += text  # in place (CPython) while the local is its only reference: no copy of a long held buffer per piece
+        self._buf = buf
+        if self._waits_on_space and not text.strip(WS):
+            return []
         while self._step():
             pass
+        self._waits_on_space = waits_on_space(self._buf)
         return self._take()
 
     def close(self) -> list[OutputEvent]:

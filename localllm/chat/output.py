@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from localllm.chat.call_formats import HermesParser, MistralParser
-from localllm.chat.calls import WS, CallParser, partial_suffix
+from localllm.chat.calls import WS, CallParser, partial_suffix, waits_on_space
 from localllm.chat.families import THINK_CLOSE, THINK_OPEN, Family
 from localllm.chat.reply_formats import GenericParser, Llama3Parser
 from localllm.chat.types import (
@@ -60,6 +60,7 @@ class OutputParser:
         self._close = family.think_close or THINK_CLOSE
         self._buf = ""
         self._closed = False
+        self._waits_on_space = False
         if not parse_reasoning or not (family.reasons or starts_in_reasoning):
             self._state = "content"
             self._buf = self._open if starts_in_reasoning else ""
@@ -69,10 +70,15 @@ class OutputParser:
         """Drop whitespace at the start of the reasoning / of the content after it."""
 
     def feed(self, text: str) -> list[OutputEvent]:
-        self._buf += text
+        buf, self._buf = self._buf, ""
+        buf += text  # in place (CPython) while the local is its only reference: no copy of a long held buffer per piece
+        self._buf = buf
+        if self._waits_on_space and not text.strip(WS):
+            return []
         events: list[OutputEvent] = []
         while self._step(events):
             pass
+        self._waits_on_space = waits_on_space(self._buf)
         return events
 
     def close(self) -> list[OutputEvent]:

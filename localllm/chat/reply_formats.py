@@ -64,9 +64,11 @@ class JsonReplyParser(StreamParser):
         if not self._skip_gap():
             return False
         stripped = self._buf.lstrip(self.separators if self.num_calls else WS)
+        # into raw at once (given back with it if no call follows): a long run of separators is not rescanned
+        self._raw, self._buf = self._raw + self._buf[:len(self._buf) - len(stripped)], stripped
         if not stripped:
             if self._closed:
-                self._give_back(len(self._buf))
+                self._give_back(0)
                 self._state = self.text_state
             return False
         for prefix in (self._fence_open, self._prefix):
@@ -74,8 +76,7 @@ class JsonReplyParser(StreamParser):
             if verdict != "go":
                 return verdict == "again"
         if stripped[0] == "{" or (stripped[0] == "[" and self.num_calls == 0):
-            self._raw += self._buf[:len(self._buf) - len(stripped)]
-            self._buf, self._scan, self._state = stripped, JsonScan(), "object"
+            self._scan, self._state = JsonScan(), "object"
             return True
         self._give_back(0)
         self._state = self.text_state
@@ -91,7 +92,7 @@ class JsonReplyParser(StreamParser):
             return "wait" if could_be and not self._closed else "go"
         if not stripped.startswith(FENCE) or stripped[3:newline].strip().lower() not in ("", "json"):
             return "go"
-        self._raw += self._buf[:len(self._buf) - len(stripped)] + stripped[:newline + 1]
+        self._raw += stripped[:newline + 1]
         self._buf, self._fenced = stripped[newline + 1:], True
         return "again"
 
@@ -131,7 +132,7 @@ class Llama3Parser(JsonReplyParser):
         if self._tagged:
             return "go"
         if stripped.startswith(PYTHON_TAG):
-            self._raw += self._buf[:len(self._buf) - len(stripped)] + PYTHON_TAG
+            self._raw += PYTHON_TAG
             self._buf, self._tagged = stripped[len(PYTHON_TAG):], True
             return "again"
         if PYTHON_TAG.startswith(stripped):

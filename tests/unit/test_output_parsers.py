@@ -407,3 +407,41 @@ def test_random_outputs_fold_the_same_however_they_are_split(family: Family, sta
             got = fold(events)
             assert (got.content, got.reasoning, [(c.name, c.arguments) for c in got.tool_calls]) == (
                 whole.content, whole.reasoning, [(c.name, c.arguments) for c in whole.tool_calls]), repr(output)
+
+
+@pytest.mark.parametrize("family", [HERMES, LLAMA3, MISTRAL, GENERIC, QWEN3], ids=lambda f: f.name + str(f.reasons))
+@pytest.mark.parametrize("before", ["", "hi", "<think>x", "<tool_call>", '<tool_call>{"name": "f"}</tool_call>',
+                                    '{"name": "f", "parameters": {}}', "[TOOL_CALLS]"])
+def test_held_whitespace_is_not_rescanned_per_piece(family: Family, before: str, monkeypatch) -> None:
+    """A model writing whitespace for a long time (held: it may precede a call or end the
+    reasoning) is not rescanned whole with every piece: the characters the state machines
+    step over grow linearly (they grew with the square: seconds of event-loop time per reply)."""
+    parser = OutputParser(family, parse_tools=True)
+    events = parser.feed(before)
+    scanned = []
+    for cls in {type(parser), type(parser._calls)}:
+        original = cls._step
+        monkeypatch.setattr(cls, "_step", lambda self, *a, _o=original: scanned.append(len(self._buf)) or _o(self, *a))
+    for _ in range(2000):
+        events += parser.feed(" \n")
+    assert sum(scanned) < 50 * 2000
+    events += parser.feed("done") + parser.close()
+    reference = OutputParser(family, parse_tools=True)
+    whole, got = fold(reference.feed(before + " \n" * 2000 + "done") + reference.close()), fold(events)
+    assert (got.content, got.reasoning, len(got.tool_calls)) == (whole.content, whole.reasoning, len(whole.tool_calls))
+
+
+def test_llama3_separators_after_a_call_are_not_held_for_rescanning() -> None:
+    parser = OutputParser(LLAMA3, parse_tools=True)
+    parser.feed('{"name": "f", "parameters": {}}')
+    for _ in range(1000):
+        parser.feed(";")
+    assert parser._calls._buf == ""  # moved aside once, not lstripped again with every piece
+    assert fold(parser.feed(' {"name": "g", "parameters": {}}') + parser.close()).tool_calls[0].name == "g"
+
+
+def test_mistral_bracket_then_endless_whitespace_is_text() -> None:
+    """`[` may open Mistral's bare call list; whitespace after it is waited for only so long."""
+    parser = OutputParser(MISTRAL, parse_tools=True)
+    assert parser.feed("[") == []
+    assert fold([e for _ in range(100) for e in parser.feed(" ")]).content.startswith("[")
