@@ -104,15 +104,15 @@ class Marker:
             return self.mark(value)
         if depth >= self.MAX_DEPTH:
             return value
-        if isinstance(value, dict):
-            return {k: self._values(v, depth + 1) for k, v in value.items()}
+        if isinstance(value, dict):  # keys too: a template may write one against its own text (`<parameter=KEY>`)
+            return {self.mark(k): self._values(v, depth + 1) for k, v in value.items()}
         if isinstance(value, list):
             return [self._values(v, depth + 1) for v in value]
         return value
 
     def unmarked(self, messages: list[dict], tools: list[dict] | None) -> list[tuple[str, list[str]]]:
         """Tool and call strings the template writes that no sentinel stands for (names, schemas,
-        argument keys, call ids): they are checked for special-token text instead."""
+        call ids; argument keys past MAX_DEPTH): they are checked for special-token text instead."""
         sentinel = re.compile(f"{self.nonce}\\d{{6}}{self.nonce}")
         calls = [m.get("tool_calls", []) for m in messages] + [m.get("tool_call_id", "") for m in messages]
         return [(param, [s for s in user_strings(value) if not sentinel.fullmatch(s)])
@@ -135,6 +135,17 @@ def user_strings(value: object) -> Iterable[str]:
                 stack += (key, child)
         elif isinstance(item, (list, tuple)):
             stack += item
+
+
+_BRACKETED = re.compile(r"<[^<>\n]{1,256}>|\[[^\[\]\n]{1,256}\]")
+
+
+def bracketed(text: str, strings: list[str]) -> list[str]:
+    """`<s>` / `[s]` for each string the render has between those brackets: a template that writes
+    a user string as a tag (Qwen3-Coder writes a parameter's extra schema keys as `<KEY>`) may
+    complete a special token with it (key `|im_end|`), which the string alone does not show."""
+    found = {m.group() for m in _BRACKETED.finditer(text)}
+    return [w for s in set(strings) for w in (f"<{s}>", f"[{s}]") if w in found]
 
 
 def refuse_special_text(strings: list[str], tokenize: Tokenize, param: str) -> None:

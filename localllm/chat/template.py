@@ -10,9 +10,10 @@ Templates of the `generic` family know nothing of tools: chat/fallback.py writes
 calls and results into the messages for them.
 
 Security: user text is never parsed for special tokens. Message contents, tool and parameter
-descriptions and call argument values are located in the render with sentinels and tokenised
-apart; any other user string a template may write into its own text (schemas, argument keys,
-call ids, template kwargs) is refused with a 400 when it holds special-token text.
+descriptions and call argument keys and values are located in the render with sentinels and
+tokenised apart; any other user string a template may write into its own text (schemas, call
+ids, template kwargs) is refused with a 400 when it holds special-token text (alone, or with the
+`<>`/`[]` the render writes around it).
 """
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ from localllm.chat.fallback import with_tools_in_messages
 from localllm.chat.families import Family, detect_family
 from localllm.chat.messages import MAX_CHAT_MESSAGES, check_template_kwargs, normalise_messages, tool_dicts
 from localllm.chat.sentinels import (
-    Marker, Tokenize, has_calls, match_segments, refuse_special_text, user_strings, variants,
+    Marker, Tokenize, bracketed, has_calls, match_segments, refuse_special_text, user_strings, variants,
 )
 from localllm.chat.types import ToolSpec
 from localllm.types import InvalidParam
@@ -109,7 +110,7 @@ class ChatTemplate:
         text = self._render(inputs)
         segments, checked = self._segments(text, inputs)
         for param, strings in checked:
-            refuse_special_text(strings, tokenize, param)
+            refuse_special_text(strings + bracketed(text, strings), tokenize, param)
         if continue_final_message:
             text, segments = _continued(text, segments, inputs)
         if segments is None:  # the template rewrites contents: safe only if none holds special text
@@ -151,7 +152,7 @@ class ChatTemplate:
 
         Renders again with a random sentinel in place of each user string; that render, split at
         the sentinels, gives the template's own text. First with sentinels for contents, tool
-        descriptions and call argument values, then for contents only; None when neither lines
+        descriptions and call arguments, then for contents only; None when neither lines
         up (a template that rewrites contents other than by trimming or JSON-escaping)."""
         nonce = "".join(secrets.choice("0123456789") for _ in range(24))  # digits survive upper/lower/trim/JSON
         for deep in (True, False) if inputs.tools or has_calls(inputs.messages) else (False,):
