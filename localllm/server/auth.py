@@ -217,13 +217,10 @@ def _authenticate(request: web.Request, keyring: KeyRing) -> ApiKey | None:
 
 def _presented_key(request: web.Request, keyring: KeyRing) -> ApiKey | None:
     """The key the request names by `Authorization: Bearer` or `x-api-key` (Anthropic's clients send
-    that one, on any route). With both headers, both must name the same key: one wrong credential
-    is never outvoted by a right one."""
-    found = []
-    if "Authorization" in request.headers:
-        found.append(keyring.identify(request.headers["Authorization"]))
-    if "x-api-key" in request.headers:
-        found.append(keyring.match(request.headers["x-api-key"]))
+    that one, on any route). Every such header, repeated ones too, must name the same key: one wrong
+    credential is never outvoted by a right one."""
+    found = [keyring.identify(value) for value in request.headers.getall("Authorization", ())]
+    found += [keyring.match(value) for value in request.headers.getall("x-api-key", ())]
     if not found or any(key is None or key is not found[0] for key in found):
         return None
     return found[0]

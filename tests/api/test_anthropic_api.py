@@ -10,6 +10,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
+from multidict import CIMultiDict
 
 from localllm.compose import start_served
 from localllm.server.app import create_app
@@ -33,6 +34,10 @@ async def test_x_api_key_is_a_key_header_everywhere_and_auth_stays_closed(tmp_pa
             assert (await wrong.json())["error"]["code"] == "invalid_api_key"
         both = await http.get("/v1/models", headers={"x-api-key": "k", "Authorization": "Bearer k"})
         assert both.status == 200
+        for name, right, wrong in (("x-api-key", "k", "nope"), ("Authorization", "Bearer k", "Bearer nope")):
+            for pair in ((right, wrong), (wrong, right)):  # a header sent twice: the first is not the only one read
+                repeated = await http.get("/v1/models", headers=CIMultiDict((name, value) for value in pair))
+                assert repeated.status == 401, (name, pair)
         # scopes hold whichever header carries the key
         admin = await http.post("/admin/models/load", json={"model": "scripted"}, headers={"x-api-key": "k"})
         assert admin.status == 403
