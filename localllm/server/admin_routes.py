@@ -29,7 +29,7 @@ def setup(app: web.Application) -> None:
     app.router.add_get("/openapi.json", openapi_json)
 
 
-def _key_usage(request: web.Request) -> dict[str, dict[str, int]]:
+def _key_usage(request: web.Request) -> dict[str, dict]:
     """Every key's usage for admin keys (and without keys configured); otherwise only the caller's."""
     usage = request.app[KEYRING_KEY].snapshot()
     if request.get(IS_ADMIN, False):

@@ -15,7 +15,7 @@ from pathlib import Path
 from aiohttp import web
 
 from localllm.config import ConfigError, ServerConfig
-from localllm.server.errors import ApiError
+from localllm.server.errors import PROTOCOL, ApiError, protocol_of
 from localllm.server.rate_limits import RateLimiter, Ticket, completion_budget
 from localllm.server.state import CONFIG_KEY
 
@@ -102,7 +102,7 @@ class KeyRing:
                 found = key
         return found
 
-    def snapshot(self) -> dict[str, dict[str, int]]:
+    def snapshot(self) -> dict[str, dict]:
         return self.limits.snapshot()
 
 
@@ -182,7 +182,7 @@ async def auth_middleware(request: web.Request, handler) -> web.StreamResponse:
     try:
         response = await handler(request)
     finally:
-        keyring.limits.settle(ticket, request.get(USAGE_TOKENS, 0))
+        keyring.limits.settle(ticket, request.get(USAGE_TOKENS, 0), request.get(PROTOCOL) or protocol_of(path))
     if not response.prepared:  # streamed responses sent their headers already
         response.headers.update(request[RATE_HEADERS])
     return response

@@ -56,6 +56,10 @@ class ApiError(Exception):
 
 
 PROTOCOLS = ("openai", "anthropic", "ollama")
+PROTOCOL = web.RequestKey("protocol", str)
+"""Which protocol adapter served a request: "openai.chat", "openai.completions", "openai.responses",
+"anthropic", "ollama" (set by server/chat_path.py and the adapters); the request log, metrics and
+per-key usage name it. Unset: `protocol_of(path)` says which family of routes it was."""
 
 
 def protocol_of(path: str) -> str:

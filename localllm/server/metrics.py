@@ -17,7 +17,7 @@ class ServerMetrics:
     """One registry per application, so several apps in one process stay apart."""
 
     def __init__(self, engine_stats: Callable[[], EngineStats | None],
-                 key_usage: Callable[[], dict[str, dict[str, int]]] = dict,
+                 key_usage: Callable[[], dict[str, dict]] = dict,
                  response_cache_stats: Callable[[], dict] = dict) -> None:
         self.registry = CollectorRegistry()
         self.ttft_s = Histogram("localllm_time_to_first_token_seconds", "Time to first token",
@@ -79,16 +79,22 @@ class _EngineCollector:
 
 
 class _KeyUsageCollector:
-    def __init__(self, key_usage: Callable[[], dict[str, dict[str, int]]]) -> None:
+    def __init__(self, key_usage: Callable[[], dict[str, dict]]) -> None:
         self._key_usage = key_usage
 
     def collect(self) -> Iterator[Metric]:
         families = {field: CounterMetricFamily(f"localllm_key_{field}", f"Per API key: {field}", labels=["key"])
                     for field in ("requests", "tokens", "rate_limited")}
+        by_protocol = {field: CounterMetricFamily(f"localllm_key_protocol_{field}", f"Per API key and protocol: {field}",
+                                                  labels=["key", "protocol"]) for field in ("requests", "tokens")}
         for key_id, counts in sorted(self._key_usage().items()):
             for field, family in families.items():
                 family.add_metric([key_id], counts[field])
+            for protocol, protocol_counts in counts.get("protocols", {}).items():
+                for field, family in by_protocol.items():
+                    family.add_metric([key_id, protocol], protocol_counts[field])
         yield from families.values()
+        yield from by_protocol.values()
 
 
 class _ResponseCacheCollector:

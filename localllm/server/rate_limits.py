@@ -31,6 +31,8 @@ class KeyUsage:
     num_requests: int = 0
     num_tokens: int = 0
     num_rate_limited: int = 0
+    by_protocol: dict[str, list[int]] = field(default_factory=dict)
+    """Settled requests and tokens per protocol ("openai.chat", "anthropic", "ollama", ...)."""
     request_times: deque[float] = field(default_factory=deque)
     """Admission times of the requests of the last minute."""
     bookings: list[Booking] = field(default_factory=list)
@@ -97,18 +99,24 @@ class RateLimiter:
             ticket.booking.num_tokens = num_tokens
             return self._headers(len(usage.request_times), others + num_tokens, _reset_s(usage, now) or WINDOW_S)
 
-    def settle(self, ticket: Ticket, num_tokens: int) -> None:
-        """Replaces the reservation by what the request used; it counts for the next minute."""
+    def settle(self, ticket: Ticket, num_tokens: int, protocol: str = "openai") -> None:
+        """Replaces the reservation by what the request used; it counts for the next minute,
+        and in the key's totals under `protocol`."""
         with self._lock:
             usage = self.usage.setdefault(ticket.key_id, KeyUsage())
             usage.num_tokens += num_tokens
+            counts = usage.by_protocol.setdefault(protocol, [0, 0])
+            counts[0] += 1
+            counts[1] += num_tokens
             booking = ticket.booking
             if not booking.settled:
                 booking.num_tokens, booking.settled, booking.at_s = num_tokens, True, time.monotonic()
 
-    def snapshot(self) -> dict[str, dict[str, int]]:
+    def snapshot(self) -> dict[str, dict]:
+        """Per key: requests, tokens, rate_limited, and `protocols` ({protocol: {requests, tokens}})."""
         with self._lock:
-            return {k: {"requests": u.num_requests, "tokens": u.num_tokens, "rate_limited": u.num_rate_limited}
+            return {k: {"requests": u.num_requests, "tokens": u.num_tokens, "rate_limited": u.num_rate_limited,
+                        "protocols": {p: {"requests": r, "tokens": t} for p, (r, t) in sorted(u.by_protocol.items())}}
                     for k, u in self.usage.items()}
 
     def _usage(self, key_id: str, now: float) -> KeyUsage:

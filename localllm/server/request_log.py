@@ -18,7 +18,7 @@ import time
 from aiohttp import web
 
 from localllm.server.auth import KEY_ID, USAGE_TOKENS
-from localllm.server.errors import CLIENT_CLOSED
+from localllm.server.errors import CLIENT_CLOSED, PROTOCOL
 from localllm.server.metrics import METRICS_KEY
 from localllm.server.state import CONFIG_KEY
 
@@ -33,9 +33,6 @@ PROMPT_TOKENS = web.RequestKey("prompt_tokens", int)
 COMPLETION_TOKENS = web.RequestKey("completion_tokens", int)
 TTFT_S = web.RequestKey("ttft_s", float)
 """Seconds from RECEIVED_S to the first generated token."""
-PROTOCOL = web.RequestKey("protocol", str)
-"""Which protocol adapter served a generation: "openai.chat", "openai.completions",
-"openai.responses", "anthropic", "ollama" (set by server/chat_path.py)."""
 
 QUIET_PATHS = frozenset({"/health", "/ready", "/metrics"})
 """Probes and scrapes: logged at debug level only."""

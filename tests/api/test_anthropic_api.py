@@ -170,8 +170,9 @@ async def test_keys_and_limits_apply_in_anthropics_shape(tmp_path: Path):
         assert_anthropic_error(await limited.json(), "rate_limit_error")
         stats = await (await http.get("/v1/stats", headers={"x-api-key": "k"})).json()
         used = answer["usage"]
-        assert stats["keys"]["default"] == {"requests": 1, "rate_limited": 1, "tokens": used["input_tokens"]
-                                            + used["cache_read_input_tokens"] + used["output_tokens"]}
+        total = used["input_tokens"] + used["cache_read_input_tokens"] + used["output_tokens"]
+        assert stats["keys"]["default"] == {"requests": 1, "rate_limited": 1, "tokens": total,
+                                            "protocols": {"anthropic": {"requests": 1, "tokens": total}}}
 
 
 async def test_the_log_line_and_metrics_name_the_protocol(tmp_path: Path, caplog: pytest.LogCaptureFixture):

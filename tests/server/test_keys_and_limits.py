@@ -42,10 +42,14 @@ async def test_each_key_has_its_own_request_budget(base_url: str):
         await streamed.read()
         assert (await http.get("/v1/models", headers=ALICE)).status == 200  # reads are not limited
         stats = await (await http.get("/v1/stats", headers=ALICE)).json()  # each key sees only its own usage
-        assert stats["keys"] == {"alice": {"requests": 3, "tokens": stats["keys"]["alice"]["tokens"], "rate_limited": 1}}
-        assert stats["keys"]["alice"]["tokens"] > 0
+        alice_tokens = stats["keys"]["alice"]["tokens"]
+        assert stats["keys"] == {"alice": {"requests": 3, "tokens": alice_tokens, "rate_limited": 1, "protocols": {
+            "openai.completions": {"requests": 3, "tokens": alice_tokens}}}}
+        assert alice_tokens > 0
         stats = await (await http.get("/v1/stats", headers=BOB)).json()
-        assert stats["keys"] == {"bob": {"requests": 1, "tokens": stats["keys"]["bob"]["tokens"], "rate_limited": 0}}
+        bob_tokens = stats["keys"]["bob"]["tokens"]
+        assert stats["keys"] == {"bob": {"requests": 1, "tokens": bob_tokens, "rate_limited": 0, "protocols": {
+            "openai.completions": {"requests": 1, "tokens": bob_tokens}}}}
         metrics = await (await http.get("/metrics")).text()
         assert 'localllm_key_rate_limited_total{key="alice"} 1.0' in metrics
 
