@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 from aiohttp import web
 
+from localllm.chat.output import tool_calls as fold_calls
 from localllm.chat.types import ReasoningDelta, TextDelta, ToolCall, ToolCallArguments, ToolCallStarted
 from localllm.server import ollama_models
 from localllm.server.chat_path import ChatCall, ChoiceResult, Failed, Finished, open_chat, open_completion
@@ -144,21 +145,18 @@ async def _stream(request: web.Request, call: ChatCall, shape: _Shape, started_s
     done, done_reason and the durations. A failure mid-answer is an `{"error": ...}` line."""
     writer = NdjsonWriter(request, call.headers)
     await writer.start()
-    calls: dict[int, list] = {}  # index -> [id, name, [argument pieces]]
+    call_events: list[ToolCallStarted | ToolCallArguments] = []  # folded into whole calls at the end
     try:
         async for index, event in _first_choice(call):
             if isinstance(event, TextDelta) and event.text:
                 await writer.send(shape.reply(event.text, done=False))
             elif isinstance(event, ReasoningDelta) and event.text:
                 await writer.send(shape.reply("", event.text, done=False))
-            elif isinstance(event, ToolCallStarted):
-                calls[event.index] = [event.id, event.name, []]
-            elif isinstance(event, ToolCallArguments) and event.index in calls:
-                calls[event.index][2].append(event.text)
+            elif isinstance(event, (ToolCallStarted, ToolCallArguments)):
+                call_events.append(event)
             elif isinstance(event, Finished):
-                if calls:
-                    made = [ToolCall(c[0], c[1], "".join(c[2])) for _, c in sorted(calls.items())]
-                    await writer.send(shape.reply("", calls=made, done=False))
+                if call_events:
+                    await writer.send(shape.reply("", calls=fold_calls(call_events), done=False))
                 await writer.send(shape.reply("", done=True, done_reason=done_reason(event.finish_reason),
                                               **_timings(call, started_s).fields()))
             elif isinstance(event, Failed):
