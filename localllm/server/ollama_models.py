@@ -228,7 +228,8 @@ class _Progress:
     """The pull's events (model_routes.stream_pull) in Ollama's words."""
 
     def __init__(self, job: PullJob) -> None:
-        self._digest = f"sha256:{job.target.sha256}" if job.target.sha256 else None
+        sha256 = job.target.sha256
+        self._layer = {"status": f"pulling {sha256[:12]}", "digest": f"sha256:{sha256}"} if sha256 else {"status": "pulling"}
         self._started = self._verifying = False
 
     def __call__(self, event: dict[str, Any]) -> list[dict[str, Any]]:
@@ -237,8 +238,7 @@ class _Progress:
         status = event.get("status")
         if status == "downloading":
             total, done = event["total_bytes"], event["downloaded_bytes"]
-            out.append({"status": f"pulling {(self._digest or 'sha256:')[7:19]}".rstrip(),
-                        **({"digest": self._digest} if self._digest else {}), "total": total, "completed": done})
+            out.append({**self._layer, "total": total, "completed": done})
             if total and done >= total and not self._verifying:
                 self._verifying = True
                 out.append({"status": "verifying sha256 digest"})
