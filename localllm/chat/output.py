@@ -99,23 +99,18 @@ class OutputParser:
                 return False  # may still become the opener
             self._state, self._trim = "content", False
             return True
-        if self._state == "reasoning":
-            return self._step_reasoning(events)
-        if self._trim:
+        if self._trim:  # the start of the reasoning, or of the content after it
             self._buf = self._buf.lstrip(WS)
             if not self._buf:
                 return False
             self._trim = False
+        if self._state == "reasoning":
+            return self._step_reasoning(events)
         events.extend(self._calls.feed(self._buf))
         self._buf = ""
         return False
 
     def _step_reasoning(self, events: list[OutputEvent]) -> bool:
-        if self._trim:
-            self._buf = self._buf.lstrip(WS)
-            if not self._buf:
-                return False
-            self._trim = False
         i = self._buf.find(self._close)
         if i >= 0:
             _reasoning(events, self._buf[:i].rstrip(WS))

@@ -157,9 +157,6 @@ class GenericParser(JsonReplyParser):
 
     text_state = "text"
 
-    def __init__(self, arguments_key: str = "arguments") -> None:
-        super().__init__(arguments_key)
-
     def _step_text(self) -> bool:
         if not self._skip_gap() or not self._text_until(CALLS_OPENER):
             return False
