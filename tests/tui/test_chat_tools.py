@@ -150,3 +150,32 @@ async def test_a_reply_of_only_a_tool_call_or_only_reasoning_is_kept(scripted):
         message.add_tool_call({"index": 0, "function": {"arguments": 7}})
         assert [(b.function_name, b.arguments) for b in message.query(ToolCallBlock)] == [("now", "{}")]
         assert not message.query_one(".message-text").display  # no "…" placeholder beside the call
+
+
+async def test_reasoning_words_are_counted_piece_by_piece_and_arguments_parsed_when_complete(monkeypatch):
+    """The reasoning title's word count is kept as pieces come (a word split across pieces
+    counts once), not by splitting the whole text per piece; a call's arguments are parsed for
+    display only when they may be complete, not with every fragment (both were quadratic)."""
+    from textual.app import App
+
+    class Host(App):
+        def compose(self):
+            yield ReasoningBlock()
+            yield ToolCallBlock(0)
+
+    async with Host().run_test(size=SIZE) as pilot:
+        block = pilot.app.query_one(ReasoningBlock)
+        for piece in ["Let", " me", " th", "ink", "\n\n", "about it.", " "]:
+            block.append(piece)
+        assert block.num_words == 5
+        assert str(block.title) == "thinking · 5 words · …Let me think about it."
+        block.finish()
+        assert str(block.title) == "reasoning · 5 words"
+        parsed = []
+        original = json.loads
+        monkeypatch.setattr(json, "loads", lambda text, **kw: parsed.append(text) or original(text, **kw))
+        call = pilot.app.query_one(ToolCallBlock)
+        for piece in ['{"city"', ': "Par', 'is"', "}"]:
+            call.add({"function": {"arguments": piece}})
+        assert parsed == ['{"city": "Paris"}']
+        assert call.shown_arguments() == '{\n  "city": "Paris"\n}'

@@ -34,10 +34,12 @@ class ToolCallBlock(Static):
         self._redraw()
 
     def shown_arguments(self) -> str:
-        try:
-            shown = json.dumps(json.loads(self.arguments), indent=2, ensure_ascii=False)
-        except ValueError:
-            shown = self.arguments
+        shown = self.arguments
+        if shown.rstrip().endswith("}"):  # may be complete: parsing every fragment would be quadratic
+            try:
+                shown = json.dumps(json.loads(shown), indent=2, ensure_ascii=False)
+            except (ValueError, RecursionError):
+                pass
         return shown if len(shown) <= MAX_SHOWN_CHARS else shown[:MAX_SHOWN_CHARS] + "…"
 
     def _redraw(self) -> None:
