@@ -20,7 +20,7 @@ from localllm.server.errors import CLIENT_CLOSED, bad_request
 from localllm.server.ndjson import NdjsonWriter
 from localllm.server.ollama_wire import (
     API_VERSION, Timings, chat_body, done_reason, generate_body, model_name, parse_options, rfc3339,
-    raw_body, tool_calls,
+    raw_body, text_field, tool_calls,
 )
 from localllm.server.openai_routes import embed_inputs
 from localllm.server.request_log import PROTOCOL as PROTOCOL_KEY
@@ -198,9 +198,7 @@ async def embeddings(request: web.Request) -> web.Response:
     """POST /api/embeddings {"model", "prompt"}: Ollama's older single-text embedding route."""
     body = await read_json(request)
     name = model_name(body)
-    prompt = body.get("prompt")
-    if prompt is not None and not isinstance(prompt, str):
-        raise bad_request("prompt must be a string", "prompt")
+    prompt = text_field(body, "prompt")
     parse_options(body.get("options"))
     keep_alive_s = keep_alive(body)
     model = await require_model(request, name)

@@ -175,25 +175,25 @@ def generate_body(body: dict) -> dict[str, Any]:
     middle) cannot be honoured with a Jinja template: a 400 says so rather than ignoring them."""
     _refuse_unsupported_generate(body)
     messages = []
-    system = _text(body, "system")
+    system = text_field(body, "system")
     if system:
         messages.append({"role": "system", "content": system})
-    messages.append({"role": "user", "content": _text(body, "prompt")})
+    messages.append({"role": "user", "content": text_field(body, "prompt")})
     return {**common_fields(body), **thinking_fields(body.get("think")), "messages": messages}
 
 
 def raw_body(body: dict) -> dict[str, Any]:
     """An /api/generate body with `raw: true` as an OpenAI completions body: the prompt as written."""
     _refuse_unsupported_generate(body)
-    if _text(body, "system"):
+    if text_field(body, "system"):
         raise bad_request("system has no place in a raw prompt: write it into the prompt", "system")
-    return {**common_fields(body), "prompt": _text(body, "prompt")}
+    return {**common_fields(body), "prompt": text_field(body, "prompt")}
 
 
 def _refuse_unsupported_generate(body: dict) -> None:
-    if _text(body, "suffix"):
+    if text_field(body, "suffix"):
         raise bad_request("suffix (fill-in-the-middle) is not supported by this server", "suffix")
-    if _text(body, "template"):
+    if text_field(body, "template"):
         raise bad_request("template is not supported: the model's own chat template is used; send raw: true "
                           "with a prompt you formatted yourself", "template")
     if body.get("context"):
@@ -201,7 +201,8 @@ def _refuse_unsupported_generate(body: dict) -> None:
                           "context")
 
 
-def _text(body: dict, key: str) -> str:
+def text_field(body: dict, key: str) -> str:
+    """A string field; absent or null is ""."""
     value = body.get(key)
     if value is None:
         return ""

@@ -97,9 +97,10 @@ def api_config(tmp_path: Path, **flat: object) -> Config:
 
 
 @asynccontextmanager
-async def api_server(config: Config, loads: list[str] | None = None) -> AsyncIterator[TestServer]:
-    """The real app on loopback; the default model is loaded (ready) before it yields."""
-    server = TestServer(create_app(config, loader=scripted_loader(loads)), host="127.0.0.1")
+async def api_server(config: Config, loads: list[str] | None = None, loader=None) -> AsyncIterator[TestServer]:
+    """The real app on loopback (models from `loader`, by default scripted_loader(loads)); the
+    default model is loaded (ready) before it yields."""
+    server = TestServer(create_app(config, loader=loader or scripted_loader(loads)), host="127.0.0.1")
     await server.start_server()
     try:
         async with aiohttp.ClientSession() as http:

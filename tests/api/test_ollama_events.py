@@ -6,8 +6,6 @@ import asyncio
 import logging
 import json
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import aiohttp
@@ -44,26 +42,10 @@ def loader(reply: str, template: str = CHAT_TEMPLATE):
     return load
 
 
-@asynccontextmanager
-async def ready_server(tmp_path: Path, reply: str, template: str = CHAT_TEMPLATE) -> AsyncIterator[TestServer]:
-    """The app whose model writes `reply`, once its default model has loaded (a request before that
-    is a 503 "still loading")."""
-    server = TestServer(create_app(api_config(tmp_path, ctx=8192), loader=loader(reply, template)), host="127.0.0.1")
-    await server.start_server()
-    try:
-        async with aiohttp.ClientSession() as http:
-            for _ in range(500):
-                if (await http.get(server.make_url("/ready"))).status == 200:
-                    break
-                await asyncio.sleep(0.01)
-        yield server
-    finally:
-        await server.close()
-
-
 async def lines(tmp_path: Path, reply: str, body: dict, template: str = CHAT_TEMPLATE) -> list[dict]:
     """The NDJSON lines /api/chat answers `body` with when the model writes `reply`."""
-    async with ready_server(tmp_path, reply, template) as server, aiohttp.ClientSession() as http:
+    async with api_server(api_config(tmp_path, ctx=8192), loader=loader(reply, template)) as server, \
+            aiohttp.ClientSession() as http:
         response = await http.post(server.make_url("/api/chat"), json={"model": "scripted", **body})
         text = await response.text()
         assert response.status == 200, text
@@ -101,7 +83,8 @@ async def test_thinking_goes_to_message_thinking(tmp_path: Path):
 @pytest.mark.parametrize("stream", [True, False])
 async def test_generate_thinking_is_a_top_level_field(tmp_path: Path, stream: bool):
     template = CHAT_TEMPLATE + "{# </think> #}"
-    async with ready_server(tmp_path, "<think>hm</think>ok", template) as server, aiohttp.ClientSession() as http:
+    async with api_server(api_config(tmp_path, ctx=8192), loader=loader("<think>hm</think>ok", template)) as server, \
+            aiohttp.ClientSession() as http:
         response = await http.post(server.make_url("/api/generate"),
                                    json={"model": "scripted", "prompt": "hi", "stream": stream})
         out = [json.loads(line) for line in (await response.text()).splitlines()]
