@@ -137,15 +137,17 @@ def user_strings(value: object) -> Iterable[str]:
             stack += item
 
 
-_BRACKETED = re.compile(r"<[^<>\n]{1,256}>|\[[^\[\]\n]{1,256}\]")
+_TAG = re.compile(r"<[^<>\n]{1,256}>")
+_WORD = re.compile(r"\w+")
 
 
-def bracketed(text: str, strings: list[str]) -> list[str]:
-    """`<s>` / `[s]` for each string the render has between those brackets: a template that writes
-    a user string as a tag (Qwen3-Coder writes a parameter's extra schema keys as `<KEY>`) may
-    complete a special token with it (key `|im_end|`), which the string alone does not show."""
-    found = {m.group() for m in _BRACKETED.finditer(text)}
-    return [w for s in set(strings) for w in (f"<{s}>", f"[{s}]") if w in found]
+def as_tags(text: str, strings: list[str]) -> list[str]:
+    """`<s>` for each string the render has between `<` and `>`: a template that writes a user
+    string as a tag (Qwen3-Coder writes a parameter's extra schema keys as `<KEY>`) may complete
+    a special token with it (key `|im_end|`), which the string alone does not show. Plain words
+    are left out: `<s>`, `<bos>` in the template's own text are no reason to refuse a key `s`."""
+    found = {m.group() for m in _TAG.finditer(text)}
+    return [f"<{s}>" for s in set(strings) if f"<{s}>" in found and not _WORD.fullmatch(s)]
 
 
 def refuse_special_text(strings: list[str], tokenize: Tokenize, param: str) -> None:

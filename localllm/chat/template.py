@@ -12,8 +12,8 @@ calls and results into the messages for them.
 Security: user text is never parsed for special tokens. Message contents, tool and parameter
 descriptions and call argument keys and values are located in the render with sentinels and
 tokenised apart; any other user string a template may write into its own text (schemas, call
-ids, template kwargs) is refused with a 400 when it holds special-token text (alone, or with the
-`<>`/`[]` the render writes around it).
+ids, template kwargs) is refused with a 400 when it holds special-token text (alone, or as the
+`<tag>` a template may write it as).
 """
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ from localllm.chat.fallback import with_tools_in_messages
 from localllm.chat.families import Family, detect_family
 from localllm.chat.messages import MAX_CHAT_MESSAGES, check_template_kwargs, normalise_messages, tool_dicts
 from localllm.chat.sentinels import (
-    Marker, Tokenize, bracketed, has_calls, match_segments, refuse_special_text, user_strings, variants,
+    Marker, Tokenize, as_tags, has_calls, match_segments, refuse_special_text, user_strings, variants,
 )
 from localllm.chat.types import ToolSpec
 from localllm.types import InvalidParam
@@ -110,7 +110,7 @@ class ChatTemplate:
         text = self._render(inputs)
         segments, checked = self._segments(text, inputs)
         for param, strings in checked:
-            refuse_special_text(strings + bracketed(text, strings), tokenize, param)
+            refuse_special_text(strings + as_tags(text, strings), tokenize, param)
         if continue_final_message:
             text, segments = _continued(text, segments, inputs)
         if segments is None:  # the template rewrites contents: safe only if none holds special text

@@ -193,6 +193,14 @@ def test_special_token_text_elsewhere_in_tools_or_calls_is_refused(name: str):
 
 
 @pytest.mark.parametrize("name", NATIVE)
+def test_schema_words_that_name_a_special_token_are_not_refused(name: str):
+    """`<s>` / `[INST]` in the template's own text are no reason to refuse a schema holding "s" or "INST"."""
+    _, _, _, parallel = EXPECTED[name]
+    units = forged_tool(properties={"unit": {"type": "string", "enum": ["s", "INST", "eos"], "s": "x"}})
+    assert num_special(template_of(name).prompt_token_ids(history(parallel), tokenize, 100_000, tools=units)) > 0
+
+
+@pytest.mark.parametrize("name", NATIVE)
 def test_special_token_text_in_argument_keys_stays_text(name: str):
     """Argument keys are located by sentinels too: a key holding markers, or one that would
     complete a marker with the template's own text (Qwen3-Coder writes `<parameter=KEY>`), adds
