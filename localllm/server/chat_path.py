@@ -132,7 +132,8 @@ async def render_chat(request: web.Request, body: dict) -> RenderedChat:
     and showing templates. Same validation and special-token rule as open_chat."""
     model, _ = await _model(request, body)
     _check_messages(body, model)
-    chat = await asyncio.to_thread(_prepare_chat, model, body, generate=False)
+    with request.app[MODEL_KEY].lease(model):  # held while a worker tokenises: no unload under it
+        chat = await asyncio.to_thread(_prepare_chat, model, body, generate=False)
     return RenderedChat(model.name, chat.prompt.text, chat.prompt.token_ids)
 
 
