@@ -98,10 +98,12 @@ class RenderedChat:
 
 
 @asynccontextmanager
-async def open_chat(request: web.Request, body: dict, *, protocol: str) -> AsyncIterator[ChatCall]:
+async def open_chat(request: web.Request, body: dict, *, protocol: str,
+                    max_tokens_is_cap: bool = False) -> AsyncIterator[ChatCall]:
     """A chat request (an OpenAI chat-completions body) queued on its model. Validates and raises
     ApiError before anything is sent; on exit aborts what is left, stores a complete answer in the
-    response cache, records metrics, per-key usage and the request log line naming `protocol`."""
+    response cache, records metrics, per-key usage and the request log line naming `protocol`.
+    `max_tokens_is_cap`: a max_tokens past the slot's room stops there instead of a 400 (Ollama)."""
     request[PROTOCOL] = protocol
     model, load_s = await _model(request, body)
     _check_messages(body, model)
@@ -110,20 +112,23 @@ async def open_chat(request: web.Request, body: dict, *, protocol: str) -> Async
     parsers = [OutputParser(chat.family, parse_tools=chat.parse_tools, parse_reasoning=reasoning,
                             starts_in_reasoning=chat.prompt.starts_in_reasoning) for _ in range(chat.gen.n)]
     async with _opened(request, model, body, chat.gen, kind=CHAT_KIND, protocol=protocol, load_s=load_s,
-                       parsers=parsers) as call:
+                       parsers=parsers, max_tokens_is_cap=max_tokens_is_cap) as call:
         yield call
 
 
 @asynccontextmanager
-async def open_completion(request: web.Request, body: dict, *, protocol: str) -> AsyncIterator[ChatCall]:
+async def open_completion(request: web.Request, body: dict, *, protocol: str,
+                          max_tokens_is_cap: bool = False) -> AsyncIterator[ChatCall]:
     """A raw-prompt request (an OpenAI completions body: `prompt` as text or tokens, several
-    prompts allowed, special tokens in the text parsed by design); TextDelta events only."""
+    prompts allowed, special tokens in the text parsed by design); TextDelta events only.
+    `max_tokens_is_cap` as for open_chat."""
     request[PROTOCOL] = protocol
     model, load_s = await _model(request, body)
     if body.get("suffix"):
         raise bad_request("suffix (fill-in-the-middle) is not supported by this server", "suffix")
     gen = await _generation_request(body, completion_prompts(body), model, chat=False)
-    async with _opened(request, model, body, gen, kind=COMPLETION_KIND, protocol=protocol, load_s=load_s) as call:
+    async with _opened(request, model, body, gen, kind=COMPLETION_KIND, protocol=protocol, load_s=load_s,
+                       max_tokens_is_cap=max_tokens_is_cap) as call:
         yield call
 
 
@@ -225,7 +230,8 @@ async def _generation_request(body: dict, prompts: list[str | list[int]], model:
 
 @asynccontextmanager
 async def _opened(request: web.Request, model: LoadedModel, body: dict, gen: GenerationRequest, *, kind: str,
-                  protocol: str, load_s: float, parsers: list[OutputParser] | None = None) -> AsyncIterator[ChatCall]:
+                  protocol: str, load_s: float, parsers: list[OutputParser] | None = None,
+                  max_tokens_is_cap: bool = False) -> AsyncIterator[ChatCall]:
     """Leases the model, answers from the response cache or queues every choice, and on exit
     does the bookkeeping every protocol shares."""
     add_special = kind == COMPLETION_KIND  # chat prompts arrive tokenised, the template wrote BOS
@@ -242,8 +248,8 @@ async def _opened(request: web.Request, model: LoadedModel, body: dict, gen: Gen
             recorded = None  # an entry that does not fit the request: a miss, stored anew below
         sink: Recorded = []
         reserve = functools.partial(_reserve_tokens, request, model, gen)
-        streams = [] if recorded is not None else await start_choices(model.engine, gen, add_special, namespace,
-                                                                       reserve)
+        streams = [] if recorded is not None else await start_choices(
+            model.engine, gen, add_special, namespace, reserve, max_tokens_is_cap=max_tokens_is_cap)
         merged_deltas = replay(recorded) if recorded is not None else merged(streams)
         source = merged_deltas if recorded is not None else recording(merged_deltas, sink)
         headers = {**request.get(RATE_HEADERS, {}),

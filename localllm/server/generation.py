@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -10,7 +11,7 @@ from localllm.engine.async_engine import AsyncEngine, RequestStream
 from localllm.server.errors import ApiError, bad_request
 from localllm.server.metrics import ServerMetrics
 from localllm.server.schemas import GenerationRequest
-from localllm.types import FinishReason, InvalidParam, QueueFull, TokenDelta, TokenLogprob
+from localllm.types import FinishReason, InvalidParam, QueueFull, SamplingParams, TokenDelta, TokenLogprob
 
 
 @dataclass(slots=True)
@@ -46,17 +47,22 @@ class Choice:
 
 
 async def start_choices(engine: AsyncEngine, gen: GenerationRequest, add_special: bool, cache_namespace: str = "",
-                        reserve: Callable[[list[list[int]]], None] | None = None) -> list[RequestStream]:
+                        reserve: Callable[[list[list[int]]], None] | None = None, *,
+                        max_tokens_is_cap: bool = False) -> list[RequestStream]:
     """Queues every choice, or none: every prompt is tokenised (off the event loop) and checked
     before the first is queued, and a choice that cannot be queued cancels the ones before it.
     `reserve` sees the prompts' tokens just before queuing (per-minute token limits; it may
-    raise). Prefix reuse stays within `cache_namespace` (server/tenants.py)."""
+    raise). Prefix reuse stays within `cache_namespace` (server/tenants.py). With
+    `max_tokens_is_cap`, a max_tokens past a prompt's room in its slot stops at the slot's end
+    instead of being refused (Ollama's num_predict)."""
     num_choices = len(gen.prompts) * gen.n
     _check_room(engine, num_choices)
     try:
         prompt_ids = await asyncio.to_thread(_tokenised, engine, gen.prompts, add_special)
-        for ids in prompt_ids:
-            engine.check_prompt(ids, gen.params)
+        params = [_capped(gen.params, engine.slot_ctx - len(ids)) if max_tokens_is_cap else gen.params
+                  for ids in prompt_ids]
+        for ids, prompt_params in zip(prompt_ids, params):
+            engine.check_prompt(ids, prompt_params)
     except InvalidParam as exc:
         raise bad_request(str(exc), exc.param) from None
     _check_room(engine, num_choices)  # again: other requests were admitted while we tokenised
@@ -64,9 +70,9 @@ async def start_choices(engine: AsyncEngine, gen: GenerationRequest, add_special
         reserve(prompt_ids)
     streams: list[RequestStream] = []
     try:
-        for ids in prompt_ids:
+        for ids, prompt_params in zip(prompt_ids, params):
             for _ in range(gen.n):
-                streams.append(engine.generate(ids, gen.params, cache_namespace=cache_namespace))
+                streams.append(engine.generate(ids, prompt_params, cache_namespace=cache_namespace))
     except BaseException as exc:
         for stream in streams:  # aborted and forgotten: nobody will read them
             stream.cancel()
@@ -78,6 +84,13 @@ async def start_choices(engine: AsyncEngine, gen: GenerationRequest, add_special
             raise ApiError(503, f"The model is not ready: {exc}", type="server_error", code="model_not_ready") from None
         raise
     return streams
+
+
+def _capped(params: SamplingParams, room: int) -> SamplingParams:
+    """`params` with max_tokens lowered to `room` when it asks for more (and room is left)."""
+    if params.max_tokens is None or room < 1 or params.max_tokens <= room:
+        return params
+    return dataclasses.replace(params, max_tokens=room)
 
 
 def _tokenised(engine: AsyncEngine, prompts: list[str | list[int]], add_special: bool) -> list[list[int]]:

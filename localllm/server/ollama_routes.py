@@ -119,7 +119,8 @@ async def _load_only(request: web.Request, body: dict, shape: _Shape) -> web.Res
 
 async def _answer(request: web.Request, opener: Opener, mapped: dict, shape: _Shape,
                   started_s: float) -> web.StreamResponse:
-    async with opener(request, mapped, protocol=PROTOCOL) as call:
+    # num_predict past the slot's room stops at the context's end, as Ollama does (not a 400)
+    async with opener(request, mapped, protocol=PROTOCOL, max_tokens_is_cap=True) as call:
         shape.model = call.model
         if mapped["stream"]:
             return await _stream(request, call, shape, started_s)
