@@ -60,9 +60,9 @@ class SamplingParams:
             (-2.0 <= self.frequency_penalty <= 2.0, "frequency_penalty", "must be between -2 and 2"),
             (-2.0 <= self.presence_penalty <= 2.0, "presence_penalty", "must be between -2 and 2"),
             (self.penalty_last_n >= 0, "penalty_last_n", "must be 0 or more"),
-            (len(self.stop) <= 16, "stop", "at most 16 stop strings"),
-            (all(isinstance(s, str) and s for s in self.stop), "stop", "stop strings must be non-empty"),
-            (all(len(s) <= 256 for s in self.stop), "stop", "stop strings are at most 256 characters"),
+            (len(self.stop) <= 16, "stop", "takes at most 16 strings"),
+            (all(isinstance(s, str) and s for s in self.stop), "stop", "strings must be non-empty"),
+            (all(len(s) <= 256 for s in self.stop), "stop", "strings are at most 256 characters each"),
             (self.logprobs is None or 0 <= self.logprobs <= 20, "top_logprobs", "must be between 0 and 20"),
         ]
         for ok, param, message in checks:
