@@ -9,11 +9,11 @@ A call is `{"name": <const>, <family.arguments_key>: <that tool's parameters>}`,
 object per offered tool, joined by anyOf (one tool: the object alone). The family's call
 format wraps it (see chat/families.py):
 
-- hermes:  `<tool_call>` call `</tool_call>`, one block, or one or more when parallel.
+- hermes:  `<tool_call>` call `</tool_call>`, one block, or up to MAX_PARALLEL_CALLS when parallel.
 - llama3:  the bare call object. Always one call: Llama 3.1's JSON format has no list of calls.
-- mistral: `[TOOL_CALLS]` then a JSON array of calls (exactly one unless parallel); each
+- mistral: `[TOOL_CALLS]` then a JSON array of calls (one unless parallel, else up to MAX_PARALLEL_CALLS); each
   call may carry Mistral's 9-character `"id"` after its arguments.
-- generic: `{"tool_calls": [call, ...]}` (exactly one element unless parallel).
+- generic: `{"tool_calls": [call, ...]}` (exactly one element unless parallel; at most MAX_PARALLEL_CALLS).
 
 Modes (ToolChoiceMode): REQUIRED forces a call of any tool from the first token; NAMED
 forces a call of the named tool; NONE has no grammar. AUTO is the same call grammar made
@@ -175,6 +175,12 @@ def triggers_for(family: Family) -> tuple[str, ...]:
     return (r"^\s{0,8}" + tag + r"(\{)" + _WS + f'"{key}"' + optional_chain(_WS, *tail) + "$",)
 
 
+MAX_PARALLEL_CALLS = 8
+"""Calls one reply may make when parallel calls are allowed. Bounded so that a weak model that
+keeps calling (the bundled 270M one does) closes its list and its calls parse, instead of writing
+calls until max_tokens or the context cuts the reply and no call parses at all."""
+
+
 def _call_shape(family: Family, names: list[str], parallel: bool) -> dict:
     """The JSON schema of what follows the family's opener: one call, or the list of calls."""
     calls = []
@@ -187,9 +193,7 @@ def _call_shape(family: Family, names: list[str], parallel: bool) -> dict:
     call = calls[0] if len(calls) == 1 else {"anyOf": calls}
     if family.name in ("hermes", "llama3"):
         return call
-    array = {"type": "array", "items": call, "minItems": 1}
-    if not parallel:
-        array["maxItems"] = 1
+    array = {"type": "array", "items": call, "minItems": 1, "maxItems": MAX_PARALLEL_CALLS if parallel else 1}
     if family.name == "mistral":
         return array
     return {"type": "object", "properties": {"tool_calls": array}, "required": ["tool_calls"],
@@ -198,7 +202,8 @@ def _call_shape(family: Family, names: list[str], parallel: bool) -> dict:
 
 def _calls_rule(family: Family, call_rule: str, parallel: bool) -> str:
     if family.name == "hermes":
-        return '( tc-block ( [ \\n]{0,2} tc-block )* )' if parallel else "tc-block"
+        more = MAX_PARALLEL_CALLS - 1
+        return f'( tc-block ( [ \\n]{{0,2}} tc-block ){{0,{more}}} )' if parallel else "tc-block"
     if family.call_open:  # mistral: the opener, then the array of calls
         return f"( {_literal(family.call_open)} {call_rule} )"
     return call_rule

@@ -25,6 +25,7 @@ from localllm.engine.llama_backend import BackendConfig, LlamaBackend
 from localllm.engine.llama_backend import grammar as gbnf
 from localllm.engine.llama_backend.sampling import _apply, _candidates  # noqa: PLC2701
 from localllm.types import FinishReason, InvalidParam, SamplingParams
+from localllm.tool_grammar import MAX_PARALLEL_CALLS
 
 pytestmark = pytest.mark.integration
 
@@ -314,4 +315,21 @@ def test_response_format_strings_are_strict_json_and_refs_keep_their_own_rules(v
     assert accepts_prefix(grammars, grammar, '{"Item": true, "s": "a\\n', single)
     assert not accepts_prefix(grammars, grammar, '{"Item": true, "s": "a\n', single)
     assert not accepts_prefix(grammars, grammar, '{"Item": true, "s": t', single)
+    grammars.close()
+
+
+NEXT_CALL = {"hermes": TWO_CALLS["hermes"][1], "mistral": ', {"name": "add", "arguments": {"a": 3, "b": 4}}',
+             "generic": ', {"name": "add", "arguments": {"a": 3, "b": 4}}'}
+
+
+@pytest.mark.parametrize("family", [HERMES, MISTRAL, GENERIC], ids=lambda f: f.name)
+def test_parallel_calls_stop_at_the_cap(vocab, family: Family):
+    """A weak model that keeps calling must close its list: past MAX_PARALLEL_CALLS no call opens."""
+    handle, single = vocab
+    grammars = gbnf.CompiledGrammars(handle)
+    several = gbnf.tool_grammar(family, [ADD], ToolChoice(ToolChoiceMode.REQUIRED), True)
+    first, second = TWO_CALLS[family.name]
+    full = first + NEXT_CALL[family.name] * (MAX_PARALLEL_CALLS - 1)
+    assert accepts_prefix(grammars, several, full, single)
+    assert not accepts_prefix(grammars, several, full + second, single)
     grammars.close()
