@@ -18,7 +18,7 @@ import time
 from aiohttp import web
 
 from localllm.server.auth import KEY_ID, USAGE_TOKENS
-from localllm.server.errors import CLIENT_CLOSED, PROTOCOL
+from localllm.server.errors import CLIENT_CLOSED, PROTOCOL, protocol_of
 from localllm.server.metrics import METRICS_KEY
 from localllm.server.state import CONFIG_KEY
 
@@ -78,6 +78,11 @@ async def request_log_middleware(request: web.Request, handler) -> web.StreamRes
             metrics.client_disconnects.inc()
 
 
+def _api_family(path: str) -> str | None:
+    """The protocol family of an API path refused before its adapter named it (401, 403, 415...)."""
+    return protocol_of(path) if path.startswith(("/v1/", "/api/")) else None
+
+
 def format_line(request: web.Request, status: int, duration_s: float) -> str:
     """`id=... method=... path=... protocol=... status=... model=... key=... prompt_tokens=... ...`."""
     ttft_s = request.get(TTFT_S)
@@ -85,7 +90,7 @@ def format_line(request: web.Request, status: int, duration_s: float) -> str:
         "id": request.get(REQUEST_ID),
         "method": request.method,
         "path": request.path,
-        "protocol": request.get(PROTOCOL),
+        "protocol": request.get(PROTOCOL) or _api_family(request.path),
         "status": status,
         "model": request.get(MODEL_NAME),
         "key": request.get(KEY_ID),

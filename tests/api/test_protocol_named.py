@@ -28,3 +28,18 @@ async def test_the_log_line_and_metrics_name_the_protocol(tmp_path: Path, caplog
         "openai.chat", "openai.completions", "openai.chat"]
     assert 'localllm_requests_total{endpoint="openai.chat",status="ok"} 2.0' in metrics
     assert 'localllm_requests_total{endpoint="openai.completions",status="ok"} 1.0' in metrics
+
+
+async def test_requests_refused_before_their_adapter_still_name_the_protocol(tmp_path: Path,
+                                                                             caplog: pytest.LogCaptureFixture):
+    caplog.set_level(logging.INFO, logger="localllm.requests")
+    async with api_server(api_config(tmp_path, api_key="k")) as server, \
+            aiohttp.ClientSession(base_url=str(server.make_url("/"))) as http:
+        for path in ("/api/chat", "/v1/messages", "/v1/chat/completions"):
+            assert (await http.post(path, json={})).status == 401
+        assert (await http.get("/health")).status == 200
+    lines = {r.getMessage().split(" path=")[1].split(" ")[0]: r.getMessage().split(" protocol=")[1].split(" ")[0]
+             for r in caplog.records if r.name == "localllm.requests"}
+    assert lines["/api/chat"] == "ollama" and lines["/v1/messages"] == "anthropic"
+    assert lines["/v1/chat/completions"] == "openai"
+    assert lines.get("/health", "-") == "-"
