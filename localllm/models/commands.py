@@ -12,7 +12,7 @@ from typing import Callable
 
 from localllm.chat.families import detect_family
 from localllm.config import Config, ConfigError
-from localllm.models.gguf import GGUFError, read_gguf
+from localllm.models.gguf import GGUFError, GGUFInfo, read_gguf
 from localllm.models.catalogue import open_store
 from localllm.models.registry import CatalogueError, ModelSpec, UnknownModel
 from localllm.models.store import ModelFileError, ModelStore
@@ -156,11 +156,19 @@ def _show(args: argparse.Namespace, config: Config, store: ModelStore) -> int:
         ("sliding window", str(info.sliding_window or "-")), ("vocabulary", str(info.vocab_size)),
         ("weights", f"{info.tensor_bytes / MIB:,.0f} MiB in {len(info.tensors)} tensors"),
         ("chat template", template),
-        *_tool_rows(spec.chat_template if spec and spec.chat_template else info.chat_template, spec),
+        *_tool_rows(_tools_template(spec, info), spec),
     ]
     for key, value in rows:
         print(f"{key + ':':<17}{value}")
     return 0
+
+
+def _tools_template(spec: ModelSpec | None, info: GGUFInfo) -> str | None:
+    """The template a request with tools renders with, as the server picks it
+    (LoadedModel.template_source): the catalogue's, else the GGUF's tool-use variant, else its own."""
+    if spec and spec.chat_template:
+        return spec.chat_template
+    return info.tool_use_template or info.chat_template
 
 
 def _tool_rows(template: str | None, spec: ModelSpec | None) -> list[tuple[str, str]]:

@@ -201,6 +201,12 @@ class GGUFInfo:
         return value if isinstance(value, str) else None
 
     @property
+    def tool_use_template(self) -> str | None:
+        """The variant requests with tools render with (Hermes 2 Pro, Command R carry one)."""
+        value = self.metadata.get("tokenizer.chat_template.tool_use")
+        return value if isinstance(value, str) else None
+
+    @property
     def tensor_bytes(self) -> int:
         return sum(t.num_bytes for t in self.tensors)
 

@@ -110,3 +110,24 @@ def test_rm_deletes_local_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     assert main(["rm", "gemma3-270m"]) == 0
     assert not (tmp_path / "models" / "gemma3-270m").exists()
     assert main(["rm", "gemma3-270m"]) == 0 and "had no local files" in capsys.readouterr().out
+
+
+def test_show_reads_the_tool_use_template_requests_with_tools_render_with(
+        model_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]):
+    """A GGUF whose main template knows nothing of tools but whose tool-use variant is Hermes'
+    (Hermes 2 Pro ships so): the server renders requests with tools with the variant."""
+    from localllm.models import commands
+
+    hermes = (Path(__file__).parents[1] / "fixtures" / "templates" / "NousResearch-Hermes-2-Pro-Llama-3-8B-tool_use.jinja").read_text()
+    real = commands.read_gguf
+
+    def with_variant(path):
+        info = real(path)
+        info.metadata["tokenizer.chat_template"] = "{% for m in messages %}{{ m.content }}{% endfor %}"
+        info.metadata["tokenizer.chat_template.tool_use"] = hermes
+        return info
+
+    monkeypatch.setattr(commands, "read_gguf", with_variant)
+    assert main(["show", str(model_path)]) == 0
+    out = capsys.readouterr().out
+    assert "template family: hermes (detected)" in out and "tools:           native" in out
