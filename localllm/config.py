@@ -125,6 +125,9 @@ class ServerConfig:
     continues with `previous_response_id`; each key sees only its own. 0: nothing is stored."""
     responses_store_ttl_s: float = 30 * 24 * 3600.0
     """How long a stored response can be continued or read back (OpenAI keeps them 30 days)."""
+    responses_store_max_per_key: int = 1000
+    """Stored responses each key (owner) keeps at most: storing one more drops that key's own
+    oldest, so one busy key cannot push out the others'. 0: no per-key bound (only the size's)."""
     kv_cache_min_tokens: int = 512
     """Prompts at least this long have their KV state saved to disk for reuse (the prefix states;
     0: off)."""
@@ -161,6 +164,8 @@ class ServerConfig:
                "must be 0 or more seconds")
         _check(self.max_loaded_models >= 1, "max_loaded_models", "must be at least 1")
         _check(self.responses_store_size_mib >= 0, "responses_store_size_mib", "must be 0 (off) or more")
+        _check(self.responses_store_max_per_key >= 0, "responses_store_max_per_key", "must be 0 (no per-key bound) "
+               "or more")
         _check(math.isfinite(self.responses_store_ttl_s) and self.responses_store_ttl_s > 0, "responses_store_ttl_s",
                "must be a positive number of seconds")
         for name in ("api_key", "admin_api_key"):

@@ -11,13 +11,13 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from localllm.server.chat_path import ChatCall, Failed, Finished, open_chat, render_chat
-from localllm.server.errors import ApiError
+from localllm.server.errors import ApiError, bad_request
 from localllm.server.responses_input import ResponsesRequest, parse_request, with_history
 from localllm.server.responses_output import (
     StreamTranslator, new_id, output_items, response_object, status_of,
 )
 from localllm.server.request_log import MODEL_NAME, PROMPT_TOKENS, PROTOCOL
-from localllm.server.responses_store import RESPONSE_STORE_KEY, StoredResponse, setup_store
+from localllm.server.responses_store import RESPONSE_STORE_KEY, ConversationTooLong, StoredResponse, setup_store
 from localllm.server.schemas import read_json
 from localllm.server.sse import named_event_stream
 from localllm.server.state import CONFIG_KEY
@@ -46,8 +46,8 @@ async def create_response(request: web.Request) -> web.StreamResponse:
     async def keep(response: dict) -> None:
         """Before the client sees the end, so a follow-up it sends at once finds it."""
         if parsed.store and response["status"] != "failed":
-            conversation = history + parsed.items + response["output"]
-            await asyncio.to_thread(store.put, tenant, StoredResponse(response, conversation))
+            turn = StoredResponse(response, parsed.items + response["output"], parsed.previous_response_id)
+            await asyncio.to_thread(store.put, tenant, turn)
 
     response_id = new_id("resp")
     async with open_chat(request, chat_body, protocol=PROTOCOL_NAME) as call:
@@ -73,17 +73,22 @@ async def count_input_tokens(request: web.Request) -> web.Response:
 
 
 async def _history(request: web.Request, parsed: ResponsesRequest) -> list[dict]:
-    """The stored conversation previous_response_id continues (empty without one); 404 when the
-    caller's key has no such response."""
+    """The stored conversation previous_response_id continues (empty without one), rebuilt from its
+    chain; 404 when the caller's key has no such response or lost one before it."""
     if parsed.previous_response_id is None:
         return []
     store = request.app[RESPONSE_STORE_KEY]
-    previous = await asyncio.to_thread(store.get, owner(request), parsed.previous_response_id)
-    if previous is None:
-        raise ApiError(404, f"Previous response with id {parsed.previous_response_id[:200]!r} not found (unknown, "
-                       "expired, deleted, stored with store: false, too large to store, or another key's).",
+    try:
+        conversation = await asyncio.to_thread(store.conversation, owner(request), parsed.previous_response_id)
+    except ConversationTooLong as exc:
+        raise bad_request(f"Cannot continue response {parsed.previous_response_id[:200]!r}: {exc}; start a new "
+                          "conversation with the items as input.", "previous_response_id") from None
+    if conversation is None:
+        raise ApiError(404, f"Previous response with id {parsed.previous_response_id[:200]!r} not found (it, or a "
+                       "response before it in the conversation, is unknown, expired, deleted, evicted, stored with "
+                       "store: false, too large to store, or another key's).",
                        param="previous_response_id", code="previous_response_not_found")
-    return previous.conversation
+    return conversation
 
 
 async def _stream(request: web.Request, call: ChatCall, parsed: ResponsesRequest, response_id: str,

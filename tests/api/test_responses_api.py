@@ -9,6 +9,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from localllm.server import responses_store
+from localllm.server.responses_store import RESPONSE_STORE_KEY
+from localllm.server.tenants import SHARED
 from tests.api.fake_model import REPLY, api_config, api_server
 from tests.api.test_http_surface import assert_openai_error
 
@@ -86,3 +89,65 @@ async def test_every_responses_request_names_the_protocol(http: aiohttp.ClientSe
     assert (await http.post("/v1/responses/input_tokens", json={"input": "hi"})).status == 200
     lines = [r.getMessage() for r in caplog.records if r.name == "localllm.requests" and "path=/v1/" in r.getMessage()]
     assert [line.split(" protocol=")[1].split(" ")[0] for line in lines] == ["openai.responses"] * 3
+
+
+async def _chain(http: aiohttp.ClientSession, inputs: list[str], headers: dict | None = None) -> list[dict]:
+    """One response per input, each continuing the one before."""
+    chain: list[dict] = []
+    for text in inputs:
+        body = {"input": text, **({"previous_response_id": chain[-1]["id"]} if chain else {})}
+        response = await http.post("/v1/responses", json=body, headers=headers)
+        assert response.status == 200
+        chain.append(await response.json())
+    return chain
+
+
+async def test_each_stored_entry_is_one_turn_and_the_chain_rebuilds_the_conversation(tmp_path: Path):
+    """A follow-up stores its own input and output only (not the whole conversation again), and
+    the next follow-up still sees every turn."""
+    async with api_server(api_config(tmp_path)) as server, \
+            aiohttp.ClientSession(base_url=str(server.make_url("/"))) as http:
+        chain = await _chain(http, ["one", "two", "three"])
+        store = server.app[RESPONSE_STORE_KEY]
+        for number, (text, response) in enumerate(zip(["one", "two", "three"], chain)):
+            entry = store.get(SHARED, response["id"])
+            assert entry.items == [{"type": "message", "role": "user", "content": text}, *response["output"]]
+            assert entry.previous_id == (chain[number - 1]["id"] if number else None)
+        assert (await (await http.get(f"/v1/responses/{chain[1]['id']}")).json()) == chain[1]
+        follow = await (await http.post("/v1/responses", json={"previous_response_id": chain[-1]["id"],
+                                                                "input": "four"})).json()
+        messages = [{"role": "user", "content": text} if i % 2 == 0 else {"role": "assistant", "content": REPLY}
+                    for i, text in enumerate(["one", "", "two", "", "three", "", "four"])]
+        prompt = (await (await http.post("/apply-template", json={"messages": messages})).json())["prompt"]
+        assert follow["usage"]["input_tokens"] == len(prompt)  # one token per character
+
+
+async def test_a_response_lost_mid_chain_makes_the_follow_up_a_404(http: aiohttp.ClientSession):
+    """Never a silently shortened conversation: the chain's middle deleted, its end is unknown."""
+    chain = await _chain(http, ["one", "two", "three"])
+    assert (await http.delete(f"/v1/responses/{chain[1]['id']}")).status == 200
+    response = await http.post("/v1/responses", json={"previous_response_id": chain[-1]["id"], "input": "x"})
+    assert response.status == 404
+    assert assert_openai_error(await response.json(), "previous_response_id")["code"] == "previous_response_not_found"
+    assert (await http.get(f"/v1/responses/{chain[-1]['id']}")).status == 200  # still readable by itself
+
+
+async def test_a_chain_past_its_bound_is_a_400(http: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(responses_store, "MAX_CHAIN_TURNS", 3)
+    chain = await _chain(http, ["one", "two", "three", "four"])
+    assert (await http.post("/v1/responses", json={"previous_response_id": chain[2]["id"], "input": "x"})).status == 200
+    response = await http.post("/v1/responses", json={"previous_response_id": chain[-1]["id"], "input": "x"})
+    assert response.status == 400 and "3 responses" in assert_openai_error(await response.json(),
+                                                                            "previous_response_id")["message"]
+
+
+async def test_one_key_past_its_bound_drops_its_own_oldest_not_another_keys(tmp_path: Path):
+    config = api_config(tmp_path, api_key="k", admin_api_key="a", responses_store_max_per_key=2)
+    async with api_server(config) as server, aiohttp.ClientSession(base_url=str(server.make_url("/"))) as http:
+        busy, quiet = {"Authorization": "Bearer k"}, {"Authorization": "Bearer a"}
+        kept = [await (await http.post("/v1/responses", json={"input": "q"}, headers=quiet)).json() for _ in range(2)]
+        pushed = [await (await http.post("/v1/responses", json={"input": "b"}, headers=busy)).json() for _ in range(5)]
+        for response in kept:
+            assert (await http.get(f"/v1/responses/{response['id']}", headers=quiet)).status == 200
+        found = [(await http.get(f"/v1/responses/{response['id']}", headers=busy)).status for response in pushed]
+        assert found == [404, 404, 404, 200, 200]

@@ -9,11 +9,13 @@ from openai.lib.streaming.responses._responses import ResponseStreamState
 from openai.types.responses import Response, ResponseStreamEvent
 
 from localllm.chat.types import ReasoningDelta, TextDelta, ToolCall, ToolCallArguments, ToolCallStarted
+from localllm.config import Config, ConfigError
+from localllm.server import responses_store
 from localllm.server.chat_call import ChoiceResult, Usage
 from localllm.server.errors import ApiError
 from localllm.server.responses_input import parse_request, with_history
 from localllm.server.responses_output import StreamTranslator, output_items, response_object
-from localllm.server.responses_store import ResponseStore, StoredResponse
+from localllm.server.responses_store import ConversationTooLong, ResponseStore, StoredResponse
 
 WEATHER = {"type": "function", "name": "get_weather", "description": "Weather for a city",
            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}
@@ -194,3 +196,50 @@ def test_store_is_per_owner_bounded_and_survives_garbage(tmp_path):
     off = ResponseStore(tmp_path / "off", 0, 60.0)
     assert not off.is_active and not off.put("alice", stored) and off.get("alice", "resp_1") is None
     store.close()
+
+
+def _turn(number: int, text: str = "x") -> StoredResponse:
+    return StoredResponse({"id": f"resp_{number}"}, [{"type": "message", "role": "user", "content": f"{text}{number}"}],
+                          f"resp_{number - 1}" if number > 1 else None)
+
+
+def test_conversation_walks_the_chain_within_its_owner_and_bounds(tmp_path, monkeypatch):
+    store = ResponseStore(tmp_path / "store", 2**20, 60.0)
+    for number in (1, 2, 3):
+        assert store.put("alice", _turn(number))
+    assert [item["content"] for item in store.conversation("alice", "resp_3")] == ["x1", "x2", "x3"]
+    assert store.conversation("bob", "resp_3") is None
+    assert store.put("bob", _turn(4))  # bob's turn naming alice's resp_3: its chain is unknown to bob
+    assert store.conversation("bob", "resp_4") is None
+    monkeypatch.setattr(responses_store, "MAX_CHAIN_TURNS", 2)
+    with pytest.raises(ConversationTooLong):
+        store.conversation("alice", "resp_3")
+    monkeypatch.setattr(responses_store, "MAX_CHAIN_TURNS", 1024)
+    monkeypatch.setattr(responses_store, "MAX_CHAT_MESSAGES", 2)
+    with pytest.raises(ConversationTooLong):
+        store.conversation("alice", "resp_3")
+    store.close()
+
+
+def test_an_owner_at_its_bound_loses_its_own_oldest_only(tmp_path):
+    store = ResponseStore(tmp_path / "store", 2**20, 60.0, max_per_owner=3)
+    assert all(store.put("bob", _turn(number, "b")) for number in (1, 2))
+    assert all(store.put("alice", _turn(number)) for number in range(1, 8))
+    assert [store.get("alice", f"resp_{n}") is not None for n in range(1, 8)] == [False] * 4 + [True] * 3
+    assert store.get("bob", "resp_1") is not None and store.get("bob", "resp_2") is not None
+    unbounded = ResponseStore(tmp_path / "unbounded", 2**20, 60.0, max_per_owner=0)
+    assert all(unbounded.put("alice", _turn(number)) for number in range(1, 8))
+    assert all(unbounded.get("alice", f"resp_{n}") is not None for n in range(1, 8))
+    store.close()
+    unbounded.close()
+
+
+def test_per_key_bound_config_key(tmp_path, monkeypatch):
+    assert Config.from_flat({}).server.responses_store_max_per_key == 1000
+    (tmp_path / "c.toml").write_text("[server]\nresponses-store-max-per-key = 5\n")
+    assert Config.load(tmp_path / "c.toml").server.responses_store_max_per_key == 5
+    monkeypatch.setenv("LOCALLLM_RESPONSES_STORE_MAX_PER_KEY", "7")
+    assert Config.load(tmp_path / "c.toml").server.responses_store_max_per_key == 7
+    assert Config.load(overrides={"responses_store_max_per_key": 0}).server.responses_store_max_per_key == 0
+    with pytest.raises(ConfigError, match="responses_store_max_per_key"):
+        Config.from_flat({"responses_store_max_per_key": -1})
