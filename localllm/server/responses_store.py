@@ -134,6 +134,7 @@ class ResponseStore:
         input and output), or None when it or any response before it is unknown, expired or
         unreadable. Raises ConversationTooLong past the chain's bounds."""
         turns: list[list[dict]] = []
+        keys: list[str] = []
         num_items = num_bytes = 0
         next_id: str | None = response_id
         while next_id is not None:
@@ -148,8 +149,19 @@ class ResponseStore:
                 raise ConversationTooLong(f"the conversation has more than {MAX_CHAT_MESSAGES} items or "
                                           f"{self.max_entry_bytes} bytes")
             turns.append(stored.items)
+            keys.append(_key(owner, next_id))
             next_id = stored.previous_id
+        self._renew(keys)
         return [item for items in reversed(turns) for item in items]
+
+    def _renew(self, keys: list[str]) -> None:
+        """Gives a conversation in use a full TTL again (changes state: expiry times only), so a
+        live conversation does not lose its first turns while its last ones are fresh."""
+        try:
+            for key in keys:
+                self._cache.touch(key, expire=self.ttl_s)
+        except Exception as exc:  # the entries stay readable until their old expiry
+            log.warning("response store: renewing failed: %s: %s", type(exc).__name__, exc)
 
     def delete(self, owner: str, response_id: str) -> bool:
         """Removes (changes state) `owner`'s response; False when there was none."""

@@ -2,6 +2,8 @@
 Response objects and stream events, checked with the openai SDK's own types and stream state."""
 from __future__ import annotations
 
+import time
+
 import pytest
 from openai._models import construct_type_unchecked
 from openai._types import omit
@@ -243,3 +245,18 @@ def test_per_key_bound_config_key(tmp_path, monkeypatch):
     assert Config.load(overrides={"responses_store_max_per_key": 0}).server.responses_store_max_per_key == 0
     with pytest.raises(ConfigError, match="responses_store_max_per_key"):
         Config.from_flat({"responses_store_max_per_key": -1})
+
+
+def test_continuing_a_conversation_renews_every_turn_of_it(tmp_path):
+    """Each turn expires ttl after it was stored; a follow-up gives the whole chain a full ttl again,
+    so a live conversation never loses its first turns while its last ones are fresh."""
+    store = ResponseStore(tmp_path / "store", 2**20, 3600.0)
+    for number in (1, 2):
+        assert store.put("alice", _turn(number))
+    first_key = responses_store._key("alice", "resp_1")
+    _, stored_expiry = store._cache.get(first_key, expire_time=True)
+    time.sleep(0.01)  # the clock must move for a later expiry to be told apart
+    assert store.conversation("alice", "resp_2") is not None
+    _, renewed_expiry = store._cache.get(first_key, expire_time=True)
+    assert renewed_expiry > stored_expiry
+    store.close()
