@@ -12,12 +12,20 @@ from localllm.models.manager import LoadedModel
 from localllm.server.app import create_app
 
 
+def as_run_app_serves(server: TestServer) -> TestServer:
+    """aiohttp's TestServer cancels a handler whose client hung up; web.run_app (production) does
+    not: the handler runs on and must notice the hang-up itself. Tests serve the production way."""
+    server.runner.server.handler_cancellation = False
+    return server
+
+
 @asynccontextmanager
 async def served(config: Config) -> AsyncIterator[TestServer]:
     """Loads the configured model, serves it on 127.0.0.1, and stops both afterwards."""
     loaded = await load_model(config)
     server = TestServer(create_app(config, loaded=loaded), host="127.0.0.1")
     await server.start_server()
+    as_run_app_serves(server)
     try:
         yield server
     finally:
@@ -31,6 +39,7 @@ async def serving(config: Config, loaded: LoadedModel, host: str = "127.0.0.1") 
     one load in a module. The caller stops the engine."""
     server = TestServer(create_app(config, loaded=loaded), host=host)
     await server.start_server()
+    as_run_app_serves(server)
     try:
         yield server
     finally:

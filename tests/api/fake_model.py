@@ -17,6 +17,7 @@ from localllm.config import Config
 from localllm.engine.scheduler import BatchChunk
 from localllm.models.manager import LoadedModel, ModelLoadFailed
 from localllm.server.app import create_app
+from tests.serving import as_run_app_serves
 from tests.unit.fakes import BOS, EOS, FakeBackend
 
 CHAT_TEMPLATE = ("{% for m in messages %}<{{ m.role }}>{{ m.content }}\n{% endfor %}"
@@ -102,6 +103,7 @@ async def api_server(config: Config, loads: list[str] | None = None, loader=None
     default model is loaded (ready) before it yields."""
     server = TestServer(create_app(config, loader=loader or scripted_loader(loads)), host="127.0.0.1")
     await server.start_server()
+    as_run_app_serves(server)
     try:
         async with aiohttp.ClientSession() as http:
             for _ in range(200):
