@@ -136,12 +136,7 @@ async def test_retrieve_delete_and_other_keys_cannot_see_it(alice: openai.AsyncO
 async def test_forced_function_tool(alice: openai.AsyncOpenAI):
     forced = {"model": MODEL, "tools": [WEATHER], "tool_choice": {"type": "function", "name": "get_weather"},
               "temperature": 0, "max_output_tokens": 60}  # parallel_tool_calls left at OpenAI's default (true)
-    try:
-        called = await alice.responses.create(input="What is the weather in Paris?", **forced)
-    except openai.BadRequestError as exc:
-        if "not supported yet" in str(exc):
-            pytest.skip("tool calling has not landed on main yet (the chat path refuses tools)")
-        raise
+    called = await alice.responses.create(input="What is the weather in Paris?", **forced)
     assert [item.type for item in called.output] == ["function_call"] and called.status == "completed"
     call = called.output[0]
     assert call.name == "get_weather" and call.call_id and isinstance(json.loads(call.arguments)["city"], str)
