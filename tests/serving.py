@@ -23,13 +23,10 @@ def as_run_app_serves(server: TestServer) -> TestServer:
 async def served(config: Config) -> AsyncIterator[TestServer]:
     """Loads the configured model, serves it on 127.0.0.1, and stops both afterwards."""
     loaded = await load_model(config)
-    server = TestServer(create_app(config, loaded=loaded), host="127.0.0.1")
-    await server.start_server()
-    as_run_app_serves(server)
     try:
-        yield server
+        async with serving(config, loaded) as server:
+            yield server
     finally:
-        await server.close()
         await loaded.engine.stop()
 
 

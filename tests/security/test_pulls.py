@@ -26,6 +26,7 @@ from localllm.models.store import ModelFileError, ModelStore, PulledFile
 from localllm.server.app import create_app
 from tests.models.hub_server import HubServer
 from tests.security.gguf_files import model_metadata, write_gguf
+from tests.serving import as_run_app_serves
 
 BIG_REPO, BIG_FILE = "test-org/gemma-gguf", "gemma-3-270m-q4_k_m.gguf"
 """The bundled model (253 MB), served slowly where a pull must be caught mid-download."""
@@ -114,9 +115,7 @@ async def env(hub: HubServer, tmp_path: Path) -> AsyncIterator[Env]:
     config = Config.from_flat({"data_dir": str(data_dir), "hf_endpoint": hub.url, "admin_api_key": "k"})
     server = TestServer(create_app(config, loader=never_load), host="127.0.0.1")
     await server.start_server()
-    # as web.run_app serves (aiohttp's TestServer alone cancels a handler whose client has gone):
-    # a pull must notice the hang-up itself
-    server.runner.server.handler_cancellation = False
+    as_run_app_serves(server)  # a pull must notice the hang-up itself
     try:
         async with aiohttp.ClientSession(base_url=str(server.make_url("/")),
                                          headers={"Authorization": "Bearer k"}) as http:
