@@ -14,10 +14,10 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from localllm.compose import start_served
-from localllm.server.app import create_app
 from localllm.server.responses_store import RESPONSE_STORE_KEY
 from localllm.server.state import MODEL_KEY
 from tests.api.fake_model import ScriptedBackend, api_config
+from tests.serving import serving
 
 LONG_REPLY = "word " * 100
 NUM_FREE_DECODES = 4
@@ -48,19 +48,16 @@ async def gated_server(tmp_path: Path) -> AsyncIterator[tuple[TestServer, GatedB
     backend = GatedBackend(config.engine.ctx)
     loaded = await start_served(backend, config, name="scripted", path=Path("/models/m.gguf"), spec=None,
                                 identity="scripted:gated", started_s=time.monotonic())
-    server = TestServer(create_app(config, loaded=loaded), host="127.0.0.1")
-    await server.start_server()
-    # as web.run_app serves (aiohttp's TestServer alone cancels a handler whose client has gone):
-    # the handler runs on and must notice the hang-up itself
-    server.runner.server.handler_cancellation = False
-    store, stored = server.app[RESPONSE_STORE_KEY], []
-    put = store.put
-    store.put = lambda owner, response: stored.append(response) or put(owner, response)
     try:
-        yield server, backend, stored
+        async with serving(config, loaded) as server:  # as web.run_app serves: the handler must notice the hang-up
+            store, stored = server.app[RESPONSE_STORE_KEY], []
+            put = store.put
+            store.put = lambda owner, response: stored.append(response) or put(owner, response)
+            try:
+                yield server, backend, stored
+            finally:
+                backend.gate.set()
     finally:
-        backend.gate.set()
-        await server.close()
         await loaded.engine.stop()
 
 

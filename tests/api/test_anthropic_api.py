@@ -9,12 +9,11 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from aiohttp.test_utils import TestServer
 from multidict import CIMultiDict
 
 from localllm.compose import start_served
-from localllm.server.app import create_app
 from tests.api.fake_model import REPLY, ScriptedBackend, api_config, api_server
+from tests.serving import serving
 
 
 async def test_x_api_key_is_a_key_header_everywhere_and_auth_stays_closed(tmp_path: Path):
@@ -207,10 +206,9 @@ async def test_an_engine_failure_mid_stream_is_an_error_event(tmp_path: Path):
     loaded = await start_served(FailingBackend(config.engine.ctx), config, name="scripted",
                                 path=Path("/models/m.gguf"), spec=None, identity="scripted:fail",
                                 started_s=time.monotonic())
-    server = TestServer(create_app(config, loaded=loaded), host="127.0.0.1")
-    await server.start_server()
     try:
-        async with aiohttp.ClientSession(base_url=str(server.make_url("/"))) as http:
+        async with serving(config, loaded) as server, \
+                aiohttp.ClientSession(base_url=str(server.make_url("/"))) as http:
             response = await http.post("/v1/messages", json={**HELLO, "stream": True})
             events = await read_events(response)
             assert [n for n, _ in events][:3] == ["message_start", "ping", "content_block_start"]
@@ -218,5 +216,4 @@ async def test_an_engine_failure_mid_stream_is_an_error_event(tmp_path: Path):
             assert name == "error" and "message_stop" not in [n for n, _ in events]
             assert_anthropic_error(payload, "api_error")
     finally:
-        await server.close()
         await loaded.engine.stop()
