@@ -5,18 +5,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import json
-import time
 from pathlib import Path
 
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
-from localllm.compose import start_served
 from localllm.config import Config
 from localllm.models.manager import LoadedModel
 from localllm.server.app import create_app
-from tests.api.fake_model import CHAT_TEMPLATE, ScriptedBackend, api_config, api_server
+from tests.api.fake_model import CHAT_TEMPLATE, api_config, api_server, scripted_loader
 
 CALL = '{"tool_calls": [{"name": "weather", "arguments": {"city": "Paris"}}]}'
 TOOLS = [{"type": "function", "function": {"name": "weather", "description": "Weather in a city",
@@ -25,26 +23,10 @@ TOOLS = [{"type": "function", "function": {"name": "weather", "description": "We
 ASK = [{"role": "user", "content": "Weather in Paris?"}]
 
 
-class _Backend(ScriptedBackend):
-    def __init__(self, num_ctx: int, reply: str, template: str) -> None:
-        super().__init__(num_ctx, reply)
-        self.template = template
-
-    def metadata(self, key: str) -> str | None:
-        return self.template if key == "tokenizer.chat_template" else super().metadata(key)
-
-
-def loader(reply: str, template: str = CHAT_TEMPLATE):
-    async def load(config: Config, on_progress=None) -> LoadedModel:
-        return await start_served(_Backend(config.engine.ctx, reply, template), config, name=config.engine.model,
-                                  path=Path(f"/models/{config.engine.model}.gguf"), spec=None,
-                                  identity=f"scripted:{reply}", started_s=time.monotonic())
-    return load
-
-
 async def lines(tmp_path: Path, reply: str, body: dict, template: str = CHAT_TEMPLATE) -> list[dict]:
     """The NDJSON lines /api/chat answers `body` with when the model writes `reply`."""
-    async with api_server(api_config(tmp_path, ctx=8192), loader=loader(reply, template)) as server, \
+    loader = scripted_loader(reply=reply, template=template)
+    async with api_server(api_config(tmp_path, ctx=8192), loader=loader) as server, \
             aiohttp.ClientSession() as http:
         response = await http.post(server.make_url("/api/chat"), json={"model": "scripted", **body})
         text = await response.text()
@@ -83,7 +65,8 @@ async def test_thinking_goes_to_message_thinking(tmp_path: Path):
 @pytest.mark.parametrize("stream", [True, False])
 async def test_generate_thinking_is_a_top_level_field(tmp_path: Path, stream: bool):
     template = CHAT_TEMPLATE + "{# </think> #}"
-    async with api_server(api_config(tmp_path, ctx=8192), loader=loader("<think>hm</think>ok", template)) as server, \
+    loader = scripted_loader(reply="<think>hm</think>ok", template=template)
+    async with api_server(api_config(tmp_path, ctx=8192), loader=loader) as server, \
             aiohttp.ClientSession() as http:
         response = await http.post(server.make_url("/api/generate"),
                                    json={"model": "scripted", "prompt": "hi", "stream": stream})
@@ -109,7 +92,7 @@ async def test_delete_refuses_the_default_model_while_it_loads_under_a_quant_tag
 
     async def slow_load(config: Config, on_progress=None) -> LoadedModel:
         await release.wait()
-        return await loader("ok")(config)
+        return await scripted_loader(reply="ok")(config)
 
     server = TestServer(create_app(api_config(tmp_path, model="scripted:Q8_0"), loader=slow_load), host="127.0.0.1")
     await server.start_server()
