@@ -6,6 +6,7 @@ The answer's side (blocks, stop reasons, stream events) is in anthropic_events.p
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
 from localllm.chat.messages import MAX_CHAT_MESSAGES, MAX_TOOLS
 from localllm.server.errors import ApiError, bad_request
@@ -138,15 +139,7 @@ def _unsupported(kind: str, where: str, role: str) -> ApiError:
 
 def _user_turn(blocks: list[dict], where: str, budget: _Budget) -> list[dict]:
     """Tool results first (role tool, each right after the assistant's calls), then the text."""
-    results, texts = [], []
-    for j, block in enumerate(blocks):
-        kind, at = block["type"], f"{where}.content.{j}"
-        if kind == "text":
-            texts.append(_text(block, at))
-        elif kind == "tool_result":
-            results.append(_tool_result(block, at, budget))
-        else:
-            raise _unsupported(kind, at, "user")
+    texts, results = _split(blocks, where, "user", {"tool_result": lambda block, at: _tool_result(block, at, budget)})
     if texts or not results:
         results.append({"role": "user", "content": JOIN.join(texts)})
     return results
@@ -158,11 +151,7 @@ def _tool_result(block: dict, where: str, budget: _Budget) -> dict:
         raise bad_request(f"{where}.tool_use_id: Field required (the id of the tool_use it answers)", "messages")
     content = block.get("content", "")
     if isinstance(content, list):
-        texts = []
-        for k, part in enumerate(_blocks(content, f"{where}.content", budget)):
-            if part["type"] != "text":
-                raise _unsupported(part["type"], f"{where}.content.{k}", "tool_result")
-            texts.append(_text(part, f"{where}.content.{k}"))
+        texts, _ = _split(_blocks(content, f"{where}.content", budget), where, "tool_result", {})
         content = JOIN.join(texts)
     elif not isinstance(content, str):
         raise bad_request(f"{where}.content: must be a string or a list of text blocks", "messages")
@@ -175,19 +164,27 @@ def _tool_result(block: dict, where: str, budget: _Budget) -> dict:
 def _assistant_turn(blocks: list[dict], where: str) -> dict:
     """Text blocks joined, tool_use blocks as OpenAI tool_calls; earlier thinking is dropped (as
     the chat templates drop earlier reasoning)."""
-    texts, calls = [], []
-    for j, block in enumerate(blocks):
-        kind, at = block["type"], f"{where}.content.{j}"
-        if kind == "text":
-            texts.append(_text(block, at))
-        elif kind == "tool_use":
-            calls.append(_tool_call(block, at))
-        elif kind not in ("thinking", "redacted_thinking"):
-            raise _unsupported(kind, at, "assistant")
+    texts, calls = _split(blocks, where, "assistant", {"tool_use": _tool_call}, ("thinking", "redacted_thinking"))
     message: dict = {"role": "assistant", "content": JOIN.join(texts) if texts or not calls else None}
     if calls:
         message["tool_calls"] = calls
     return message
+
+
+def _split(blocks: list[dict], where: str, role: str, readers: dict[str, Callable[[dict, str], dict]],
+           skipped: tuple[str, ...] = ()) -> tuple[list[str], list[dict]]:
+    """The text blocks' texts, and what `readers` make of the blocks of their kinds; `skipped` kinds
+    are dropped, any other kind is a 400 naming the block (`where`.content.N)."""
+    texts, others = [], []
+    for j, block in enumerate(blocks):
+        kind, at = block["type"], f"{where}.content.{j}"
+        if kind == "text":
+            texts.append(_text(block, at))
+        elif kind in readers:
+            others.append(readers[kind](block, at))
+        elif kind not in skipped:
+            raise _unsupported(kind, at, role)
+    return texts, others
 
 
 def _tool_call(block: dict, where: str) -> dict:
