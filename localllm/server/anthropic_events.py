@@ -6,10 +6,10 @@ content blocks opened, filled and closed one at a time, then message_delta and m
 """
 from __future__ import annotations
 
-import json
 import uuid
 from typing import TYPE_CHECKING
 
+from localllm.chat.calls import loads_or_none
 from localllm.chat.types import ReasoningDelta, TextDelta, ToolCallArguments, ToolCallStarted
 from localllm.server.errors import ApiError
 
@@ -44,10 +44,7 @@ def usage_body(usage: Usage) -> dict:
 def tool_input(arguments: str) -> dict:
     """A call's arguments JSON text as tool_use's `input` object ({} if the text is not one: the
     parser only reports calls whose arguments it could read, so this is a guard)."""
-    try:
-        value = json.loads(arguments) if arguments else {}
-    except ValueError:
-        return {}
+    value = loads_or_none(arguments) if arguments else {}
     return value if isinstance(value, dict) else {}
 
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
+from localllm.chat.calls import loads_or_none
 from localllm.chat.messages import MAX_CHAT_MESSAGES, MAX_TOOL_CALLS_PER_MESSAGE
 from localllm.chat.types import ToolCall
 from localllm.server.errors import ApiError, bad_request
@@ -298,10 +299,7 @@ def tool_calls(calls: list[ToolCall]) -> list[dict[str, Any]]:
 
 
 def _arguments(text: str) -> dict[str, Any]:
-    try:
-        value = json.loads(text) if text else {}
-    except ValueError:
-        value = None
+    value = loads_or_none(text) if text else {}
     return value if isinstance(value, dict) else {"arguments": text}  # never the case under a tool grammar
 
 
