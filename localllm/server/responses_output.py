@@ -94,8 +94,9 @@ class StreamTranslator:
         self.output: list[dict] = []
         self.response: dict | None = None
         self._open: dict | None = None
-        """The item being streamed: kind, id, output index, text so far (call: call_id, name)."""
-        self._pending = ""
+        """The item being streamed: kind, id, output index, its deltas (`parts`, joined into `text` at the
+        close), call_id and name for a call."""
+        self._pending: list[str] = []
         """Whitespace the model wrote before anything else: held, so a call's stray newline does not
         become an empty message item."""
 
@@ -111,7 +112,7 @@ class StreamTranslator:
             events = self._switch_to("reasoning")
             return events + self._delta("response.reasoning_text.delta", event.text, content_index=0)
         if isinstance(event, ToolCallStarted):
-            self._pending = ""
+            self._pending = []
             events = self._close("completed")
             return events + self._open_item("function_call", call_id=event.id, name=event.name)
         if isinstance(event, ToolCallArguments):
@@ -122,8 +123,8 @@ class StreamTranslator:
         status = status_of(finish_reason)
         events = []
         if not self.output and self._open is None:  # nothing but whitespace (or nothing): still one message
-            events += self._open_item("message") + self._delta("response.output_text.delta", self._pending,
-                                                               content_index=0)
+            held = "".join(self._pending)
+            events += self._open_item("message") + self._delta("response.output_text.delta", held, content_index=0)
         events += self._close(status)
         self.response = self._response(status, self.output, usage)
         return events + [self._event(f"response.{status}", response=self.response)]
@@ -136,10 +137,10 @@ class StreamTranslator:
 
     def _text(self, text: str) -> list[dict]:
         if self._open is None or self._open["kind"] != "message":
-            if not (self._pending + text).strip():
-                self._pending += text
+            if not text.strip():  # what is held is whitespace too
+                self._pending.append(text)
                 return []
-            text, self._pending = self._pending + text, ""
+            text, self._pending = "".join(self._pending) + text, []
             events = self._switch_to("message")
         else:
             events = []
@@ -153,7 +154,7 @@ class StreamTranslator:
     def _open_item(self, kind: str, call_id: str = "", name: str = "") -> list[dict]:
         prefix = {"message": "msg", "reasoning": "rs", "function_call": "fc"}[kind]
         item = self._open = {"kind": kind, "id": new_id(prefix), "index": len(self.output), "text": "",
-                             "call_id": call_id, "name": name}
+                             "parts": [], "call_id": call_id, "name": name}
         events = [self._event("response.output_item.added", output_index=item["index"],
                               item=self._item(item, "in_progress"))]
         if kind != "function_call":
@@ -164,14 +165,15 @@ class StreamTranslator:
     def _delta(self, kind: str, text: str, **extra: object) -> list[dict]:
         if self._open is None or not text:
             return []
-        self._open["text"] += text
+        self._open["parts"].append(text)  # joined once, at the close: no copy of the text so far per delta
         return [self._event(kind, **_where(self._open), delta=text, **extra)]
 
     def _close(self, status: str) -> list[dict]:
         item, self._open = self._open, None
         if item is None:
             return []
-        where, text = _where(item), item["text"]
+        where, text = _where(item), "".join(item["parts"])
+        item["text"] = text
         if item["kind"] == "function_call":
             events = [self._event("response.function_call_arguments.done", **where, name=item["name"], arguments=text)]
         else:
