@@ -9,12 +9,11 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from aiohttp.test_utils import TestServer
 
 from localllm.compose import start_served
 from localllm.engine.errors import BackendError
-from localllm.server.app import create_app
 from tests.api.fake_model import ScriptedBackend, api_config
+from tests.serving import serving
 
 
 class Closed(BackendError):
@@ -43,13 +42,11 @@ async def served(tmp_path: Path):
     backend = ClosingBackend(config.engine.ctx)
     loaded = await start_served(backend, config, name="m", path=Path("/models/m.gguf"), spec=None,
                                 identity="scripted:m", started_s=time.monotonic())
-    server = TestServer(create_app(config, loaded=loaded), host="127.0.0.1")
-    await server.start_server()
     try:
-        async with aiohttp.ClientSession(base_url=str(server.make_url("/"))) as http:
+        async with serving(config, loaded) as server, \
+                aiohttp.ClientSession(base_url=str(server.make_url("/"))) as http:
             yield http, backend
     finally:
-        await server.close()
         await loaded.engine.stop()
 
 
