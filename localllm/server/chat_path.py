@@ -251,7 +251,8 @@ async def _opened(request: web.Request, model: LoadedModel, body: dict, gen: Gen
         streams = [] if recorded is not None else await start_choices(
             model.engine, gen, add_special, namespace, reserve, max_tokens_is_cap=max_tokens_is_cap)
         merged_deltas = replay(recorded) if recorded is not None else merged(streams)
-        source = merged_deltas if recorded is not None else recording(merged_deltas, sink)
+        # recorded only when it will be stored: a bypass keeps no copy of every delta
+        source = recording(merged_deltas, sink) if key and recorded is None else merged_deltas
         headers = {**request.get(RATE_HEADERS, {}),
                    CACHE_HEADER: "bypass" if key is None else "hit" if recorded is not None else "miss"}
         choices = [Choice(i) for i in range(num_choices)]
