@@ -51,9 +51,9 @@ from localllm.server.request_log import (
 from localllm.server.response_cache import (
     CACHE_HEADER,
     RESPONSE_CACHE_KEY,
-    fits,
     is_complete,
     key_for,
+    lookup,
     recording,
     replay,
     wants_cache,
@@ -242,10 +242,8 @@ async def _opened(request: web.Request, model: LoadedModel, body: dict, gen: Gen
         key = None
         if cache.is_active and wants_cache(request, body, gen):  # hashes every prompt: a large body is CPU work
             key = await asyncio.to_thread(key_for, model, kind, gen, add_special, namespace)
-        recorded = await asyncio.to_thread(cache.get, key) if key else None
         num_choices = len(gen.prompts) * gen.n
-        if recorded is not None and not fits(recorded, num_choices, model.engine.num_vocab):
-            recorded = None  # an entry that does not fit the request: a miss, stored anew below
+        recorded = await asyncio.to_thread(lookup, cache, key, num_choices, model.engine.num_vocab) if key else None
         sink: Recorded = []
         reserve = functools.partial(_reserve_tokens, request, model, gen)
         streams = [] if recorded is not None else await start_choices(

@@ -65,6 +65,13 @@ def is_complete(recorded: Recorded, num_choices: int) -> bool:
             and all(r in (FinishReason.STOP, FinishReason.LENGTH) for r in ends.values()))
 
 
+def lookup(cache: ResponseCache, key: str, num_choices: int, num_vocab: int) -> Recorded | None:
+    """Worker thread: the answer stored under `key` if it `fits` the request, else None (a miss,
+    stored anew). Checking it walks every recorded token: not on the event loop."""
+    recorded = cache.get(key)
+    return recorded if recorded is not None and fits(recorded, num_choices, num_vocab) else None
+
+
 def fits(recorded: Recorded, num_choices: int, num_vocab: int) -> bool:
     """A hit is replayed only if this request could have recorded it: complete for its choices,
     and every token id in the vocabulary (logprobs render them through llama.cpp)."""
