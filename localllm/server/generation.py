@@ -11,22 +11,22 @@ from localllm.engine.async_engine import AsyncEngine, RequestStream
 from localllm.server.errors import ApiError, bad_request
 from localllm.server.metrics import ServerMetrics
 from localllm.server.schemas import GenerationRequest
-from localllm.types import FinishReason, InvalidParam, QueueFull, SamplingParams, TokenDelta, TokenLogprob
+from localllm.types import FinishReason, InvalidParam, QueueFull, SamplingParams, TokenDelta
 
 
 @dataclass(slots=True)
 class Choice:
+    """One choice's counts and timings (usage, metrics, Ollama's durations); its text and
+    logprobs reach the client as ChatCall events and are not kept here."""
+
     index: int
-    text: list[str] = field(default_factory=list)
     finish_reason: FinishReason | None = None
     num_prompt_tokens: int = 0
     num_cached_tokens: int = 0
     num_generated_tokens: int = 0
-    error: str | None = None
     first_token_s: float | None = None
     last_token_s: float = 0.0
     itl_s: list[float] = field(default_factory=list)
-    logprobs: list[TokenLogprob] = field(default_factory=list)
 
     def absorb(self, delta: TokenDelta) -> None:
         if delta.token_ids:
@@ -36,14 +36,10 @@ class Choice:
             else:
                 self.itl_s.append(now - self.last_token_s)
             self.last_token_s = now
-        self.text.append(delta.text)
-        if delta.logprobs:
-            self.logprobs.extend(delta.logprobs)
         self.finish_reason = delta.finish_reason or self.finish_reason
         self.num_prompt_tokens = delta.num_prompt_tokens
         self.num_cached_tokens = delta.num_cached_tokens
         self.num_generated_tokens = delta.num_generated_tokens
-        self.error = delta.error or self.error
 
 
 async def start_choices(engine: AsyncEngine, gen: GenerationRequest, add_special: bool, cache_namespace: str = "",
