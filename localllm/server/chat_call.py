@@ -9,15 +9,8 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
-from localllm.chat.types import (
-    OutputEvent,
-    ReasoningDelta,
-    TextDelta,
-    ToolCall,
-    ToolCallArguments,
-    ToolCallStarted,
-)
-from localllm.chat.output import OutputParser
+from localllm.chat.output import OutputParser, fold
+from localllm.chat.types import OutputEvent, TextDelta, ToolCall, ToolCallStarted
 from localllm.models.manager import LoadedModel
 from localllm.server.errors import CLIENT_CLOSED, ApiError, client_gone
 from localllm.server.generation import Choice
@@ -155,31 +148,21 @@ class ChatCall:
         """Every choice's whole answer; a Failed choice raises ApiError (500 or 503)."""
         results = [ChoiceResult(i, "", logprobs=[] if self._wants_logprobs else None)
                    for i in range(self.num_choices)]
-        texts: list[list[str]] = [[] for _ in results]
-        reasoning: list[list[str]] = [[] for _ in results]
-        arguments: list[dict[int, list[str]]] = [{} for _ in results]
+        outputs: list[list[OutputEvent]] = [[] for _ in results]
         async for index, event in self.events():
             result = results[index]
-            if isinstance(event, TextDelta):
-                texts[index].append(event.text)
-            elif isinstance(event, ReasoningDelta):
-                reasoning[index].append(event.text)
-            elif isinstance(event, ToolCallStarted):
-                result.tool_calls.append(ToolCall(event.id, event.name, ""))
-                arguments[index][event.index] = []
-            elif isinstance(event, ToolCallArguments):
-                arguments[index].setdefault(event.index, []).append(event.text)
-            elif isinstance(event, Logprobs):
+            if isinstance(event, Logprobs):
                 result.logprobs.extend(event.entries)
             elif isinstance(event, Finished):
                 result.finish_reason, result.stop_sequence = event.finish_reason, event.stop_sequence
             elif isinstance(event, Failed):
                 raise ApiError(event.status, event.message, type="server_error")
-        for i, result in enumerate(results):
-            result.content = "".join(texts[i])
-            result.reasoning = "".join(reasoning[i]) if reasoning[i] else None
-            result.tool_calls = [ToolCall(c.id, c.name, "".join(arguments[i].get(k, [])))
-                                 for k, c in enumerate(result.tool_calls)]
+            else:
+                outputs[index].append(event)
+        for result, output in zip(results, outputs):
+            folded = fold(output)
+            result.content, result.reasoning, result.tool_calls = (folded.content, folded.reasoning or None,
+                                                                   folded.tool_calls)
         return results
 
     def usage(self) -> Usage:
