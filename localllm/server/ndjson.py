@@ -5,25 +5,17 @@ import json
 
 from aiohttp import web
 
-from localllm.server.sse import streaming_response
+from localllm.server.sse import StreamWriter
 
 
-class NdjsonWriter:
-    """Same interface as SseWriter (start, send, finish, response), so streams can share code."""
+class NdjsonWriter(StreamWriter):
+    """The same stream as SseWriter's (start, send, finish, response), one JSON line per event."""
 
-    def __init__(self, request: web.Request, extra_headers: dict[str, str] | None = None) -> None:
-        self._request = request
-        self.response = streaming_response(request, "application/x-ndjson", extra_headers)
-
-    async def start(self) -> None:
-        await self.response.prepare(self._request)
+    content_type = "application/x-ndjson"
 
     async def send(self, payload: dict) -> None:
         """Raises ConnectionResetError (or a subclass) once the client has gone."""
         await self.response.write(json.dumps(payload, ensure_ascii=False).encode() + b"\n")
-
-    async def finish(self) -> None:
-        await self.response.write_eof()
 
 
 class LastEventWriter:

@@ -12,26 +12,32 @@ from localllm.server.errors import CLIENT_CLOSED
 from localllm.server.request_log import REQUEST_ID
 
 
-def streaming_response(request: web.Request, content_type: str,
-                       extra_headers: dict[str, str] | None = None) -> web.StreamResponse:
-    """An unprepared response for a stream of events (SSE here, NDJSON in ndjson.py)."""
-    return web.StreamResponse(headers={
-        "Content-Type": content_type,
-        "Cache-Control": "no-cache",
-        "X-Accel-Buffering": "no",  # tell proxies not to buffer the stream
-        # sent before the request-log middleware could add it to a finished response
-        **({"X-Request-Id": request[REQUEST_ID]} if REQUEST_ID in request else {}),
-        **(extra_headers or {}),
-    })
+class StreamWriter:
+    """A response sent as a stream of events of `content_type` (SSE here, NDJSON in ndjson.py):
+    `start` sends the headers, `finish` ends it."""
 
+    content_type: str
 
-class SseWriter:
     def __init__(self, request: web.Request, extra_headers: dict[str, str] | None = None) -> None:
         self._request = request
-        self.response = streaming_response(request, "text/event-stream; charset=utf-8", extra_headers)
+        self.response = web.StreamResponse(headers={
+            "Content-Type": self.content_type,
+            "Cache-Control": "no-cache",
+            "X-Accel-Buffering": "no",  # tell proxies not to buffer the stream
+            # sent before the request-log middleware could add it to a finished response
+            **({"X-Request-Id": request[REQUEST_ID]} if REQUEST_ID in request else {}),
+            **(extra_headers or {}),
+        })
 
     async def start(self) -> None:
         await self.response.prepare(self._request)
+
+    async def finish(self) -> None:
+        await self.response.write_eof()
+
+
+class SseWriter(StreamWriter):
+    content_type = "text/event-stream; charset=utf-8"
 
     async def send(self, payload: dict, event: str | None = None) -> None:
         """One event, named by an `event:` line when `event` is given. Raises ConnectionResetError
@@ -48,7 +54,7 @@ class SseWriter:
         """Ends the stream; `done`: with OpenAI's `data: [DONE]` line (named-event streams have none)."""
         if done:
             await self.response.write(b"data: [DONE]\n\n")
-        await self.response.write_eof()
+        await super().finish()
 
 
 @asynccontextmanager
