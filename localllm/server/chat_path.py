@@ -63,6 +63,7 @@ from localllm.server.schemas import (
     completion_prompts,
     generation_request,
     keep_alive,
+    response_format_schema,
 )
 from localllm.server.state import CONFIG_KEY, MODEL_KEY, require_model
 from localllm.server.tenants import cache_namespace
@@ -206,18 +207,10 @@ def _prepare_chat(model: LoadedModel, body: dict, *, generate: bool) -> _Prepare
 
 def _response_schema(body: dict) -> dict | None:
     """The JSON schema a response_format asks the content to follow (json_object: any object)."""
-    response_format = body.get("response_format")
-    kind = response_format.get("type") if isinstance(response_format, dict) else None
-    if response_format is None or kind == "text":
+    wants_json, schema = response_format_schema(body.get("response_format"))
+    if not wants_json:
         return None
-    if kind == "json_object":
-        return {"type": "object"}
-    spec = response_format.get("json_schema") if kind == "json_schema" else None
-    schema = spec.get("schema") if isinstance(spec, dict) else None
-    if not isinstance(schema, dict):
-        raise InvalidParam("response_format", "response_format must be text, json_object or json_schema with a "
-                           "json_schema.schema object")
-    return schema
+    return {"type": "object"} if schema is None else schema
 
 
 async def _generation_request(body: dict, prompts: list[str | list[int]], model: LoadedModel, *,

@@ -259,21 +259,30 @@ def _chat_logprobs(body: dict[str, Any]) -> int | None:
     return (top or 0) if wanted else None
 
 
-def _grammar(response_format: object, json_grammar: JsonGrammar) -> Grammar | None:
-    """response_format -> grammar: text (none), json_object, or json_schema; every bad one a 400."""
+def response_format_schema(response_format: object) -> tuple[bool, dict | None]:
+    """What a response_format asks for: (False, None) for none or text, (True, None) for
+    json_object (any JSON), (True, schema) for json_schema; every bad one a 400."""
     if response_format is None:
-        return None
+        return False, None
     kind = response_format.get("type") if isinstance(response_format, dict) else None
     if kind == "text":
-        return None
+        return False, None
     if kind not in ("json_object", "json_schema"):
         raise bad_request("response_format.type must be text, json_object or json_schema", "response_format")
-    schema = None
-    if kind == "json_schema":
-        spec = response_format.get("json_schema")
-        schema = spec.get("schema") if isinstance(spec, dict) else None
-        if not isinstance(schema, dict):
-            raise bad_request("response_format.json_schema.schema must be a JSON schema object", "response_format")
+    if kind == "json_object":
+        return True, None
+    spec = response_format.get("json_schema")
+    schema = spec.get("schema") if isinstance(spec, dict) else None
+    if not isinstance(schema, dict):
+        raise bad_request("response_format.json_schema.schema must be a JSON schema object", "response_format")
+    return True, schema
+
+
+def _grammar(response_format: object, json_grammar: JsonGrammar) -> Grammar | None:
+    """response_format -> grammar: text (none), json_object, or json_schema; every bad one a 400."""
+    wants_json, schema = response_format_schema(response_format)
+    if not wants_json:
+        return None
     try:
         return json_grammar(schema)
     except InvalidParam as exc:
