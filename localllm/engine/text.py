@@ -15,17 +15,20 @@ class TextStream:
     Changes state on `push` and `flush`; owned by one request on the engine thread.
     """
 
-    __slots__ = ("_decoder", "_held", "_stops", "stopped", "matched")
+    __slots__ = ("_decoder", "_held", "_stops", "matched")
 
     def __init__(self, stops: tuple[str, ...] = ()) -> None:
         # "replace" so a model that emits invalid UTF-8 yields U+FFFD, never an exception.
         self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
         self._held = ""  # decoded text not yet emitted: it may begin a stop string
         self._stops = stops
-        self.stopped = False
-        """True once a stop string matched; later pushes emit nothing."""
         self.matched: str | None = None
         """The stop string that matched (the earliest in the text; the first listed at one position)."""
+
+    @property
+    def stopped(self) -> bool:
+        """True once a stop string matched; later pushes emit nothing."""
+        return self.matched is not None
 
     def push(self, piece: bytes) -> str:
         """Adds one token's bytes; returns the text that is now safe to emit."""
@@ -37,7 +40,6 @@ class TextStream:
         found = _earliest_stop(text, self._stops)
         if found is not None:
             cut, self.matched = found
-            self.stopped = True
             self._held = ""
             return text[:cut]
         keep = _longest_partial_stop(text, self._stops)
