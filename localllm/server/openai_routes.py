@@ -11,12 +11,12 @@ from localllm.models.catalogue import local_model_names
 from localllm.models.manager import LoadedModel
 from localllm.server.auth import USAGE_TOKENS, reserve_embedding_tokens
 from localllm.server.chat_path import ChatCall, Failed, Logprobs, Usage, open_chat, open_completion
-from localllm.server.errors import CLIENT_CLOSED, ApiError, bad_request
+from localllm.server.errors import ApiError, bad_request
 from localllm.server.generation import queue_full
 from localllm.server.openai_formats import ChatFormat, CompletionFormat, Format
 from localllm.server.request_log import MODEL_NAME, PROMPT_TOKENS
 from localllm.server.schemas import embedding_inputs, keep_alive, read_json
-from localllm.server.sse import SseWriter
+from localllm.server.sse import SseWriter, started_stream
 from localllm.server.state import CONFIG_KEY, MODEL_KEY, require_model
 from localllm.types import InvalidParam, QueueFull, TokenLogprob
 
@@ -118,12 +118,10 @@ async def _respond(call: ChatCall, fmt: Format) -> web.Response:
 
 
 async def _stream(request: web.Request, call: ChatCall, fmt: Format) -> web.StreamResponse:
-    sse = SseWriter(request, call.headers)
-    await sse.start()
     chunk_meta = {**_meta(call), "object": fmt.chunk_object_name}
     extra = {"usage": None} if call.include_usage else {}
     pending: dict[int, list[TokenLogprob]] = {}  # logprobs waiting for the chunk their text goes in
-    try:
+    async with started_stream(request, SseWriter(request, call.headers)) as sse:
         for index in range(call.num_choices):
             first = fmt.first_chunk_choice(index)
             if first is not None:
@@ -139,9 +137,6 @@ async def _stream(request: web.Request, call: ChatCall, fmt: Format) -> web.Stre
                     await sse.send({**chunk_meta, "choices": [choice], **extra})
         if call.include_usage:
             await sse.send({**chunk_meta, "choices": [], "usage": _usage(call.usage())})
-        await sse.finish()
-    except ConnectionError:  # client went away; the path's exit aborts the rest
-        request[CLIENT_CLOSED] = True
     return sse.response
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Iterable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import TypeVar
 
 from aiohttp import web
 
@@ -39,6 +40,12 @@ class StreamWriter:
 class SseWriter(StreamWriter):
     content_type = "text/event-stream; charset=utf-8"
 
+    def __init__(self, request: web.Request, extra_headers: dict[str, str] | None = None, *,
+                 done: bool = True) -> None:
+        super().__init__(request, extra_headers)
+        self._done = done
+        """End with OpenAI's `data: [DONE]` line (named-event streams have none)."""
+
     async def send(self, payload: dict, event: str | None = None) -> None:
         """One event, named by an `event:` line when `event` is given. Raises ConnectionResetError
         (or a subclass) once the client has gone."""
@@ -50,22 +57,28 @@ class SseWriter(StreamWriter):
         for name, payload in events:
             await self.send(payload, event=name)
 
-    async def finish(self, done: bool = True) -> None:
-        """Ends the stream; `done`: with OpenAI's `data: [DONE]` line (named-event streams have none)."""
-        if done:
+    async def finish(self) -> None:
+        if self._done:
             await self.response.write(b"data: [DONE]\n\n")
         await super().finish()
 
 
+Writer = TypeVar("Writer", bound=StreamWriter)
+
+
 @asynccontextmanager
-async def named_event_stream(request: web.Request, headers: dict[str, str]) -> AsyncIterator[SseWriter]:
-    """A started stream of named events (Anthropic's, the Responses API's), ended without [DONE] when
-    the block ends. A client that has gone ends it quietly: CLIENT_CLOSED is set, and the chat path's
-    exit aborts the rest of the answer."""
-    sse = SseWriter(request, headers)
-    await sse.start()
+async def started_stream(request: web.Request, writer: Writer) -> AsyncIterator[Writer]:
+    """`writer` started, and finished when the block ends. A client that has gone ends it quietly:
+    CLIENT_CLOSED is set, and the chat path's exit aborts the rest of the answer."""
+    await writer.start()
     try:
-        yield sse
-        await sse.finish(done=False)
+        yield writer
+        await writer.finish()
     except ConnectionError:
         request[CLIENT_CLOSED] = True
+
+
+def named_event_stream(request: web.Request, headers: dict[str, str]) -> AbstractAsyncContextManager[SseWriter]:
+    """A started stream of named events (Anthropic's, the Responses API's), ended without [DONE]
+    when the block ends; as `started_stream`."""
+    return started_stream(request, SseWriter(request, headers, done=False))
