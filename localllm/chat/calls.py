@@ -43,10 +43,15 @@ def new_call_id() -> str:
 
 
 def partial_suffix(text: str, marker: str) -> int:
-    """Length of the longest suffix of `text` that is a proper prefix of `marker` (0 if none)."""
-    for k in range(min(len(text), len(marker) - 1), 0, -1):
-        if text.endswith(marker[:k]):
-            return k
+    """Length of the longest suffix of `text` that is a proper prefix of `marker` (0 if none).
+    Runs per streamed piece: such a suffix starts with the marker's first character, so one
+    find in the last len(marker) - 1 characters settles the usual piece (none there)."""
+    start = len(text) - len(marker) + 1
+    i = text.find(marker[:1], max(start, 0))
+    while i >= 0:  # the first candidate is the longest
+        if marker.startswith(text[i:]):
+            return len(text) - i
+        i = text.find(marker[:1], i + 1)
     return 0
 
 
