@@ -111,13 +111,35 @@ def _next_in_string(buf: str, pos: int) -> int | None:
     return match.start() if match else None
 
 
-def waits_on_space(buf: str) -> bool:
+def _waits_on_space(buf: str) -> bool:
     """Whether a parser that stopped stepping holds whitespace only. Such a parser decides nothing
     until other text comes, so more whitespace is only appended: a model writing whitespace for
     a long time then costs no rescan of the held run per piece (that was quadratic). Reads only
     the last character and the leading whitespace: a held call (`<tool_call>\\n{...`) is not
     copied per piece, as lstrip would."""
     return bool(buf) and buf[-1] in WS and _SPACE_RUN.match(buf).end() == len(buf)  # type: ignore[union-attr]
+
+
+class HeldText:
+    """Text held in `_buf`, fed piece by piece to a `_step` state machine (True: step again;
+    False: it needs more text). The base of OutputParser and of the family parsers."""
+
+    _buf = ""
+    _waits_on_space = False
+    """Initial values (each instance's own once written)."""
+
+    def _step(self) -> bool:
+        raise NotImplementedError
+
+    def _feed_steps(self, text: str) -> None:
+        buf, self._buf = self._buf, ""
+        buf += text  # in place (CPython) while the local is its only reference: no copy of a long held buffer per piece
+        self._buf = buf
+        if self._waits_on_space and not text.strip(WS):
+            return
+        while self._step():
+            pass
+        self._waits_on_space = _waits_on_space(self._buf)
 
 
 def _reject_constant(name: str) -> float:
@@ -244,28 +266,19 @@ def loads_many(text: str) -> list[object] | None:
     return values
 
 
-class StreamParser(CallParser):
-    """Base of the family parsers: a buffer and a state machine. `_step` consumes what it can
-    decide on and returns True to be called again; False means it needs more text."""
+class StreamParser(CallParser, HeldText):
+    """Base of the family parsers: a buffer and a state machine (HeldText). `_step` consumes
+    what it can decide on and returns True to be called again; False means it needs more text."""
 
     def __init__(self, arguments_key: str) -> None:
         super().__init__(arguments_key)
-        self._buf = ""
         self._raw = ""
         """Text consumed for the call being read: given back unchanged if it is not a call."""
         self._closed = False
         self._after_call = False
-        self._waits_on_space = False
 
     def feed(self, text: str) -> list[OutputEvent]:
-        buf, self._buf = self._buf, ""
-        buf += text  # in place (CPython) while the local is its only reference: no copy of a long held buffer per piece
-        self._buf = buf
-        if self._waits_on_space and not text.strip(WS):
-            return []
-        while self._step():
-            pass
-        self._waits_on_space = waits_on_space(self._buf)
+        self._feed_steps(text)
         return self._take()
 
     def close(self) -> list[OutputEvent]:
@@ -275,9 +288,6 @@ class StreamParser(CallParser):
         self._text(self._raw + self._buf)
         self._raw = self._buf = ""
         return self._take()
-
-    def _step(self) -> bool:
-        raise NotImplementedError
 
     def _skip_gap(self) -> bool:
         """Whitespace right after a call: dropped before another call, at the end, and at the

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from localllm.chat.call_formats import HermesParser, MistralParser
-from localllm.chat.calls import WS, CallParser, partial_suffix, waits_on_space
+from localllm.chat.calls import WS, CallParser, HeldText, partial_suffix
 from localllm.chat.families import THINK_CLOSE, THINK_OPEN, Family
 from localllm.chat.reply_formats import GenericParser, Llama3Parser
 from localllm.chat.types import (
@@ -48,7 +48,7 @@ def call_parser(family: Family, parse_tools: bool, tools: Sequence[ToolSpec] = (
     return parser
 
 
-class OutputParser:
+class OutputParser(HeldText):
     """Splits one choice's output into reasoning, text and tool calls as it streams."""
 
     def __init__(self, family: Family, *, parse_tools: bool, starts_in_reasoning: bool = False,
@@ -58,9 +58,8 @@ class OutputParser:
         self._calls = call_parser(family, parse_tools, tools)
         self._open = family.think_open or THINK_OPEN
         self._close = family.think_close or THINK_CLOSE
-        self._buf = ""
         self._closed = False
-        self._waits_on_space = False
+        self._events: list[OutputEvent] = []
         if not parse_reasoning or not (family.reasons or starts_in_reasoning):
             self._state = "content"
             self._buf = self._open if starts_in_reasoning else ""
@@ -70,26 +69,21 @@ class OutputParser:
         """Drop whitespace at the start of the reasoning / of the content after it."""
 
     def feed(self, text: str) -> list[OutputEvent]:
-        buf, self._buf = self._buf, ""
-        buf += text  # in place (CPython) while the local is its only reference: no copy of a long held buffer per piece
-        self._buf = buf
-        if self._waits_on_space and not text.strip(WS):
-            return []
-        events: list[OutputEvent] = []
-        while self._step(events):
-            pass
-        self._waits_on_space = waits_on_space(self._buf)
-        return events
+        self._feed_steps(text)
+        return self._take()
 
     def close(self) -> list[OutputEvent]:
         self._closed = True
-        events: list[OutputEvent] = []
-        while self._step(events):
+        while self._step():
             pass
-        events.extend(self._calls.close())
+        self._events.extend(self._calls.close())
+        return self._take()
+
+    def _take(self) -> list[OutputEvent]:
+        events, self._events = self._events, []
         return events
 
-    def _step(self, events: list[OutputEvent]) -> bool:
+    def _step(self) -> bool:
         if self._state == "start":
             stripped = self._buf.lstrip(WS)
             if stripped.startswith(self._open):
@@ -105,22 +99,22 @@ class OutputParser:
                 return False
             self._trim = False
         if self._state == "reasoning":
-            return self._step_reasoning(events)
-        events.extend(self._calls.feed(self._buf))
+            return self._step_reasoning()
+        self._events.extend(self._calls.feed(self._buf))
         self._buf = ""
         return False
 
-    def _step_reasoning(self, events: list[OutputEvent]) -> bool:
+    def _step_reasoning(self) -> bool:
         i = self._buf.find(self._close)
         if i >= 0:
-            _reasoning(events, self._buf[:i].rstrip(WS))
+            _reasoning(self._events, self._buf[:i].rstrip(WS))
             self._buf, self._state, self._trim = self._buf[i + len(self._close):], "content", True
             return True
         if self._closed:  # never closed: all of it is reasoning
             text = self._buf.rstrip(WS)
         else:  # hold what may start the closer, and trailing whitespace that may end the reasoning
             text = self._buf[:len(self._buf) - partial_suffix(self._buf, self._close)].rstrip(WS)
-        _reasoning(events, text)
+        _reasoning(self._events, text)
         self._buf = self._buf[len(text):]
         return False
 
