@@ -64,17 +64,6 @@ class OpenerParser(StreamParser):
         self._state = "text"
         return True
 
-    def _scan_value(self) -> int | None:
-        """Where the JSON value at the start of the buffer ends; None: wait for more. On
-        truncation (end of output, or too long) or non-JSON, the call is given back."""
-        end = self._scan.end(self._buf)
-        if end is None and not (self._closed or self._too_long()):
-            return None
-        if end is None or end < 0:
-            self._finish(len(self._buf) if end is None else self._scan.pos, ok=False)
-            return None
-        return end
-
 
 class HermesParser(OpenerParser):
     opener, closer = "<tool_call>", "</tool_call>"

@@ -270,6 +270,11 @@ class StreamParser(CallParser, HeldText):
     """Base of the family parsers: a buffer and a state machine (HeldText). `_step` consumes
     what it can decide on and returns True to be called again; False means it needs more text."""
 
+    text_state = "text"
+    """The state text is passed on in: where a call that is given back leaves the parser."""
+    _state: str
+    _scan: JsonScan
+
     def __init__(self, arguments_key: str) -> None:
         super().__init__(arguments_key)
         self._raw = ""
@@ -334,3 +339,16 @@ class StreamParser(CallParser, HeldText):
 
     def _too_long(self) -> bool:
         return len(self._raw) + len(self._buf) > MAX_CALL_CHARS
+
+    def _scan_value(self) -> int | None:
+        """Where the JSON value at the start of the buffer (scanned by `self._scan`) ends; None:
+        wait for more, or the call was given back and the parser is in `text_state`: on
+        truncation (end of output, or too long) or text that cannot be JSON (too deep)."""
+        end = self._scan.end(self._buf)
+        if end is None and not (self._closed or self._too_long()):
+            return None
+        if end is None or end < 0:
+            self._give_back(len(self._buf) if end is None else self._scan.pos)
+            self._state = self.text_state
+            return None
+        return end

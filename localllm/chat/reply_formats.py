@@ -45,13 +45,9 @@ class JsonReplyParser(StreamParser):
             return self._step_text()
         if self._state == "fence":
             return self._step_fence_close()
-        end = self._scan.end(self._buf)
-        if end is None and not (self._closed or self._too_long()):
-            return False
-        if end is None or end < 0:  # truncated, too long, or not JSON (too deep): text
-            self._give_back(len(self._buf) if end is None else self._scan.pos)
-            self._state = self.text_state
-            return True
+        end = self._scan_value()
+        if end is None:
+            return self._state == self.text_state
         if self._reply(loads_or_none(self._buf[:end])):
             self._emitted(end)
             self._state = "fence" if self._fenced else self._after_reply()
