@@ -44,8 +44,8 @@ class ChatMessage(Vertical):
         if self.reasoning is None:
             self.reasoning = ReasoningBlock()
             self.mount(self.reasoning, before=self._text)
+            self._redraw()  # the "…" placeholder goes; the text itself has not changed
         self.reasoning.append(piece)
-        self._redraw()
 
     def add_tool_call(self, fragment: Any) -> None:
         """One `delta.tool_calls[i]` fragment; the call's block appears with its first fragment."""
@@ -59,9 +59,9 @@ class ChatMessage(Vertical):
                 return
             block = self.tool_calls[index] = ToolCallBlock(index)
             self.mount(block)
+            self._redraw()
         self._end_reasoning()
         block.add(fragment)
-        self._redraw()
 
     def finish(self) -> None:
         self._end_reasoning()
