@@ -24,7 +24,7 @@ from localllm.chat.families import Family
 from localllm.chat.messages import parse_tools, template_kwargs
 from localllm.chat.output import OutputParser
 from localllm.chat.template import MAX_CHAT_MESSAGES, RenderedPrompt, compiled_template
-from localllm.chat.types import ToolChoiceMode
+from localllm.chat.types import ToolChoiceMode, ToolSpec
 from localllm.models.manager import LoadedModel
 from localllm.server.auth import RATE_HEADERS, USAGE_TOKENS, reserve_tokens
 from localllm.server.chat_call import (
@@ -111,7 +111,8 @@ async def open_chat(request: web.Request, body: dict, *, protocol: str,
     chat = await asyncio.to_thread(_prepare_chat, model, body, generate=True)
     reasoning = request.app[CONFIG_KEY].server.reasoning_format != "none"
     parsers = [OutputParser(chat.family, parse_tools=chat.parse_tools, parse_reasoning=reasoning,
-                            starts_in_reasoning=chat.prompt.starts_in_reasoning) for _ in range(chat.gen.n)]
+                            starts_in_reasoning=chat.prompt.starts_in_reasoning, tools=chat.tools)
+               for _ in range(chat.gen.n)]
     async with _opened(request, model, body, chat.gen, kind=CHAT_KIND, protocol=protocol, load_s=load_s,
                        parsers=parsers, max_tokens_is_cap=max_tokens_is_cap) as call:
         yield call
@@ -166,6 +167,8 @@ class _PreparedChat:
     family: Family
     parse_tools: bool
     """Whether the output is parsed for calls: tools offered and tool_choice not none."""
+    tools: list[ToolSpec]
+    """Their schemas type the values of call formats that write arguments as text (Qwen3-Coder's XML)."""
     gen: GenerationRequest | None
     """The validated request, its grammar built (None when only rendering)."""
 
@@ -184,12 +187,13 @@ def _prepare_chat(model: LoadedModel, body: dict, *, generate: bool) -> _Prepare
     try:
         tools, choice, parallel = parse_tools(body)
         kwargs = template_kwargs(body)
-        template = compiled_template(model.chat_template, model.bos_token, model.eos_token, model.template_family)
+        source = model.template_source(tools=bool(tools))  # the GGUF's tool-use variant for requests with tools
+        template = compiled_template(source, model.bos_token, model.eos_token, model.template_family)
         prompt = template.prompt(body["messages"], tokenize, max_tokens=engine.slot_ctx, tools=tools,
                                  template_kwargs=kwargs)
         calls = choice.mode is not ToolChoiceMode.NONE
         if not generate:
-            return _PreparedChat(prompt, template.family, calls, None)
+            return _PreparedChat(prompt, template.family, calls, tools, None)
         # with calls the tool grammar covers response_format too: no JSON grammar is built for it
         gen = generation_request({**body, "response_format": None} if calls else body, [prompt.token_ids],
                                  chat=True, json_grammar=engine.json_grammar)
@@ -202,7 +206,7 @@ def _prepare_chat(model: LoadedModel, body: dict, *, generate: bool) -> _Prepare
             gen = dataclasses.replace(gen, params=dataclasses.replace(gen.params, grammar=grammar))
     except InvalidParam as exc:
         raise bad_request(str(exc), exc.param) from None
-    return _PreparedChat(prompt, template.family, calls, gen)
+    return _PreparedChat(prompt, template.family, calls, tools, gen)
 
 
 def _response_schema(body: dict) -> dict | None:

@@ -20,7 +20,7 @@ class ToolUseBackend(ScriptedBackend):
 
 
 async def served(tmp_path: Path, spec: ModelSpec | None):
-    config = api_config(tmp_path)
+    config = api_config(tmp_path, ctx=16384)  # one token per character: room for Hermes' long template
     return await start_served(ToolUseBackend(config.engine.ctx), config, name="hermes", path=Path("/m/h.gguf"),
                               spec=spec, identity="scripted:hermes", started_s=time.monotonic())
 
@@ -44,3 +44,22 @@ async def test_a_catalogue_template_replaces_both(tmp_path: Path):
         assert model.template_family == "hermes"
     finally:
         await model.engine.stop()
+
+
+async def test_the_chat_path_renders_requests_with_tools_with_the_variant(tmp_path: Path):
+    import aiohttp
+
+    from tests.serving import serving
+
+    config = api_config(tmp_path, ctx=16384)
+    model = await served(tmp_path, None)
+    tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {}}}}
+    body = {"messages": [{"role": "user", "content": "hi"}]}
+    try:
+        async with serving(config, model) as server, aiohttp.ClientSession() as http:
+            plain = await (await http.post(server.make_url("/apply-template"), json=body)).json()
+            with_tools = await (await http.post(server.make_url("/apply-template"), json={**body, "tools": [tool]})).json()
+    finally:
+        await model.engine.stop()
+    assert "function calling AI model" not in plain["prompt"]
+    assert "function calling AI model" in with_tools["prompt"]
